@@ -1,0 +1,46 @@
+"""Hex and base58 codecs with the worker's exact acceptance rules.
+
+`decode_hex` is `primitives/src/utils/hex.rs` (`decode_hex`): an optional *lowercase* ``0x`` prefix
+is stripped, then the rest must be hex digits of either case, in pairs. `hex_encode` renders
+``0x`` + lowercase hex, as the worker does for OmniAccounts and signatures.
+"""
+
+from __future__ import annotations
+
+import base58
+
+_HEX_DIGITS = frozenset("0123456789abcdefABCDEF")
+
+
+class HexError(ValueError):
+    """A string that the worker's hex decoder refuses."""
+
+
+def decode_hex(value: str) -> bytes:
+    """Decode hex with an optional lowercase ``0x`` prefix (`decode_hex` in the worker)."""
+    body = value[2:] if value.startswith("0x") else value
+    return decode_bare_hex(body)
+
+
+def decode_bare_hex(value: str) -> bytes:
+    """Decode hex without any prefix (`hex::decode`, used for Bitcoin signatures)."""
+    if len(value) % 2 or not _HEX_DIGITS.issuperset(value):
+        raise HexError(f"invalid hex string: {value[:80]!r}")
+    return bytes.fromhex(value)
+
+
+def hex_encode(raw: bytes) -> str:
+    """``0x`` + lowercase hex (`hex_encode` in the worker)."""
+    return "0x" + raw.hex()
+
+
+def decode_base58(value: str) -> bytes:
+    """Bitcoin-alphabet base58 (the `base58` crate's `FromBase58`)."""
+    try:
+        return base58.b58decode(value.encode("ascii"))
+    except (ValueError, UnicodeEncodeError) as exc:
+        raise HexError(f"invalid base58 string: {value[:80]!r}") from exc
+
+
+def encode_base58(raw: bytes) -> str:
+    return base58.b58encode(raw).decode("ascii")
