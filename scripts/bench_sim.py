@@ -111,7 +111,8 @@ async def _serve(args: argparse.Namespace) -> None:
         """Stop when the parent is gone or the lifetime is over, whatever happens to it."""
         deadline = time.monotonic() + args.max_lifetime
         while time.monotonic() < deadline and (parent is None or os.getppid() == parent):
-            await asyncio.sleep(0.5)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 0.5)
         stop.set()
 
     guard = asyncio.create_task(watchdog())
@@ -237,9 +238,9 @@ async def wait_ready(
     session: aiohttp.ClientSession,
     server: ServerProcess,
     probe: Callable[[], Awaitable[None]],
-    timeout: float,
+    within: float,
 ) -> None:
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + within
     last: BaseException | None = None
     while time.monotonic() < deadline:
         if not server.alive():
@@ -250,7 +251,7 @@ async def wait_ready(
         except (aiohttp.ClientError, OSError, TimeoutError, BenchFailure) as exc:
             last = exc
         await asyncio.sleep(0.05)
-    raise RuntimeError(f"{server.kind} server not ready after {timeout} s ({last!r})")
+    raise RuntimeError(f"{server.kind} server not ready after {within} s ({last!r})")
 
 
 # =========================================================================== load generation
@@ -347,7 +348,9 @@ async def run_phase(
         wall = wall1 - wall0
         result.client_cpu_share = (cpu1 - cpu0) / wall
         for server, a, b in zip(servers, srv0, srv1, strict=True):
-            result.server_cpu_share[server.kind] = None if a is None or b is None else (b - a) / wall
+            result.server_cpu_share[server.kind] = (
+                None if a is None or b is None else (b - a) / wall
+            )
         if probe0 is not None and probe1 is not None:
             result.extra["callbacks_in_window"] = probe1 - probe0
             result.extra["callbacks_per_s"] = (probe1 - probe0) / wall
@@ -460,3 +463,356 @@ def login_op(
             raise BenchFailure(f"omni_userLogin backend_response: {backend!r}")
 
     return op
+
+
+# =========================================================================== orchestration
+
+
+async def bench(args: argparse.Namespace) -> dict[str, Any]:
+    _bootstrap_path()
+    phases = {"health", "login"} if args.only is None else {args.only}
+    health_s = args.duration if args.duration is not None else args.health_duration
+    login_s = args.duration if args.duration is not None else args.login_duration
+    lifetime = 2 * (args.warmup + health_s) + args.warmup + login_s + 600.0
+    figures: dict[str, Any] = {
+        "machine": {
+            "cpu_count": os.cpu_count(),
+            "python": f"{platform.python_implementation()} {platform.python_version()}",
+            "platform": platform.platform(),
+            "aiohttp": aiohttp.__version__,
+        },
+        "settings": {
+            "concurrency": args.concurrency,
+            "warmup_s": args.warmup,
+            "health_duration_s": health_s,
+            "login_duration_s": login_s,
+            "wallets": args.keys,
+            "max_ops_per_phase": args.max_ops,
+            "profiled_sim": bool(args.profile_sim),
+        },
+    }
+    common = {
+        "concurrency": args.concurrency,
+        "warmup": args.warmup,
+        "max_ops": args.max_ops,
+    }
+    servers: list[ServerProcess] = []
+    with tempfile.TemporaryDirectory(prefix="bench_sim-") as tmp:
+        tmpdir = Path(tmp)
+        connector = aiohttp.TCPConnector(
+            limit=0, limit_per_host=args.concurrency, keepalive_timeout=60
+        )
+        async with aiohttp.ClientSession(
+            connector=connector,
+            timeout=aiohttp.ClientTimeout(total=args.request_timeout),
+            skip_auto_headers=("User-Agent",),
+        ) as session:
+
+            def health_probe(server: ServerProcess) -> Callable[[], Awaitable[None]]:
+                async def probe() -> None:
+                    await health_op(session, server.url)(0)
+
+                return probe
+
+            try:
+                echo_res: PhaseResult | None = None
+                if "health" in phases:
+                    echo = ServerProcess("echo", tmpdir)
+                    servers.append(echo)
+                    echo.start(lifetime)
+                    await wait_ready(session, echo, health_probe(echo), 30.0)
+                    echo_res = await run_phase(
+                        "echo getHealth",
+                        health_op(session, echo.url),
+                        duration=health_s,
+                        servers=[echo],
+                        **common,
+                    )
+                    echo.stop()
+
+                backend = ServerProcess("backend", tmpdir)
+                servers.append(backend)
+                backend.start(lifetime)
+                stats_url = backend.url.rstrip("/") + STATS_PATH
+
+                async def backend_calls() -> int | None:
+                    async with session.get(stats_url) as response:
+                        if response.status != 200:
+                            raise BenchFailure(f"backend stats HTTP {response.status}")
+                        return int((await response.json())["calls"])
+
+                async def backend_probe() -> None:
+                    await backend_calls()
+
+                await wait_ready(session, backend, backend_probe, 30.0)
+                sim_args = ["--backend-url", backend.url, "--local-dir", str(tmpdir / "sim")]
+                if args.profile_sim:
+                    sim_args += ["--cprofile", args.profile_sim]
+                sim = ServerProcess("sim", tmpdir, sim_args)
+                servers.append(sim)
+                sim.start(lifetime)
+                # The first start generates the RSA-2048 and RSA-3072 keystore.
+                await wait_ready(session, sim, health_probe(sim), 180.0)
+
+                if echo_res is not None:
+                    sim_res = await run_phase(
+                        "sim omni_getHealth",
+                        health_op(session, sim.url),
+                        duration=health_s,
+                        servers=[sim],
+                        **common,
+                    )
+                    ratio = sim_res.rate_per_s / echo_res.rate_per_s if echo_res.rate_per_s else 0
+                    figures["health"] = {
+                        "echo": asdict(echo_res),
+                        "sim": asdict(sim_res),
+                        "ratio": ratio,
+                        "target_ratio": HEALTH_TARGET_RATIO,
+                        "pass": ratio >= HEALTH_TARGET_RATIO,
+                    }
+
+                if "login" in phases:
+                    wallets = make_wallets(max(args.keys, args.concurrency))
+                    login_res = await run_phase(
+                        "EVM login",
+                        login_op(session, sim.url, wallets, args.concurrency),
+                        duration=login_s,
+                        servers=[sim, backend],
+                        window_probe=backend_calls,
+                        **common,
+                    )
+                    figures["login"] = {
+                        "result": asdict(login_res),
+                        "target_per_s": LOGIN_TARGET_RPS,
+                        "pass": login_res.rate_per_s >= LOGIN_TARGET_RPS,
+                    }
+            finally:
+                for server in reversed(servers):
+                    server.stop()
+    passes = [figures[key]["pass"] for key in ("health", "login") if key in figures]
+    failures = 0
+    if "health" in figures:
+        failures += figures["health"]["echo"]["failures_total"]
+        failures += figures["health"]["sim"]["failures_total"]
+    if "login" in figures:
+        failures += figures["login"]["result"]["failures_total"]
+    figures["failures_total"] = failures
+    figures["ok"] = all(passes) and failures == 0
+    return figures
+
+
+# =========================================================================== report
+
+
+def _fmt(value: float | None, spec: str = ",.0f") -> str:
+    return "n/a" if value is None else format(value, spec)
+
+
+def _share(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}"
+
+
+def _verdict(ok: bool) -> str:
+    return "PASS" if ok else "FAIL"
+
+
+def render(figures: dict[str, Any]) -> str:
+    machine, settings = figures["machine"], figures["settings"]
+    rows: list[tuple[str, str, str, str]] = []
+    notes: list[str] = []
+    health = figures.get("health")
+    if health is not None:
+        echo, sim = health["echo"], health["sim"]
+        rows += [
+            ("echo server rps (bare aiohttp JSON-RPC)", _fmt(echo["rate_per_s"]), "", ""),
+            ("sim omni_getHealth rps", _fmt(sim["rate_per_s"]), "", ""),
+            (
+                "ratio sim / echo",
+                f"{health['ratio']:.3f}",
+                f">= {health['target_ratio']}",
+                _verdict(health["pass"]),
+            ),
+            (
+                "health latency p50 / p99 ms (echo)",
+                f"{_fmt(echo['latency_p50_ms'], '.2f')} / {_fmt(echo['latency_p99_ms'], '.2f')}",
+                "",
+                "",
+            ),
+            (
+                "health latency p50 / p99 ms (sim)",
+                f"{_fmt(sim['latency_p50_ms'], '.2f')} / {_fmt(sim['latency_p99_ms'], '.2f')}",
+                "",
+                "",
+            ),
+            (
+                "health failures echo / sim",
+                f"{echo['failures_total']} / {sim['failures_total']}",
+                "0",
+                _verdict(echo["failures_total"] == 0 and sim["failures_total"] == 0),
+            ),
+            (
+                "CPU cores, echo phase: client / echo",
+                f"{_share(echo['client_cpu_share'])} / {_share(echo['server_cpu_share']['echo'])}",
+                "",
+                "",
+            ),
+            (
+                "CPU cores, sim phase: client / sim",
+                f"{_share(sim['client_cpu_share'])} / {_share(sim['server_cpu_share']['sim'])}",
+                "",
+                "",
+            ),
+        ]
+        for label, res in (("echo", echo), ("sim", sim)):
+            if res["failure_samples"]:
+                notes.append(f"{label} health failures: {res['failure_kinds']}")
+                notes += [f"  e.g. {sample}" for sample in res["failure_samples"]]
+    login = figures.get("login")
+    if login is not None:
+        res = login["result"]
+        cpu = res["server_cpu_share"]
+        rows += [
+            (
+                "EVM logins/s (2 RPCs + 1 callback each)",
+                _fmt(res["rate_per_s"]),
+                f">= {login['target_per_s']:.0f}",
+                _verdict(login["pass"]),
+            ),
+            (
+                "login latency p50 / p99 ms",
+                f"{_fmt(res['latency_p50_ms'], '.1f')} / {_fmt(res['latency_p99_ms'], '.1f')}",
+                "",
+                "",
+            ),
+            (
+                "login failures (in window / total)",
+                f"{res['failures_measured']} / {res['failures_total']}",
+                "0",
+                _verdict(res["failures_total"] == 0),
+            ),
+            (
+                "post_heima_login callbacks/s (backend)",
+                _fmt(res["extra"].get("callbacks_per_s")),
+                "",
+                "",
+            ),
+            (
+                "CPU cores, login: client / sim / backend",
+                f"{_share(res['client_cpu_share'])} / {_share(cpu.get('sim'))}"
+                f" / {_share(cpu.get('backend'))}",
+                "",
+                "",
+            ),
+        ]
+        if res["failure_samples"]:
+            notes.append(f"login failures: {res['failure_kinds']}")
+            notes += [f"  e.g. {sample}" for sample in res["failure_samples"]]
+        if res["hit_op_cap"]:
+            notes.append("login phase stopped at --max-ops before the end of its window")
+    widths = [max(len(row[i]) for row in rows) for i in range(4)] if rows else [0] * 4
+    header = ("metric", "value", "target", "verdict")
+    widths = [max(w, len(h)) for w, h in zip(widths, header, strict=True)]
+
+    def line(cells: Sequence[str]) -> str:
+        name, value, target, verdict = cells
+        return (
+            f"{name:<{widths[0]}}  {value:>{widths[1]}}  {target:<{widths[2]}}  {verdict}".rstrip()
+        )
+
+    out = [
+        "bench_sim: omni_sim throughput, one run",
+        f"machine : os.cpu_count()={machine['cpu_count']}  {machine['python']}"
+        f"  aiohttp {machine['aiohttp']}  {machine['platform']}",
+        f"settings: concurrency={settings['concurrency']}  warm-up={settings['warmup_s']} s"
+        f"  health window={settings['health_duration_s']} s"
+        f"  login window={settings['login_duration_s']} s  wallets={settings['wallets']}",
+        "",
+        line(header),
+        line(["-" * w for w in widths]),
+        *(line(row) for row in rows),
+        "",
+        "CPU cores = CPU seconds used in the window / window wall time (1.00 = one core busy).",
+    ]
+    if settings["profiled_sim"]:
+        out.append("NOTE: the simulator ran under cProfile; its figures are not representative.")
+    out += notes
+    out.append(f"overall: {_verdict(figures['ok'])}")
+    return "\n".join(out)
+
+
+def print_profile(path: str, top: int) -> None:
+    print(f"\n=== cProfile of the simulator process ({path}), top {top} by tottime ===")
+    stats = pstats.Stats(path, stream=sys.stdout)
+    stats.strip_dirs().sort_stats("tottime").print_stats(top)
+    print(f"=== top {top} by cumulative time ===")
+    stats.sort_stats("cumulative").print_stats(top)
+
+
+# =========================================================================== command line
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description="Benchmark omni_sim: getHealth vs a bare aiohttp echo, and EVM logins/s."
+    )
+    parser.add_argument(
+        "--duration", type=float, default=None, help="window of every phase, seconds"
+    )
+    parser.add_argument("--health-duration", type=float, default=5.0, help="default 5 s")
+    parser.add_argument("--login-duration", type=float, default=8.0, help="default 8 s")
+    parser.add_argument("--warmup", type=float, default=1.0, help="before each window, seconds")
+    parser.add_argument("--concurrency", type=int, default=64, help="client workers (64)")
+    parser.add_argument("--keys", type=int, default=4096, help="EVM wallets in the pool")
+    parser.add_argument(
+        "--max-ops", type=int, default=2_000_000, help="cap on operations per phase"
+    )
+    parser.add_argument("--request-timeout", type=float, default=10.0, help="per request, s")
+    parser.add_argument("--only", choices=["health", "login"], default=None)
+    parser.add_argument("--json", metavar="PATH", help="also write the figures as JSON")
+    parser.add_argument(
+        "--profile-sim",
+        metavar="PATH",
+        help="run the simulator under cProfile, dump to PATH and print its top functions",
+    )
+    parser.add_argument("--profile-top", type=int, default=30, help=argparse.SUPPRESS)
+    # Internal: the server subprocesses.
+    parser.add_argument("--serve", choices=["echo", "backend", "sim"], help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--parent-pid", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--max-lifetime", type=float, default=900.0, help=argparse.SUPPRESS)
+    parser.add_argument("--backend-url", help=argparse.SUPPRESS)
+    parser.add_argument("--local-dir", help=argparse.SUPPRESS)
+    parser.add_argument("--cprofile", help=argparse.SUPPRESS)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.serve:
+        return serve_main(args)
+    for name in ("duration", "health_duration", "login_duration"):
+        value = getattr(args, name)
+        if value is not None and value <= 0:
+            parser.error(f"--{name.replace('_', '-')} must be positive")
+    if args.warmup < 0 or args.concurrency < 1 or args.keys < 1 or args.max_ops < 1:
+        parser.error("--warmup >= 0, --concurrency, --keys and --max-ops >= 1")
+    if args.profile_sim:
+        args.profile_sim = str(Path(args.profile_sim).resolve())
+    try:
+        figures = asyncio.run(bench(args))
+    except (RuntimeError, OSError, TimeoutError) as exc:
+        print(f"bench_sim: setup failed: {exc}", file=sys.stderr)
+        return 2
+    print(render(figures))
+    if args.json:
+        Path(args.json).write_text(json.dumps(figures, indent=2) + "\n")
+        print(f"figures written to {args.json}")
+    if args.profile_sim:
+        with contextlib.suppress(OSError):
+            print_profile(args.profile_sim, args.profile_top)
+    return 0 if figures["ok"] else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
