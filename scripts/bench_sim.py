@@ -468,6 +468,20 @@ def login_op(
 # =========================================================================== orchestration
 
 
+def cpu_us_per_op(result: PhaseResult, server: str) -> float | None:
+    """CPU microseconds the server spent per completed operation in the window."""
+    share = result.server_cpu_share.get(server)
+    if share is None or not result.rate_per_s:
+        return None
+    return share / result.rate_per_s * 1e6
+
+
+def cpu_ratio(echo: PhaseResult, sim: PhaseResult) -> float | None:
+    """Requests per server-CPU-second, sim over echo (echo µs/req ÷ sim µs/req)."""
+    echo_us, sim_us = cpu_us_per_op(echo, "echo"), cpu_us_per_op(sim, "sim")
+    return None if echo_us is None or not sim_us else echo_us / sim_us
+
+
 async def bench(args: argparse.Namespace) -> dict[str, Any]:
     _bootstrap_path()
     phases = {"health", "login"} if args.only is None else {args.only}
@@ -567,6 +581,10 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                         "echo": asdict(echo_res),
                         "sim": asdict(sim_res),
                         "ratio": ratio,
+                        # Client-independent view: server CPU per request and its ratio.
+                        "echo_cpu_us_per_req": cpu_us_per_op(echo_res, "echo"),
+                        "sim_cpu_us_per_req": cpu_us_per_op(sim_res, "sim"),
+                        "cpu_ratio": cpu_ratio(echo_res, sim_res),
                         "target_ratio": HEALTH_TARGET_RATIO,
                         "pass": ratio >= HEALTH_TARGET_RATIO,
                     }
@@ -583,6 +601,13 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                     )
                     figures["login"] = {
                         "result": asdict(login_res),
+                        "sim_cpu_us_per_login": cpu_us_per_op(login_res, "sim"),
+                        "backend_cpu_us_per_login": cpu_us_per_op(login_res, "backend"),
+                        "client_cpu_us_per_login": (
+                            login_res.client_cpu_share / login_res.rate_per_s * 1e6
+                            if login_res.client_cpu_share is not None and login_res.rate_per_s
+                            else None
+                        ),
                         "target_per_s": LOGIN_TARGET_RPS,
                         "pass": login_res.rate_per_s >= LOGIN_TARGET_RPS,
                     }
@@ -651,6 +676,19 @@ def render(figures: dict[str, Any]) -> str:
                 _verdict(echo["failures_total"] == 0 and sim["failures_total"] == 0),
             ),
             (
+                "server CPU µs/request echo / sim",
+                f"{_fmt(health['echo_cpu_us_per_req'], '.1f')}"
+                f" / {_fmt(health['sim_cpu_us_per_req'], '.1f')}",
+                "",
+                "",
+            ),
+            (
+                "ratio by server CPU (echo µs / sim µs)",
+                _fmt(health["cpu_ratio"], ".3f"),
+                "",
+                "info",
+            ),
+            (
                 "CPU cores, echo phase: client / echo",
                 f"{_share(echo['client_cpu_share'])} / {_share(echo['server_cpu_share']['echo'])}",
                 "",
@@ -697,6 +735,13 @@ def render(figures: dict[str, Any]) -> str:
                 "",
             ),
             (
+                "CPU µs/login: client / sim / backend",
+                f"{_fmt(login['client_cpu_us_per_login'])} / {_fmt(login['sim_cpu_us_per_login'])}"
+                f" / {_fmt(login['backend_cpu_us_per_login'])}",
+                "",
+                "",
+            ),
+            (
                 "CPU cores, login: client / sim / backend",
                 f"{_share(res['client_cpu_share'])} / {_share(cpu.get('sim'))}"
                 f" / {_share(cpu.get('backend'))}",
@@ -707,6 +752,12 @@ def render(figures: dict[str, Any]) -> str:
         if res["failure_samples"]:
             notes.append(f"login failures: {res['failure_kinds']}")
             notes += [f"  e.g. {sample}" for sample in res["failure_samples"]]
+        sim_share = cpu.get("sim")
+        if sim_share is not None and sim_share < 0.9:
+            notes.append(
+                f"login: the simulator used only {sim_share:.2f} of a core; the client or the"
+                " backend may be the limit, not the simulator"
+            )
         if res["hit_op_cap"]:
             notes.append("login phase stopped at --max-ops before the end of its window")
     widths = [max(len(row[i]) for row in rows) for i in range(4)] if rows else [0] * 4
@@ -733,6 +784,16 @@ def render(figures: dict[str, Any]) -> str:
         "",
         "CPU cores = CPU seconds used in the window / window wall time (1.00 = one core busy).",
     ]
+    if health is not None:
+        client_share = max(
+            health["echo"]["client_cpu_share"] or 0.0, health["sim"]["client_cpu_share"] or 0.0
+        )
+        if client_share >= 0.9:
+            out.append(
+                f"NOTE: the load generator used {client_share:.2f} of a core in the health"
+                " phases: both runs are (partly) client-bound, which pulls the rps ratio towards 1;"
+                " the ratio by server CPU is the client-independent comparison."
+            )
     if settings["profiled_sim"]:
         out.append("NOTE: the simulator ran under cProfile; its figures are not representative.")
     out += notes

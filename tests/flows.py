@@ -5,12 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 import aiohttp
+from conftest import rpc
 
 from fixtures.wallets import evm_user_id_value
 from protocol.identity import IdentityKind, omni_account_of
 from protocol.signatures import sign_evm_personal
 from protocol.web3_message import HeimaMessagePayload
-from conftest import rpc
 
 
 async def sign_in_message(

@@ -21,12 +21,14 @@ from omni_sim.config import ConfigError, config_from_env
 from omni_sim.keystore import KeystoreError, load_auth_token_key
 from protocol.tee_jwt import AuthTokenClaims, encode_auth_token
 
+ROOT = Path(__file__).parent.parent
+
 
 class Inbox:
     def __init__(self) -> None:
         self.messages: list[Any] = []
 
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         self.messages.append(message_from_bytes(envelope.content))
         return "250 OK"
 
@@ -212,17 +214,20 @@ def test_bad_configuration_is_refused_with_a_message(env: dict[str, str]) -> Non
         config_from_env(env)
 
 
-async def test_cli_serves_and_reports_configuration_errors(tmp_path: Path) -> None:
-    root = Path(__file__).parent.parent
-    env = {**os.environ, "PYTHONPATH": str(root)}
+def test_cli_reports_configuration_errors(tmp_path: Path) -> None:
     bad = subprocess.run(
         [sys.executable, "-m", "omni_sim.cli", "run", "--local-dir", str(tmp_path)],
-        env={**env, "OE_SIM_ERROR_ERA": "bronze"},
+        env={**os.environ, "PYTHONPATH": str(ROOT), "OE_SIM_ERROR_ERA": "bronze"},
         capture_output=True,
         text=True,
         timeout=60,
+        check=False,
     )
     assert bad.returncode == 2 and "OE_SIM_ERROR_ERA" in bad.stderr
+
+
+async def test_cli_serves_json_rpc_and_the_sim_endpoints(tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "omni_sim.cli", "run", "--port", "0", "--local-dir", str(tmp_path),
         "--profile", "agentkeys-patch", env=env, stdout=asyncio.subprocess.PIPE,

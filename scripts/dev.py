@@ -1,0 +1,68 @@
+#!/usr/bin/env python3
+"""One entry point for a fresh clone; needs nothing but Python 3.11+.
+
+    python3 scripts/dev.py e2e      # the main job: end to end against the simulator, with a report
+    python3 scripts/dev.py test     # every check: ruff, mypy, the whole pytest suite
+    python3 scripts/dev.py lint     # ruff + mypy only
+    python3 scripts/dev.py bench    # benchmarks (prints figures)
+
+The first run creates `.venv/` and installs the project with its test and lint extras; later runs
+reinstall only when `pyproject.toml` changed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+VENV = Path(os.environ.get("KIT_VENV", ROOT / ".venv"))
+BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
+PYTHON = BIN / ("python.exe" if os.name == "nt" else "python")
+STAMP = VENV / ".kit-installed"
+
+
+def ensure_env() -> None:
+    if sys.version_info < (3, 11):  # noqa: UP036 - say so instead of failing obscurely
+        sys.exit(f"Python 3.11+ is required, this is {sys.version.split()[0]}")
+    digest = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
+    if STAMP.exists() and STAMP.read_text() == digest and PYTHON.exists():
+        return
+    if not PYTHON.exists():
+        print(f"creating {VENV}", flush=True)
+        venv.EnvBuilder(with_pip=True).create(VENV)
+    pip = [str(PYTHON), "-m", "pip", "--disable-pip-version-check", "-q"]
+    subprocess.run([*pip, "install", "--upgrade", "pip"], check=True)
+    subprocess.run([*pip, "install", "-e", f"{ROOT}[test,lint]"], check=True)
+    STAMP.write_text(digest)
+
+
+def run(*argv: str) -> int:
+    print("+", " ".join(argv), flush=True)
+    return subprocess.run(argv, cwd=ROOT).returncode
+
+
+def lint() -> int:
+    return run(str(PYTHON), "-m", "ruff", "check", ".") or run(str(PYTHON), "-m", "mypy")
+
+
+def main() -> int:
+    command, *rest = sys.argv[1:] or ["test"]
+    ensure_env()
+    if command == "test":
+        return lint() or run(str(PYTHON), "-m", "pytest", "-q", *rest)
+    if command == "lint":
+        return lint()
+    if command == "e2e":
+        return run(str(PYTHON), "-m", "conformance.smoke", *rest)
+    if command == "bench":
+        return run(str(PYTHON), str(ROOT / "scripts" / "bench_sim.py"), *rest)
+    sys.exit(f"unknown command {command!r}: expected test, lint, e2e or bench")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
