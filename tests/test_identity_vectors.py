@@ -87,3 +87,18 @@ def test_hex_without_prefix_and_mixed_case_is_accepted() -> None:
     a = omni_account_of(IdentityKind.EVM, "AB" * 20, "wildmeta")
     b = omni_account_of(IdentityKind.EVM, "0x" + "ab" * 20, "wildmeta")
     assert a == b
+
+
+def test_sign_in_message_is_compact_json_in_declaration_order() -> None:
+    from protocol.web3_message import HeimaMessagePayload
+
+    payload = HeimaMessagePayload("wildmeta", EMAIL_VECTOR, "00123456")
+    assert payload.signing_bytes() == (
+        b'{"client_id":"wildmeta","omni_account":"'
+        + EMAIL_VECTOR.encode()
+        + b'","message_code":"00123456"}'
+    )
+    assert (
+        HeimaMessagePayload("clé", "0x", "1").signing_bytes()
+        == '{"client_id":"clé","omni_account":"0x","message_code":"1"}'.encode()
+    )
