@@ -13,6 +13,8 @@ Every server (echo, simulator, backend) runs in its own subprocess (this script 
 ``--serve`` mode) bound to 127.0.0.1 on a free port; the load generator is the main process (one
 aiohttp session, shared keep-alive connector, ``--concurrency`` workers). Each measurement is a
 warm-up then a fixed window; throughput counts the operations that complete inside the window.
+The health windows run in ABBA order (echo, sim, sim, echo; half the window each, each with its
+own warm-up) so that a drift of the shared machine's speed weighs the same on both servers.
 CPU shares are the CPU seconds a process used during the window divided by the window's wall
 time (1.0 = one core busy all the time); the servers' come from ``/proc/<pid>/stat``.
 
@@ -59,6 +61,7 @@ JSON_HEADERS = {"Content-Type": "application/json"}
 BACKEND_REPLY = b'{"code":10000,"message":"OK","data":{"user_id":null}}'
 STATS_PATH = "/_bench/stats"
 MAX_FAILURE_SAMPLES = 5
+NOISY_CPU_SHARE = 0.15  # other processes using this much of a core disturb a 2-core run
 
 
 def _bootstrap_path() -> None:
@@ -110,7 +113,9 @@ async def _serve(args: argparse.Namespace) -> None:
     async def watchdog() -> None:
         """Stop when the parent is gone or the lifetime is over, whatever happens to it."""
         deadline = time.monotonic() + args.max_lifetime
-        while time.monotonic() < deadline and (parent is None or os.getppid() == parent):
+        while not stop.is_set() and time.monotonic() < deadline:
+            if parent is not None and os.getppid() != parent:
+                break
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), 0.5)
         stop.set()
@@ -273,8 +278,22 @@ class PhaseResult:
     latency_p99_ms: float | None = None
     client_cpu_share: float | None = None
     server_cpu_share: dict[str, float | None] = field(default_factory=dict)
+    #: CPU the rest of the machine used meanwhile (noise), and hypervisor steal.
+    other_cpu_share: float | None = None
+    steal_share: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     hit_op_cap: bool = False
+
+
+def host_cpu_seconds() -> tuple[float, float] | None:
+    """(busy, steal) CPU seconds of the whole machine since boot (Linux /proc/stat)."""
+    try:
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    except OSError:
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq, steal = ([*map(int, fields), 0, 0])[:8]
+    tick = os.sysconf("SC_CLK_TCK")
+    return (user + nice + system + irq + softirq) / tick, steal / tick
 
 
 def percentile(sorted_values: Sequence[float], q: float) -> float | None:
@@ -298,8 +317,9 @@ async def run_phase(
     max_ops: int,
     servers: Sequence[ServerProcess],
     window_probe: Callable[[], Awaitable[int | None]] | None = None,
-) -> PhaseResult:
-    """`concurrency` workers call `op(worker)` back to back for warm-up + duration seconds."""
+) -> tuple[PhaseResult, list[float]]:
+    """`concurrency` workers call `op(worker)` back to back for warm-up + duration seconds;
+    returns the result and the sorted latencies (seconds) of the operations in the window."""
     result = PhaseResult(name, concurrency, warmup, duration)
     latencies: list[float] = []
     kinds: Counter[str] = Counter()
@@ -339,11 +359,13 @@ async def run_phase(
         cpu0 = time.process_time()
         wall0 = time.perf_counter()
         srv0 = [server.cpu_seconds() for server in servers]
+        host0 = host_cpu_seconds()
         probe0 = await window_probe() if window_probe else None
         await asyncio.sleep(max(0.0, measure_to - time.perf_counter()))
         cpu1 = time.process_time()
         wall1 = time.perf_counter()
         srv1 = [server.cpu_seconds() for server in servers]
+        host1 = host_cpu_seconds()
         probe1 = await window_probe() if window_probe else None
         wall = wall1 - wall0
         result.client_cpu_share = (cpu1 - cpu0) / wall
@@ -351,6 +373,11 @@ async def run_phase(
             result.server_cpu_share[server.kind] = (
                 None if a is None or b is None else (b - a) / wall
             )
+        ours = [result.client_cpu_share, *result.server_cpu_share.values()]
+        if host0 is not None and host1 is not None and None not in ours:
+            busy = (host1[0] - host0[0]) / wall
+            result.other_cpu_share = max(0.0, busy - sum(x for x in ours if x is not None))
+            result.steal_share = (host1[1] - host0[1]) / wall
         if probe0 is not None and probe1 is not None:
             result.extra["callbacks_in_window"] = probe1 - probe0
             result.extra["callbacks_per_s"] = (probe1 - probe0) / wall
@@ -366,7 +393,45 @@ async def run_phase(
     result.latency_p50_ms = None if p50 is None else p50 * 1000
     result.latency_p99_ms = None if p99 is None else p99 * 1000
     result.failure_kinds = dict(kinds)
-    return result
+    return result, latencies
+
+
+def combine(name: str, parts: Sequence[tuple[PhaseResult, list[float]]]) -> PhaseResult:
+    """One result from several windows against the same server (CPU shares time-weighted)."""
+    first = parts[0][0]
+    duration = sum(part.duration_s for part, _ in parts)
+    merged = PhaseResult(name, first.concurrency, first.warmup_s, duration)
+    kinds: Counter[str] = Counter()
+    for part, _ in parts:
+        merged.completed += part.completed
+        merged.failures_measured += part.failures_measured
+        merged.failures_total += part.failures_total
+        kinds.update(part.failure_kinds)
+        merged.failure_samples += part.failure_samples
+        merged.hit_op_cap |= part.hit_op_cap
+    merged.failure_samples = merged.failure_samples[:MAX_FAILURE_SAMPLES]
+    merged.failure_kinds = dict(kinds)
+    merged.rate_per_s = merged.completed / duration
+
+    def weighted(shares: Sequence[float | None]) -> float | None:
+        if any(share is None for share in shares):
+            return None
+        weights = [part.duration_s for part, _ in parts]
+        return sum(s * w for s, w in zip(shares, weights, strict=True) if s is not None) / duration
+
+    merged.client_cpu_share = weighted([part.client_cpu_share for part, _ in parts])
+    merged.other_cpu_share = weighted([part.other_cpu_share for part, _ in parts])
+    merged.steal_share = weighted([part.steal_share for part, _ in parts])
+    for kind in first.server_cpu_share:
+        merged.server_cpu_share[kind] = weighted(
+            [part.server_cpu_share.get(kind) for part, _ in parts]
+        )
+    latencies = sorted(itertools.chain.from_iterable(lat for _, lat in parts))
+    p50, p99 = percentile(latencies, 50), percentile(latencies, 99)
+    merged.latency_p50_ms = None if p50 is None else p50 * 1000
+    merged.latency_p99_ms = None if p99 is None else p99 * 1000
+    merged.extra["windows"] = len(parts)
+    return merged
 
 
 async def rpc(session: aiohttp.ClientSession, url: str, method: str, params: Any) -> Any:
@@ -487,7 +552,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
     phases = {"health", "login"} if args.only is None else {args.only}
     health_s = args.duration if args.duration is not None else args.health_duration
     login_s = args.duration if args.duration is not None else args.login_duration
-    lifetime = 2 * (args.warmup + health_s) + args.warmup + login_s + 600.0
+    lifetime = 5 * args.warmup + 2 * health_s + login_s + 600.0  # a backstop only
     figures: dict[str, Any] = {
         "machine": {
             "cpu_count": os.cpu_count(),
@@ -529,21 +594,11 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                 return probe
 
             try:
-                echo_res: PhaseResult | None = None
+                echo: ServerProcess | None = None
                 if "health" in phases:
                     echo = ServerProcess("echo", tmpdir)
                     servers.append(echo)
                     echo.start(lifetime)
-                    await wait_ready(session, echo, health_probe(echo), 30.0)
-                    echo_res = await run_phase(
-                        "echo getHealth",
-                        health_op(session, echo.url),
-                        duration=health_s,
-                        servers=[echo],
-                        **common,
-                    )
-                    echo.stop()
-
                 backend = ServerProcess("backend", tmpdir)
                 servers.append(backend)
                 backend.start(lifetime)
@@ -565,17 +620,30 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                 sim = ServerProcess("sim", tmpdir, sim_args)
                 servers.append(sim)
                 sim.start(lifetime)
+                if echo is not None:
+                    await wait_ready(session, echo, health_probe(echo), 30.0)
                 # The first start generates the RSA-2048 and RSA-3072 keystore.
                 await wait_ready(session, sim, health_probe(sim), 180.0)
 
-                if echo_res is not None:
-                    sim_res = await run_phase(
-                        "sim omni_getHealth",
-                        health_op(session, sim.url),
-                        duration=health_s,
-                        servers=[sim],
-                        **common,
-                    )
+                if echo is not None:
+                    # ABBA order (echo, sim, sim, echo), half the window each: a drift of the
+                    # machine's speed during the run (shared host, client warming up) weighs
+                    # the same on both servers.
+                    half = health_s / 2
+                    runs: dict[str, list[tuple[PhaseResult, list[float]]]] = {"echo": [], "sim": []}
+                    for server in (echo, sim, sim, echo):
+                        runs[server.kind].append(
+                            await run_phase(
+                                f"{server.kind} omni_getHealth",
+                                health_op(session, server.url),
+                                duration=half,
+                                servers=[server],
+                                **common,
+                            )
+                        )
+                    echo.stop()
+                    echo_res = combine("echo getHealth", runs["echo"])
+                    sim_res = combine("sim omni_getHealth", runs["sim"])
                     ratio = sim_res.rate_per_s / echo_res.rate_per_s if echo_res.rate_per_s else 0
                     figures["health"] = {
                         "echo": asdict(echo_res),
@@ -591,7 +659,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
 
                 if "login" in phases:
                     wallets = make_wallets(max(args.keys, args.concurrency))
-                    login_res = await run_phase(
+                    login_res, _ = await run_phase(
                         "EVM login",
                         login_op(session, sim.url, wallets, args.concurrency),
                         duration=login_s,
@@ -689,14 +757,16 @@ def render(figures: dict[str, Any]) -> str:
                 "info",
             ),
             (
-                "CPU cores, echo phase: client / echo",
-                f"{_share(echo['client_cpu_share'])} / {_share(echo['server_cpu_share']['echo'])}",
+                "CPU cores, echo: client / echo / other",
+                f"{_share(echo['client_cpu_share'])} / {_share(echo['server_cpu_share']['echo'])}"
+                f" / {_share(echo['other_cpu_share'])}",
                 "",
                 "",
             ),
             (
-                "CPU cores, sim phase: client / sim",
-                f"{_share(sim['client_cpu_share'])} / {_share(sim['server_cpu_share']['sim'])}",
+                "CPU cores, sim: client / sim / other",
+                f"{_share(sim['client_cpu_share'])} / {_share(sim['server_cpu_share']['sim'])}"
+                f" / {_share(sim['other_cpu_share'])}",
                 "",
                 "",
             ),
@@ -742,9 +812,9 @@ def render(figures: dict[str, Any]) -> str:
                 "",
             ),
             (
-                "CPU cores, login: client / sim / backend",
+                "CPU cores, login: client / sim / backend / other",
                 f"{_share(res['client_cpu_share'])} / {_share(cpu.get('sim'))}"
-                f" / {_share(cpu.get('backend'))}",
+                f" / {_share(cpu.get('backend'))} / {_share(res['other_cpu_share'])}",
                 "",
                 "",
             ),
@@ -775,15 +845,25 @@ def render(figures: dict[str, Any]) -> str:
         f"machine : os.cpu_count()={machine['cpu_count']}  {machine['python']}"
         f"  aiohttp {machine['aiohttp']}  {machine['platform']}",
         f"settings: concurrency={settings['concurrency']}  warm-up={settings['warmup_s']} s"
-        f"  health window={settings['health_duration_s']} s"
+        f"  health window={settings['health_duration_s']} s per server (ABBA, 2 halves)"
         f"  login window={settings['login_duration_s']} s  wallets={settings['wallets']}",
         "",
         line(header),
         line(["-" * w for w in widths]),
         *(line(row) for row in rows),
         "",
-        "CPU cores = CPU seconds used in the window / window wall time (1.00 = one core busy).",
+        "CPU cores = CPU seconds used in the window / window wall time (1.00 = one core busy);",
+        "other = the rest of the machine (not this benchmark) during the windows.",
     ]
+    phases = [health["echo"], health["sim"]] if health is not None else []
+    phases += [login["result"]] if login is not None else []
+    noise = max((res["other_cpu_share"] or 0.0 for res in phases), default=0.0)
+    steal = max((res["steal_share"] or 0.0 for res in phases), default=0.0)
+    if noise >= NOISY_CPU_SHARE or steal >= NOISY_CPU_SHARE:
+        out.append(
+            f"WARNING: the machine was not quiet (other processes up to {noise:.2f} cores,"
+            f" steal up to {steal:.2f}); the figures are disturbed, rerun when it is idle."
+        )
     if health is not None:
         client_share = max(
             health["echo"]["client_cpu_share"] or 0.0, health["sim"]["client_cpu_share"] or 0.0
