@@ -1,0 +1,116 @@
+"""Broker configuration from `BROKER_*` variables; `agentkeys-broker run` flags override them.
+
+| variable | meaning | default |
+|---|---|---|
+| `BROKER_HOST`, `BROKER_PORT` | listen address | `127.0.0.1`, `8091` |
+| `BROKER_DB_URL` | `sqlite:///PATH` or `postgresql://…` | `sqlite:///~/.agentkeys/broker/broker.sqlite3`|
+| `BROKER_DB_SCHEMA` | PostgreSQL schema for the tables (isolates deployments or test runs) | `public` |
+| `BROKER_TEE_JWT_PUBLIC_KEY` | pinned TEE JWT key: PEM or DER, public or the worker's `auth_token_key.bin` | — |
+| `BROKER_TEE_JWT_PUBLIC_KEY_URL` | development only: fetch the key once at start (`/_sim/jwt-public-key`) | — |
+| `BROKER_ACCEPTED_CLIENT_IDS` | comma list of `aud` values accepted; the first is the broker's own | `agentkeys` |
+| `BROKER_CALLBACK_ALLOW_CIDRS` | networks allowed to call the credential-less callbacks | `127.0.0.0/8,::1/128` |
+| `BROKER_CALLBACK_BASE_PATH` | extra prefix the callbacks are also served under | `/agentkeys` |
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DEFAULT_DB_PATH = Path("~/.agentkeys/broker/broker.sqlite3")
+DEFAULT_PORT = 8091
+
+IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class BrokerConfigError(ValueError):
+    """A configuration value the broker refuses to start with."""
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerConfig:
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_PORT
+    db_url: str = f"sqlite:///{DEFAULT_DB_PATH}"
+    db_schema: str | None = None
+    tee_jwt_public_key: Path | None = None
+    tee_jwt_public_key_url: str | None = None
+    accepted_client_ids: tuple[str, ...] = ("agentkeys",)
+    callback_allow_cidrs: tuple[IpNetwork, ...] = field(
+        default_factory=lambda: (
+            ipaddress.ip_network("127.0.0.0/8"),
+            ipaddress.ip_network("::1/128"),
+        )
+    )
+    callback_base_path: str = "/agentkeys"
+
+    @property
+    def primary_client_id(self) -> str:
+        return self.accepted_client_ids[0]
+
+
+def parse_cidrs(value: str) -> tuple[IpNetwork, ...]:
+    networks = []
+    for item in (part.strip() for part in value.split(",")):
+        if not item:
+            continue
+        try:
+            networks.append(ipaddress.ip_network(item, strict=False))
+        except ValueError as exc:
+            raise BrokerConfigError(f"BROKER_CALLBACK_ALLOW_CIDRS: {exc}") from None
+    return tuple(networks)
+
+
+def config_from_env(env: Mapping[str, str] | None = None, **overrides: object) -> BrokerConfig:
+    env = os.environ if env is None else env
+    values: dict[str, object] = {}
+    if "BROKER_HOST" in env:
+        values["host"] = env["BROKER_HOST"]
+    if "BROKER_PORT" in env:
+        try:
+            values["port"] = int(env["BROKER_PORT"])
+        except ValueError:
+            raise BrokerConfigError("BROKER_PORT must be an integer") from None
+    if "BROKER_DB_URL" in env:
+        values["db_url"] = env["BROKER_DB_URL"]
+    if env.get("BROKER_DB_SCHEMA"):
+        values["db_schema"] = env["BROKER_DB_SCHEMA"]
+    if env.get("BROKER_TEE_JWT_PUBLIC_KEY"):
+        values["tee_jwt_public_key"] = Path(env["BROKER_TEE_JWT_PUBLIC_KEY"]).expanduser()
+    if env.get("BROKER_TEE_JWT_PUBLIC_KEY_URL"):
+        values["tee_jwt_public_key_url"] = env["BROKER_TEE_JWT_PUBLIC_KEY_URL"]
+    if "BROKER_ACCEPTED_CLIENT_IDS" in env:
+        ids = tuple(part.strip() for part in env["BROKER_ACCEPTED_CLIENT_IDS"].split(",") if part.strip())
+        if not ids:
+            raise BrokerConfigError("BROKER_ACCEPTED_CLIENT_IDS must name at least one client id")
+        values["accepted_client_ids"] = ids
+    if "BROKER_CALLBACK_ALLOW_CIDRS" in env:
+        values["callback_allow_cidrs"] = parse_cidrs(env["BROKER_CALLBACK_ALLOW_CIDRS"])
+    if "BROKER_CALLBACK_BASE_PATH" in env:
+        values["callback_base_path"] = env["BROKER_CALLBACK_BASE_PATH"]
+    values.update({key: value for key, value in overrides.items() if value is not None})
+    base = str(values.get("callback_base_path", "/agentkeys")).rstrip("/")
+    if base and not base.startswith("/"):
+        raise BrokerConfigError("BROKER_CALLBACK_BASE_PATH must start with '/'")
+    values["callback_base_path"] = base
+    config = BrokerConfig(**values)  # type: ignore[arg-type]
+    if config.tee_jwt_public_key is None and config.tee_jwt_public_key_url is None:
+        raise BrokerConfigError(
+            "no TEE key: set BROKER_TEE_JWT_PUBLIC_KEY (PEM/DER file) or, for local development, "
+            "BROKER_TEE_JWT_PUBLIC_KEY_URL (e.g. http://127.0.0.1:2100/_sim/jwt-public-key)"
+        )
+    return config
+
+
+def sqlite_path(db_url: str) -> Path:
+    """``sqlite:///PATH`` → PATH (``~`` expanded); ``sqlite:///:memory:`` is refused (one process)."""
+    prefix = "sqlite:///"
+    if not db_url.startswith(prefix):
+        raise BrokerConfigError(f"not a SQLite URL: {db_url!r}")
+    path = db_url[len(prefix) :]
+    if not path or path == ":memory:":
+        raise BrokerConfigError("BROKER_DB_URL must name a SQLite file")
+    return Path(path).expanduser()

@@ -1,0 +1,95 @@
+"""The broker's replies: the worker's ``{code, message, data}`` envelope, success ``10000``.
+
+Refusals are HTTP 4xx with the same envelope and a broker code that names the rule (the worker
+treats any non-2xx as a transport failure, so the code is for people and logs):
+
+| code | HTTP | `data.error` | meaning |
+|---|---|---|---|
+| 40000 | 400 | `malformed_body` | body or query does not have the shape the worker sends |
+| 40100 | 401 | `missing_bearer` | no ``Authorization: Bearer`` on a callback that needs one |
+| 40101 | 401 | `invalid_token` | TEE token refused (signature, alg, exp, aud, typ, sub shape) |
+| 40300 | 403 | `identity_mismatch` | token ``sub``/``aud`` is not the identity the body names |
+| 40301 | 403 | `network_refused` | credential-less callback from outside `BROKER_CALLBACK_ALLOW_CIDRS` |
+| 40302 | 403 | `client_not_accepted` | ``clientId`` not in `BROKER_ACCEPTED_CLIENT_IDS` |
+| 40303 | 403 | `not_a_wallet_identity` | grants need a master that logged in with an EVM wallet |
+| 40400 | 404 | `unknown_user` / `unknown_grant` | nothing stored under that id |
+| 40900 | 409 | `already_revoked` | the grant was revoked before |
+| 41300 | 413 | `body_too_large` | body above 64 KiB |
+| 50300 | 503 | `storage_unavailable` | the database failed; nothing was written |
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+SUCCESS = 10000
+
+
+class BrokerError(Exception):
+    def __init__(self, status: int, code: int, error: str, message: str, **details: Any) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.error = error
+        self.message = message
+        self.details = details
+
+    def response(self) -> web.Response:
+        data = {"error": self.error, **self.details}
+        return web.json_response({"code": self.code, "message": self.message, "data": data}, status=self.status)
+
+
+def ok(data: Any) -> web.Response:
+    return web.json_response({"code": SUCCESS, "message": "OK", "data": data})
+
+
+def malformed(message: str) -> BrokerError:
+    return BrokerError(400, 40000, "malformed_body", message)
+
+
+def missing_bearer() -> BrokerError:
+    return BrokerError(401, 40100, "missing_bearer", "Authorization: Bearer <TEE access token> is required")
+
+
+def invalid_token(reason: str) -> BrokerError:
+    return BrokerError(401, 40101, "invalid_token", "the TEE token was refused", reason=reason)
+
+
+def identity_mismatch(reason: str) -> BrokerError:
+    return BrokerError(403, 40300, "identity_mismatch", "the token does not prove this identity", reason=reason)
+
+
+def network_refused(remote: str | None) -> BrokerError:
+    return BrokerError(403, 40301, "network_refused", f"callbacks are not served to {remote or 'this peer'}")
+
+
+def client_not_accepted(client_id: str) -> BrokerError:
+    return BrokerError(403, 40302, "client_not_accepted", f"client id {client_id!r} is not served here")
+
+
+def not_a_wallet_identity() -> BrokerError:
+    return BrokerError(
+        403, 40303, "not_a_wallet_identity", "grants are made by a master that logged in with an EVM wallet"
+    )
+
+
+def unknown_user() -> BrokerError:
+    return BrokerError(404, 40400, "unknown_user", "no user is stored for this identity")
+
+
+def unknown_grant() -> BrokerError:
+    return BrokerError(404, 40400, "unknown_grant", "no such grant for this master")
+
+
+def already_revoked() -> BrokerError:
+    return BrokerError(409, 40900, "already_revoked", "the grant is already revoked")
+
+
+def body_too_large(limit: int) -> BrokerError:
+    return BrokerError(413, 41300, "body_too_large", f"the body exceeds {limit} bytes")
+
+
+def storage_unavailable() -> BrokerError:
+    return BrokerError(503, 50300, "storage_unavailable", "the database is unavailable; nothing was written")
