@@ -2,18 +2,28 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
-from collections.abc import AsyncIterator, Awaitable, Callable
+import os
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
+from cryptography.hazmat.primitives.asymmetric import rsa
 
+from broker.app import create_app as create_broker_app
+from broker.config import config_from_env as broker_config_from_env
+from broker.state import STATE, BrokerState
 from fixtures.recording_backend import RecordingBackend
 from omni_sim.config import SimConfig, config_from_env
-from omni_sim.keystore import load_auth_token_key, load_shielding_key
+from omni_sim.keystore import load_auth_token_key, load_pkcs1_der, load_shielding_key
 from omni_sim.server import SimServer
+from protocol.tee_jwt import AuthTokenClaims, encode_auth_token
 
 
 @pytest.fixture(scope="session")
@@ -101,3 +111,84 @@ async def rpc(
         body: dict[str, Any] = await response.json()
     assert body["id"] == request["id"]
     return body
+
+
+# --------------------------------------------------------------------------- broker fixtures
+
+PG_DSN = os.environ.get("BROKER_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/test")
+TEE_KEY_PATH = Path(__file__).parent.parent / "fixtures" / "keys" / "auth_token_key.test.bin"
+
+
+@pytest.fixture(scope="session")
+def tee_key() -> rsa.RSAPrivateKey:
+    """The TEE JWT key the broker pins in tests (the worker's own file format)."""
+    return load_pkcs1_der(TEE_KEY_PATH)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str, str | None]]:
+    """Every broker test runs on both databases; PostgreSQL gets a schema of its own, dropped after.
+
+    PostgreSQL is not optional: if 127.0.0.1:5432 is down the test fails, it is never skipped."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'broker.sqlite3'}", None
+        return
+    schema = f"t_{uuid.uuid4().hex[:16]}"
+    yield PG_DSN, schema
+    asyncio.run(_drop_schema(schema))
+
+
+async def _drop_schema(schema: str) -> None:
+    import asyncpg
+
+    connection = await asyncpg.connect(PG_DSN)
+    try:
+        await connection.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    finally:
+        await connection.close()
+
+
+class BrokerHandle:
+    """A running broker on a free loopback port, with the state tests inspect."""
+
+    def __init__(self, app: web.Application, runner: web.AppRunner, url: str) -> None:
+        self.app = app
+        self.runner = runner
+        self.url = url
+
+    @property
+    def state(self) -> BrokerState:
+        return self.app[STATE]
+
+
+BrokerFactory = Callable[..., Awaitable[BrokerHandle]]
+
+
+@pytest.fixture
+async def make_broker(db_url: tuple[str, str | None], tee_key: rsa.RSAPrivateKey) -> AsyncIterator[BrokerFactory]:
+    started: list[BrokerHandle] = []
+
+    async def factory(env: dict[str, str] | None = None, clock: Callable[[], float] = time.time) -> BrokerHandle:
+        url, schema = db_url
+        values = {"BROKER_DB_URL": url, "BROKER_TEE_JWT_PUBLIC_KEY": str(TEE_KEY_PATH), **(env or {})}
+        if schema is not None:
+            values["BROKER_DB_SCHEMA"] = schema
+        app = create_broker_app(broker_config_from_env(values), clock=clock)
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        handle = BrokerHandle(app, runner, f"http://127.0.0.1:{runner.addresses[0][1]}/")
+        started.append(handle)
+        return handle
+
+    yield factory
+    for handle in started:
+        await handle.runner.cleanup()
+
+
+def mint_tee_token(
+    key: rsa.RSAPrivateKey, sub: str, aud: str = "agentkeys", typ: str = "access", exp: int | None = None
+) -> str:
+    """A token exactly as the worker mints it (header and claim order included)."""
+    expires = exp if exp is not None else int(time.time()) + 7 * 24 * 3600
+    return encode_auth_token(AuthTokenClaims(sub=sub, typ=typ, exp=expires, aud=aud), key)
