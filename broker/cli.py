@@ -60,8 +60,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         return serve(config)
     db_url = os.environ.get("BROKER_DB_URL", BrokerConfig().db_url)
+    schema = os.environ.get("BROKER_DB_SCHEMA") or None
     try:
-        return asyncio.run(grants_command(db_url, args))
+        return asyncio.run(grants_command(db_url, schema, args))
     except (StorageError, BrokerConfigError) as exc:
         print(f"agentkeys-broker: {exc}", file=sys.stderr)
         return 1
@@ -85,8 +86,8 @@ def serve(config: BrokerConfig) -> int:
     return 0
 
 
-async def grants_command(db_url: str, args: argparse.Namespace) -> int:
-    db = open_database(db_url)
+async def grants_command(db_url: str, schema: str | None, args: argparse.Namespace) -> int:
+    db = open_database(db_url, schema=schema)
     await db.open()
     try:
         now = int(time.time())
