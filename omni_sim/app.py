@@ -48,9 +48,7 @@ JSON_CONTENT_TYPES = frozenset(
 )
 _JSON_HEADERS = {"Content-Type": "application/json; charset=utf-8"}
 _METHOD_NOT_ALLOWED = "Used HTTP Method is not allowed. POST is required\n"
-_UNSUPPORTED_CONTENT_TYPE = (
-    "Supplied content type is not allowed. Content-Type: application/json is required\n"
-)
+_UNSUPPORTED_CONTENT_TYPE = "Supplied content type is not allowed. Content-Type: application/json is required\n"
 
 
 def create_app(
@@ -64,9 +62,7 @@ def create_app(
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300)
-        async with aiohttp.ClientSession(
-            connector=connector, skip_auto_headers=("User-Agent",)
-        ) as session:
+        async with aiohttp.ClientSession(connector=connector, skip_auto_headers=("User-Agent",)) as session:
             ctx = SimContext.create(config, session, clock=clock, jwt_key=jwt_key)
             app[SIM_CONTEXT] = ctx
             app[DISPATCHER] = RpcDispatcher(ctx, METHODS)
@@ -104,8 +100,8 @@ async def rpc_endpoint(request: web.Request) -> web.StreamResponse:
     if body is None:
         error = request.app[SIM_CONTEXT].errors.oversized_request(limit)
         return web.Response(status=413, body=encode(failure(None, error)), headers=_JSON_HEADERS)
-    answer = await dispatcher.handle_body(body, request.headers.get("Authorization"))
-    return web.Response(body=answer or b"", headers=_JSON_HEADERS)
+    reply = await dispatcher.handle_body(body, request.headers.get("Authorization"))
+    return web.Response(status=reply.http_status, body=reply.body or b"", headers=_JSON_HEADERS)
 
 
 async def _read_limited(request: web.Request, limit: int) -> bytes | None:
@@ -134,7 +130,7 @@ async def rpc_websocket(request: web.Request) -> web.WebSocketResponse:
             error = request.app[SIM_CONTEXT].errors.oversized_request(limit)
             reply: bytes | None = encode(failure(None, error))
         else:
-            reply = await dispatcher.handle_body(body, authorization)
+            reply = (await dispatcher.handle_body(body, authorization)).body
         if reply is not None and not ws.closed:
             await ws.send_str(reply.decode("utf-8"))
 
@@ -239,9 +235,7 @@ async def sim_clock_move(request: web.Request) -> web.Response:
     except ValueError:
         return _sim_error(400, "bad_request", "body must be JSON")
     if not isinstance(body, dict) or not body.keys() <= {"advance", "freeze"} or not body:
-        return _sim_error(
-            400, "bad_request", 'expected {"advance": seconds} or {"freeze": unix|null}'
-        )
+        return _sim_error(400, "bad_request", 'expected {"advance": seconds} or {"freeze": unix|null}')
     if "advance" in body:
         seconds = body["advance"]
         if isinstance(seconds, bool) or not isinstance(seconds, int) or seconds < 0:

@@ -136,9 +136,7 @@ class BackendApi:
         )
 
     async def add_wallet(self, access_token: str) -> ApiResponse:
-        return await self._call(
-            "add_wallet", "POST", ADD_WALLET_PATH, ADD_WALLET_DATA, token=access_token
-        )
+        return await self._call("add_wallet", "POST", ADD_WALLET_PATH, ADD_WALLET_DATA, token=access_token)
 
     async def get_account_user_id(self, email: str) -> ApiResponse:
         return await self._call(
@@ -150,9 +148,7 @@ class BackendApi:
             check_status=False,
         )
 
-    async def user_connect(
-        self, access_token: str, body: dict[str, Any], language: str | None
-    ) -> ApiResponse:
+    async def user_connect(self, access_token: str, body: dict[str, Any], language: str | None) -> ApiResponse:
         return await self._call(
             "user_connect",
             "POST",
@@ -183,9 +179,7 @@ class BackendApi:
         payload = b""
         if json_body is not None:
             headers["Content-Type"] = "application/json"
-            payload = json.dumps(json_body, separators=(",", ":"), ensure_ascii=False).encode(
-                "utf-8"
-            )
+            payload = json.dumps(json_body, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
         entry = self._journal.open(
             backend=self.name,
             operation=operation,
@@ -196,9 +190,7 @@ class BackendApi:
         )
         started = time.perf_counter()
         try:
-            return await self._exchange(
-                entry, method, url, headers, payload, query, data_fields, check_status
-            )
+            return await self._exchange(entry, method, url, headers, payload, query, data_fields, check_status)
         finally:
             entry.duration_ms = (time.perf_counter() - started) * 1000
 
@@ -230,9 +222,7 @@ class BackendApi:
             raise CallbackFailed(entry.error) from exc
         entry.response_body = _maybe_json(raw)
         if check_status and not 200 <= response.status < 300:
-            entry.error = (
-                f"reqwest::Error {{ kind: Status({response.status}), url: {json.dumps(url)} }}"
-            )
+            entry.error = f"reqwest::Error {{ kind: Status({response.status}), url: {json.dumps(url)} }}"
             raise CallbackFailed(entry.error)
         try:
             body = json.loads(raw)

@@ -17,29 +17,21 @@ from omni_sim.server import SimServer
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="omni-sim", description="Simulator of the Heima omni-executor JSON-RPC"
-    )
+    parser = argparse.ArgumentParser(prog="omni-sim", description="Simulator of the Heima omni-executor JSON-RPC")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="serve JSON-RPC over HTTP and WebSocket on one port")
     run.add_argument("--host", default=None, help="bind address (default 127.0.0.1)")
-    run.add_argument(
-        "--port", type=int, default=None, help="port (default: OE_PUMPX_WORKER_URL's, else 2100)"
-    )
+    run.add_argument("--port", type=int, default=None, help="port (default: OE_PUMPX_WORKER_URL's, else 2100)")
     run.add_argument("--profile", choices=["upstream", "agentkeys-patch"], default=None)
     run.add_argument("--error-era", choices=["current", "legacy"], default=None)
-    run.add_argument(
-        "--local-dir", default=None, help="worker local directory (keystore/ lives here)"
-    )
+    run.add_argument("--local-dir", default=None, help="worker local directory (keystore/ lives here)")
     run.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         config = config_from_env(
             host=args.host,

@@ -101,9 +101,7 @@ def mailers_from_env(env: Mapping[str, str]) -> dict[str, MailerConfig]:
         except ValueError:
             raise ConfigError(f"{key}={value!r}: expected console, smtp or sendgrid") from None
         if kind is MailerType.SENDGRID:
-            raise ConfigError(
-                f"{key}=sendgrid: the simulator cannot reach SendGrid; use console or smtp"
-            )
+            raise ConfigError(f"{key}=sendgrid: the simulator cannot reach SendGrid; use console or smtp")
         smtp_url = env.get(f"OE_MAILER_SMTP_URL_{client}")
         if kind is MailerType.SMTP and not smtp_url:
             raise ConfigError(f"{key}=smtp needs OE_MAILER_SMTP_URL_{client}=smtp://host:port")
@@ -145,9 +143,7 @@ def config_from_env(env: Mapping[str, str] | None = None, **overrides: object) -
         if var in env:
             values[attr] = _pubkey(var, env[var])
     if "OE_RPC_SERVER_MAX_CONNECTIONS" in env:
-        values["max_connections"] = _positive_int(
-            "OE_RPC_SERVER_MAX_CONNECTIONS", env["OE_RPC_SERVER_MAX_CONNECTIONS"]
-        )
+        values["max_connections"] = _positive_int("OE_RPC_SERVER_MAX_CONNECTIONS", env["OE_RPC_SERVER_MAX_CONNECTIONS"])
     if "OE_SIM_PROFILE" in env:
         values["profile"] = _enum(ProfileName, "OE_SIM_PROFILE", env["OE_SIM_PROFILE"])
     if "OE_SIM_ERROR_ERA" in env:

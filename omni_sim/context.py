@@ -51,12 +51,8 @@ class SimContext:
         journal = CallbackJournal()
         timeout = config.callback_timeout
         backends = {
-            BackendName.PUMPX: BackendApi(
-                "pumpx", config.pumpx_api_base_url, session, journal, timeout
-            ),
-            BackendName.AGENTKEYS: BackendApi(
-                "agentkeys", config.agentkeys_api_base_url, session, journal, timeout
-            ),
+            BackendName.PUMPX: BackendApi("pumpx", config.pumpx_api_base_url, session, journal, timeout),
+            BackendName.AGENTKEYS: BackendApi("agentkeys", config.agentkeys_api_base_url, session, journal, timeout),
         }
         return cls(
             config=config,

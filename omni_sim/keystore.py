@@ -59,9 +59,7 @@ def load_pkcs1_der(path: Path) -> rsa.RSAPrivateKey:
 
 
 def load_auth_token_key(local_dir: Path) -> rsa.RSAPrivateKey:
-    return load_or_create_rsa_key(
-        keystore_dir(local_dir) / AUTH_TOKEN_KEY_FILE, AUTH_TOKEN_KEY_BITS
-    )
+    return load_or_create_rsa_key(keystore_dir(local_dir) / AUTH_TOKEN_KEY_FILE, AUTH_TOKEN_KEY_BITS)
 
 
 def load_shielding_key(local_dir: Path) -> rsa.RSAPrivateKey:

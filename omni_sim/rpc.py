@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
@@ -86,14 +87,59 @@ def bearer_token(header: str) -> str:
     return header.strip()
 
 
-def _valid_id(value: Any) -> bool:
-    if value is None or isinstance(value, str):
-        return True
-    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= _U64_MAX
+class DuplicateKeyDict(dict[str, Any]):
+    """A JSON object that repeated some keys (Python keeps the last; serde refuses a repeated
+    field of a struct, and ignores repeats of fields it does not know)."""
+
+    duplicates: frozenset[str] = frozenset()
+
+
+def _object_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) == len(pairs):
+        return obj
+    counts = Counter(key for key, _ in pairs)
+    marked = DuplicateKeyDict(obj)
+    marked.duplicates = frozenset(key for key, count in counts.items() if count > 1)
+    return marked
 
 
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
+
+
+_DECODER = json.JSONDecoder(object_pairs_hook=_object_pairs, parse_constant=_reject_constant)
+
+
+def has_surrogates(text: str) -> bool:
+    """A lone surrogate: a ``\\uD800``-style escape, or an invalid UTF-8 byte kept by
+    ``surrogateescape``. serde_json refuses both wherever it builds a `str`."""
+    if text.isascii():
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def _contains_surrogates(value: Any) -> bool:
+    if isinstance(value, str):
+        return has_surrogates(value)
+    if isinstance(value, list):
+        return any(_contains_surrogates(item) for item in value)
+    if isinstance(value, dict):
+        return any(has_surrogates(key) or _contains_surrogates(item) for key, item in value.items())
+    return False
+
+
+def _valid_id(value: Any) -> bool:
+    """jsonrpsee `Id`: null, a u64, or a string."""
+    if value is None:
+        return True
+    if isinstance(value, str):
+        return not has_surrogates(value)
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= _U64_MAX
 
 
 def encode(obj: Any) -> bytes:
@@ -108,6 +154,20 @@ def failure(request_id: Any, error: RpcError) -> dict[str, Any]:
     return {"jsonrpc": "2.0", "id": request_id, "error": error.to_json()}
 
 
+@dataclass(frozen=True, slots=True)
+class RpcReply:
+    """What to send back: `body` (``None``: nothing is due) and the HTTP status to use."""
+
+    body: bytes | None
+    http_status: int = 200
+
+
+@dataclass(frozen=True, slots=True)
+class _Body:
+    value: Any
+    raw_utf8_errors: bool  # the body had bytes that are not UTF-8 (kept as surrogates)
+
+
 class RpcDispatcher:
     def __init__(self, ctx: SimContext, methods: Mapping[str, Handler]) -> None:
         self._ctx = ctx
@@ -117,51 +177,71 @@ class RpcDispatcher:
     def method_names(self) -> list[str]:
         return sorted(self._methods)
 
-    async def handle_body(self, body: bytes, authorization: str | None) -> bytes | None:
-        """Answer one HTTP body or WebSocket message; ``None`` means no response is due."""
-        payload = self._parse(body)
-        if payload is None:
-            return encode(failure(None, self._ctx.errors.parse_error()))
-        if isinstance(payload, list):
-            if not payload:
-                return encode(failure(None, self._ctx.errors.invalid_request()))
+    async def handle_body(self, body: bytes, authorization: str | None) -> RpcReply:
+        """Answer one HTTP body or WebSocket message the way jsonrpsee frames it."""
+        parse_error = encode(failure(None, self._ctx.errors.parse_error()))
+        first = body.lstrip(b" \t\r\n")[:1]
+        if first not in (b"{", b"["):
+            return RpcReply(parse_error, 400)  # jsonrpsee `read_body`: malformed, HTTP 400
+        parsed = self._parse(body)
+        if parsed is None:
+            return RpcReply(parse_error)
+        if isinstance(parsed.value, list):
+            if not parsed.value:
+                return RpcReply(encode(failure(None, self._ctx.errors.invalid_request())))
             answers = await asyncio.gather(
-                *(self.handle_value(item, authorization) for item in payload)
+                *(self.handle_value(item, authorization, parsed.raw_utf8_errors, batch=True) for item in parsed.value)
             )
             batch = [answer for answer in answers if answer is not None]
-            return encode(batch) if batch else None
-        answer = await self.handle_value(payload, authorization)
-        return None if answer is None else encode(answer)
+            return RpcReply(encode(batch) if batch else None)
+        if not isinstance(parsed.value, dict):
+            return RpcReply(parse_error)
+        answer = await self.handle_value(parsed.value, authorization, parsed.raw_utf8_errors)
+        return RpcReply(None if answer is None else encode(answer))
 
-    def _parse(self, body: bytes) -> Any:
-        stripped = body.lstrip(b" \t\r\n")
-        if not stripped or stripped[:1] not in (b"{", b"["):
-            return None
+    @staticmethod
+    def _parse(body: bytes) -> _Body | None:
         try:
             text = body.decode("utf-8")
-            value = json.loads(text, parse_constant=_reject_constant)
-            if "\\u" in text and ("\\ud" in text.lower()):
-                encode(value)  # serde_json refuses lone surrogates; Python would accept them
-        except (ValueError, UnicodeError, RecursionError):
+            raw_errors = False
+        except UnicodeDecodeError:
+            text = body.decode("utf-8", errors="surrogateescape")
+            raw_errors = True
+        try:
+            return _Body(_DECODER.decode(text), raw_errors)
+        except (ValueError, RecursionError):
             return None
-        return value
 
-    async def handle_value(self, request: Any, authorization: str | None) -> dict[str, Any] | None:
+    def _is_call(self, request: Any, raw_utf8_errors: bool, *, with_id: bool) -> bool:
+        """jsonrpsee's `Request` (with an id) or `Notification` (id ignored) deserializes."""
         if not isinstance(request, dict):
-            return failure(None, self._ctx.errors.parse_error())
+            return False
+        duplicates = request.duplicates if isinstance(request, DuplicateKeyDict) else frozenset()
+        fields = {"jsonrpc", "method", "params", "id"} if with_id else {"jsonrpc", "method", "params"}
+        if duplicates & fields:
+            return False
         method = request.get("method")
-        has_id = "id" in request and _valid_id(request["id"])
-        well_formed = request.get("jsonrpc") == "2.0" and isinstance(method, str)
-        if well_formed and "id" not in request:
-            return None  # a notification: jsonrpsee does not answer it
-        if not (well_formed and has_id):
-            if has_id:
+        if request.get("jsonrpc") != "2.0" or not isinstance(method, str) or has_surrogates(method):
+            return False
+        if raw_utf8_errors and _contains_surrogates(request.get("params")):
+            return False  # params are kept raw, but raw text must still be UTF-8
+        return not with_id or ("id" in request and _valid_id(request["id"]))
+
+    async def handle_value(
+        self, request: Any, authorization: str | None, raw_utf8_errors: bool = False, *, batch: bool = False
+    ) -> dict[str, Any] | None:
+        if not self._is_call(request, raw_utf8_errors, with_id=True):
+            if self._is_call(request, raw_utf8_errors, with_id=False):
+                return None  # a notification: jsonrpsee does not answer it
+            duplicates = request.duplicates if isinstance(request, DuplicateKeyDict) else frozenset()
+            if isinstance(request, dict) and "id" in request and "id" not in duplicates and _valid_id(request["id"]):
                 return failure(request["id"], self._ctx.errors.invalid_request())
+            if batch:  # a batch element that is not even `{ "id": … }` is an invalid request
+                return failure(None, self._ctx.errors.invalid_request())
             return failure(None, self._ctx.errors.parse_error())
-        assert isinstance(method, str)
         request_id = request["id"]
         try:
-            result = await self.call(method, request.get("params", ABSENT), authorization)
+            result = await self.call(request["method"], request.get("params", ABSENT), authorization)
         except RpcError as error:
             return failure(request_id, error)
         return success(request_id, result)

@@ -98,9 +98,7 @@ def _fixed_signature(scheme: SignatureScheme, raw_hex: Any, *, bare: bool = Fals
     except HexError as exc:
         raise SerdeError(str(exc)) from exc
     if len(raw) != SIGNATURE_LENGTHS[scheme]:
-        raise SerdeError(
-            f"expected {SIGNATURE_LENGTHS[scheme]} bytes of {scheme} signature, got {len(raw)}"
-        )
+        raise SerdeError(f"expected {SIGNATURE_LENGTHS[scheme]} bytes of {scheme} signature, got {len(raw)}")
     return Web3Signature(scheme, raw)
 
 
@@ -203,9 +201,7 @@ class ClientAuth:
         return {"type": self.kind, "value": dict(self.fields)}
 
 
-def parse_client_auth(
-    value: Any, variants: dict[str, tuple[Field, ...]] = CLIENT_AUTH_VARIANTS
-) -> ClientAuth:
+def parse_client_auth(value: Any, variants: dict[str, tuple[Field, ...]] = CLIENT_AUTH_VARIANTS) -> ClientAuth:
     tag, content, has_content = parse_adjacently_tagged(value, "ClientAuth")
     fields = variants.get(tag)
     if fields is None:
@@ -277,9 +273,7 @@ def to_omni_auth(user_auth: UserAuth, user_id: UserId, client_id: str) -> OmniAu
         except IdentityError as exc:
             raise OmniAuthError("Invalid user ID format") from exc
         if identity.kind is not expected:
-            raise OmniAuthError(
-                f"User ID must be a {expected} identity for {expected} authentication"
-            )
+            raise OmniAuthError(f"User ID must be a {expected} identity for {expected} authentication")
         return Web3Auth(client_id, identity, user_auth.signature)
     if user_auth.kind is UserAuthKind.AUTH_TOKEN:
         return AuthTokenAuth(user_auth.value)

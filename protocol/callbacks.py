@@ -51,9 +51,7 @@ def post_heima_login_body(
     }
 
 
-def user_connect_body(
-    email: str, invite_code: str | None, google_code: str, user_id: str
-) -> dict[str, Any]:
+def user_connect_body(email: str, invite_code: str | None, google_code: str, user_id: str) -> dict[str, Any]:
     """`UserConnectBody` (camelCase): ``{email, inviteCode, googleCode, userId}``."""
     return {"email": email, "inviteCode": invite_code, "googleCode": google_code, "userId": user_id}
 
@@ -97,9 +95,7 @@ def decode_api_response(body: Any, data_fields: tuple[Field, ...], struct: str) 
         ),
         "ApiResponse",
     )
-    return ApiResponse(
-        code=fields["code"], message=fields["message"], data=fields["data"], raw=body
-    )
+    return ApiResponse(code=fields["code"], message=fields["message"], data=fields["data"], raw=body)
 
 
 __all__ = [

@@ -36,10 +36,7 @@ def is_valid_email_address(email: str) -> bool:
     local, domain = email.rsplit("@", 1)
     if not local or not domain:
         return False
-    if (
-        len(local.encode("utf-8")) > LOCAL_PART_MAX_LENGTH
-        or len(domain.encode("utf-8")) > DOMAIN_MAX_LENGTH
-    ):
+    if len(local.encode("utf-8")) > LOCAL_PART_MAX_LENGTH or len(domain.encode("utf-8")) > DOMAIN_MAX_LENGTH:
         return False
     if not (_DOT_ATOM.fullmatch(local) or _QUOTED.fullmatch(local)):
         return False
@@ -47,8 +44,7 @@ def is_valid_email_address(email: str) -> bool:
         return True
     labels = domain.split(".")
     return all(
-        label and len(label.encode("utf-8")) <= SUB_DOMAIN_MAX_LENGTH and _LABEL.fullmatch(label)
-        for label in labels
+        label and len(label.encode("utf-8")) <= SUB_DOMAIN_MAX_LENGTH and _LABEL.fullmatch(label) for label in labels
     )
 
 

@@ -189,11 +189,7 @@ class ErrorCatalog:
     # --- params ------------------------------------------------------------------------------
     def params_parse(self) -> RpcError:
         """`parse_rpc_params` failure (`utils/validation.rs@05ff5857`)."""
-        return (
-            DetailedError(PARSE_ERROR, "Parse error")
-            .with_reason(PARAMS_PARSE_REASON)
-            .to_rpc_error()
-        )
+        return DetailedError(PARSE_ERROR, "Parse error").with_reason(PARAMS_PARSE_REASON).to_rpc_error()
 
     def plain_parse_error(self) -> RpcError:
         """`ErrorCode::ParseError` (bad `user_id`/`user_auth` pairing, bad hex in `user_id`)."""
@@ -253,9 +249,7 @@ class ErrorCatalog:
     def backend_transport(self, op: str, reason: str) -> RpcError:
         """`DetailedError::pumpx_service_error(op, format!("{:?}", e))`."""
         return (
-            DetailedError(PUMPX_SERVICE_ERROR_CODE, f"Pumpx service error in {op}")
-            .with_reason(reason)
-            .to_rpc_error()
+            DetailedError(PUMPX_SERVICE_ERROR_CODE, f"Pumpx service error in {op}").with_reason(reason).to_rpc_error()
         )
 
     def backend_code(self, op: str, code: int, message: str) -> RpcError:
@@ -286,11 +280,7 @@ class ErrorCatalog:
 
     def empty_user_id(self) -> RpcError:
         """`res.data.user_id.ok_or_internal("Empty data.user_id")`."""
-        return (
-            DetailedError(INTERNAL_ERROR, "Internal error")
-            .with_reason("Empty data.user_id")
-            .to_rpc_error()
-        )
+        return DetailedError(INTERNAL_ERROR, "Internal error").with_reason("Empty data.user_id").to_rpc_error()
 
     def user_connect_transport(self, reason: str) -> RpcError:
         return self.backend_transport("user_connect", reason)
@@ -312,9 +302,7 @@ class ErrorCatalog:
     # --- omni_addWallet ----------------------------------------------------------------------
     def access_token_not_stored(self) -> RpcError:
         """`storage_service_error("get access token")`: data is ``{}``."""
-        return DetailedError(
-            STORAGE_SERVICE_ERROR_CODE, "Storage service error in get access token"
-        ).to_rpc_error()
+        return DetailedError(STORAGE_SERVICE_ERROR_CODE, "Storage service error in get access token").to_rpc_error()
 
     def add_wallet_transport(self, reason: str) -> RpcError:
         return self.backend_transport("add_wallet", reason)
@@ -360,9 +348,7 @@ class LegacyErrorCatalog(ErrorCatalog):
 
     def user_connect_transport(self, reason: str) -> RpcError:
         return (
-            DetailedError(INTERNAL_ERROR, "Failed to connect user")
-            .with_suggestion("Please try again")
-            .to_rpc_error()
+            DetailedError(INTERNAL_ERROR, "Failed to connect user").with_suggestion("Please try again").to_rpc_error()
         )
 
     def user_connect_code(self, code: int, message: str) -> RpcError:
@@ -370,9 +356,7 @@ class LegacyErrorCatalog(ErrorCatalog):
 
     def google_auth_check_failed(self) -> RpcError:
         return (
-            DetailedError(
-                PUMPX_API_GOOGLE_CODE_VERIFICATION_FAILED_CODE, "Google code verification failed"
-            )
+            DetailedError(PUMPX_API_GOOGLE_CODE_VERIFICATION_FAILED_CODE, "Google code verification failed")
             .with_suggestion("Please check your Google verification code and try again")
             .to_rpc_error()
         )

@@ -4,8 +4,9 @@ The worker parses params with jsonrpsee `Params::parse` = `serde_json::from_str`
 structs (spec §2.3). The rules reproduced here:
 
 * a struct accepts an object (unknown keys ignored, a missing `Option` field is `None`, a missing
-  required field is an error) or an array holding *exactly* its fields in declaration order (a
-  missing trailing element is an error even for `Option` fields; extra elements are an error);
+  required field is an error, a repeated known field is an error) or an array holding *exactly*
+  its fields in declaration order (a missing trailing element is an error even for `Option`
+  fields; extra elements are an error);
 * `null`, strings, numbers and booleans are not structs;
 * `String` accepts only JSON strings; `u32` only non-negative integers below 2³² (not floats,
   not booleans); `Option<T>` accepts `null` or `T`;
@@ -34,9 +35,17 @@ class Field:
     optional: bool = False
 
 
+def duplicated_keys(value: Mapping[str, Any]) -> frozenset[str]:
+    """Keys the JSON object repeated, when the decoder recorded them (see `omni_sim.rpc`)."""
+    return getattr(value, "duplicates", frozenset())
+
+
 def parse_struct(value: Any, fields: Sequence[Field], struct: str) -> dict[str, Any]:
     """Parse `value` as a derived struct with `fields`; returns name → parsed value."""
     if isinstance(value, Mapping):
+        repeated = duplicated_keys(value) & {spec.name for spec in fields}
+        if repeated:
+            raise SerdeError(f"duplicate field `{min(repeated)}` in {struct}")
         out: dict[str, Any] = {}
         for spec in fields:
             if spec.name not in value:
@@ -48,12 +57,8 @@ def parse_struct(value: Any, fields: Sequence[Field], struct: str) -> dict[str, 
         return out
     if isinstance(value, list):
         if len(value) != len(fields):
-            raise SerdeError(
-                f"invalid length {len(value)}, expected struct {struct} with {len(fields)} elements"
-            )
-        return {
-            spec.name: _parse_field(spec, item) for spec, item in zip(fields, value, strict=True)
-        }
+            raise SerdeError(f"invalid length {len(value)}, expected struct {struct} with {len(fields)} elements")
+        return {spec.name: _parse_field(spec, item) for spec, item in zip(fields, value, strict=True)}
     raise SerdeError(f"invalid type: {json_type(value)}, expected struct {struct}")
 
 
@@ -69,13 +74,13 @@ def _parse_field(spec: Field, raw: Any) -> Any:
 def parse_adjacently_tagged(value: Any, enum: str) -> tuple[str, Any, bool]:
     """Split an adjacently tagged enum into (tag, content, has_content)."""
     if isinstance(value, Mapping):
+        if duplicated_keys(value) & {"type", "value"}:
+            raise SerdeError(f"duplicate field in {enum}")
         tag = value.get("type")
         if "type" not in value:
             raise SerdeError(f"missing field `type` in {enum}")
         if not isinstance(tag, str):
-            raise SerdeError(
-                f"invalid type: {json_type(tag)}, expected variant identifier of {enum}"
-            )
+            raise SerdeError(f"invalid type: {json_type(tag)}, expected variant identifier of {enum}")
         return tag, value.get("value"), "value" in value
     if isinstance(value, list):
         if len(value) != 2 or not isinstance(value[0], str):
@@ -85,8 +90,14 @@ def parse_adjacently_tagged(value: Any, enum: str) -> tuple[str, Any, bool]:
 
 
 def string(value: Any) -> str:
+    """`String`: a JSON string that is valid Unicode (serde_json refuses lone surrogates)."""
     if not isinstance(value, str):
         raise SerdeError(f"invalid type: {json_type(value)}, expected a string")
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise SerdeError("lone surrogate in string") from None
     return value
 
 

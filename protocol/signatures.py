@@ -68,9 +68,7 @@ SIGNATURE_LENGTHS: dict[SignatureScheme, int] = {
     SignatureScheme.BITCOIN: 65,
 }
 
-_SUBSTRATE_SCHEMES = frozenset(
-    {SignatureScheme.ED25519, SignatureScheme.SR25519, SignatureScheme.ECDSA}
-)
+_SUBSTRATE_SCHEMES = frozenset({SignatureScheme.ED25519, SignatureScheme.SR25519, SignatureScheme.ECDSA})
 _BITCOIN_SIGNED_MSG_PREFIX = b"\x18Bitcoin Signed Message:\n"
 _EIP191_PREFIX = b"\x19Ethereum Signed Message:\n"
 
@@ -248,15 +246,13 @@ def verify_web3(msg: bytes, identity: Identity, signature: Web3Signature) -> boo
         if kind is IdentityKind.SUBSTRATE:
             if scheme not in _SUBSTRATE_SCHEMES:
                 return False
-            return _verify_substrate(substrate_wrap(msg), signature, raw) or _verify_substrate(
-                msg, signature, raw
-            )
+            return _verify_substrate(substrate_wrap(msg), signature, raw) or _verify_substrate(msg, signature, raw)
         if kind is IdentityKind.EVM:
             if scheme is not SignatureScheme.ETHEREUM:
                 return False
-            return _verify_evm_signature(
-                evm_eip191_wrap(msg), signature.raw, raw
-            ) or _verify_evm_signature(msg, signature.raw, raw)
+            return _verify_evm_signature(evm_eip191_wrap(msg), signature.raw, raw) or _verify_evm_signature(
+                msg, signature.raw, raw
+            )
         if kind is IdentityKind.BITCOIN:
             return scheme is SignatureScheme.BITCOIN and _verify_bitcoin(msg, signature.raw, raw)
         if kind is IdentityKind.SOLANA:
@@ -302,9 +298,7 @@ def _ed25519_sign(msg: bytes, seed: bytes) -> tuple[bytes, bytes]:
     return public, key.sign(msg)
 
 
-def sign_substrate(
-    msg: bytes, scheme: SignatureScheme, seed: bytes, *, wrap: bool = True
-) -> tuple[bytes, bytes]:
+def sign_substrate(msg: bytes, scheme: SignatureScheme, seed: bytes, *, wrap: bool = True) -> tuple[bytes, bytes]:
     """(account32, signature) as a Substrate wallet signs; `wrap` adds ``<Bytes>…</Bytes>``."""
     payload = substrate_wrap(msg) if wrap else msg
     if scheme is SignatureScheme.ED25519:
@@ -325,9 +319,7 @@ def sign_solana(msg: bytes, seed: bytes) -> tuple[bytes, bytes]:
     return _ed25519_sign(msg, seed)
 
 
-def sign_bitcoin(
-    msg: bytes, private_key: bytes, *, as_hex_text: bool = True
-) -> tuple[bytes, bytes]:
+def sign_bitcoin(msg: bytes, private_key: bytes, *, as_hex_text: bool = True) -> tuple[bytes, bytes]:
     """(compressed pubkey33, 65-byte sig, header 31 + recid) over msg's hex text or UTF-8 text."""
     if as_hex_text:
         text = msg.hex().encode("ascii")

@@ -28,11 +28,7 @@ async def add_wallet(ctx: SimContext, params: Any, ext: RpcExtensions | None) ->
     except HexError:
         account = b""
     if len(account) != 32:
-        raise (
-            DetailedError(-32700, "Parse error")
-            .with_reason("Failed to parse omni_account")
-            .to_rpc_error()
-        )
+        raise (DetailedError(-32700, "Parse error").with_reason("Failed to parse omni_account").to_rpc_error())
     access_token = ctx.jwts.get(account, AUTH_TOKEN_ACCESS_TYPE)
     if access_token is None:
         raise ctx.errors.access_token_not_stored()

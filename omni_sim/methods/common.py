@@ -13,9 +13,7 @@ from protocol.errors import RpcError
 from protocol.serde_rules import Field, SerdeError, parse_struct
 
 
-def parse_rpc_params(
-    ctx: SimContext, params: Any, fields: Sequence[Field], struct: str
-) -> dict[str, Any]:
+def parse_rpc_params(ctx: SimContext, params: Any, fields: Sequence[Field], struct: str) -> dict[str, Any]:
     """`parse_rpc_params::<T>(params)`: any deserialization failure is the one -32700 object."""
     try:
         return parse_struct(None if params is ABSENT else params, fields, struct)

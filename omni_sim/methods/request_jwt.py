@@ -43,9 +43,7 @@ async def request_jwt(ctx: SimContext, params: Any, ext: object) -> dict[str, An
     expires_at = ctx.token_expiry()
     backend = ctx.backend(ctx.profile.backend_for_client(client_id))
 
-    lookup = await call_backend(
-        backend.get_account_user_id(email), errors.get_account_user_id_transport, None
-    )
+    lookup = await call_backend(backend.get_account_user_id(email), errors.get_account_user_id_transport, None)
     user_id = lookup.data.get("userId")
     if user_id is None:
         raise errors.empty_user_id()

@@ -63,10 +63,7 @@ async def user_login(ctx: SimContext, params: Any, ext: object) -> dict[str, Any
         account = user_id.omni_account(client_id)
     except IdentityError:
         raise ctx.errors.plain_parse_error() from None
-    if (
-        isinstance(auth, AuthTokenAuth)
-        and client_id in ctx.profile.subject_bound_auth_token_clients
-    ):
+    if isinstance(auth, AuthTokenAuth) and client_id in ctx.profile.subject_bound_auth_token_clients:
         # agentkeys-patch: the id token must prove the identity it logs in as (profiles.py).
         assert claims is not None
         if claims.sub != hex_encode(account) or claims.aud != client_id:
@@ -80,9 +77,7 @@ async def user_login(ctx: SimContext, params: Any, ext: object) -> dict[str, Any
     if backend_name is None:
         raise ctx.errors.plain_invalid_params()
     client_auth = p["client_auth"]
-    body = post_heima_login_body(
-        user_id.to_json(), client_id, None if client_auth is None else client_auth.to_json()
-    )
+    body = post_heima_login_body(user_id.to_json(), client_id, None if client_auth is None else client_auth.to_json())
     response = await call_backend(
         ctx.backend(backend_name).post_heima_login(access_token, body),
         ctx.errors.post_heima_login_transport,
