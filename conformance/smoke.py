@@ -39,9 +39,7 @@ class Check:
 Scenario = Callable[[WorkerClient, SimServer, RecordingBackend], Awaitable[tuple[bool, str]]]
 
 
-async def wildmeta_evm_login(
-    client: WorkerClient, sim: SimServer, backend: RecordingBackend
-) -> tuple[bool, str]:
+async def wildmeta_evm_login(client: WorkerClient, sim: SimServer, backend: RecordingBackend) -> tuple[bool, str]:
     answer = await client.evm_login(EVM_ALICE_KEY, "wildmeta")
     calls = backend.calls_of("post_heima_login")
     if "result" not in answer or len(calls) != 1:
@@ -57,9 +55,7 @@ async def wildmeta_evm_login(
     return ok, f"POST {call.path} Bearer(sub={account[:12]}…) body keys {list(call.json)}"
 
 
-async def agentkeys_evm_login(
-    client: WorkerClient, sim: SimServer, backend: RecordingBackend
-) -> tuple[bool, str]:
+async def agentkeys_evm_login(client: WorkerClient, sim: SimServer, backend: RecordingBackend) -> tuple[bool, str]:
     answer = await client.evm_login(EVM_BOB_KEY, "agentkeys")
     calls = backend.calls_of("post_heima_login")
     if sim.context.profile.name == "upstream":
@@ -69,9 +65,7 @@ async def agentkeys_evm_login(
     return ok, f"{answer.get('error') or 'ok'}; callbacks {[c.path for c in calls]}"
 
 
-async def agentkeys_email_login(
-    client: WorkerClient, sim: SimServer, backend: RecordingBackend
-) -> tuple[bool, str]:
+async def agentkeys_email_login(client: WorkerClient, sim: SimServer, backend: RecordingBackend) -> tuple[bool, str]:
     email = "dave@example.org"
     await client.request_email_code("agentkeys", email)
     mails = sim.context.outbox.list(email)
@@ -82,27 +76,16 @@ async def agentkeys_email_login(
     if sim.context.profile.name == "upstream":
         return answer.get("error", {}).get("code") == -32602 and not calls, f"{answer.get('error')}"
     account = omni_account_of(IdentityKind.EMAIL, email, "agentkeys")
-    ok = (
-        "result" in answer
-        and len(calls) == 1
-        and unverified_claims(calls[0].bearer or "").get("sub") == account
-    )
+    ok = "result" in answer and len(calls) == 1 and unverified_claims(calls[0].bearer or "").get("sub") == account
     return ok, f"callback sub={account[:12]}… path={calls[0].path if calls else None}"
 
 
-async def add_wallet_with_id_token(
-    client: WorkerClient, sim: SimServer, backend: RecordingBackend
-) -> tuple[bool, str]:
+async def add_wallet_with_id_token(client: WorkerClient, sim: SimServer, backend: RecordingBackend) -> tuple[bool, str]:
     login = await client.evm_login(EVM_ALICE_KEY, "wildmeta")
     tokens = login.get("result", {})
     answer = await client.call("omni_addWallet", token=tokens.get("id_token"))
     calls = backend.calls_of("add_wallet")
-    ok = (
-        "result" in answer
-        and len(calls) == 1
-        and calls[0].bearer == tokens.get("access_token")
-        and not calls[0].body
-    )
+    ok = "result" in answer and len(calls) == 1 and calls[0].bearer == tokens.get("access_token") and not calls[0].body
     return ok, f"{answer.get('result') or answer.get('error')}"
 
 
@@ -167,9 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         verdict = "PASS" if check.passed else "FAIL"
         print(f"{verdict}  {check.profile:<16} {check.clause:<{width}}  {check.evidence}")
     failed = sum(not c.passed for c in checks)
-    print(
-        f"\n{len(checks) - failed} passed, {failed} failed in {time.perf_counter() - started:.1f}s"
-    )
+    print(f"\n{len(checks) - failed} passed, {failed} failed in {time.perf_counter() - started:.1f}s")
     print(f"report: {Path(args.report) / 'smoke.json'}")
     return 1 if failed else 0
 

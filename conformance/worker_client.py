@@ -25,9 +25,7 @@ class WorkerClient:
         self.url = url
         self._ids = itertools.count(1)
 
-    async def call(
-        self, method: str, params: Any = None, *, token: str | None = None
-    ) -> dict[str, Any]:
+    async def call(self, method: str, params: Any = None, *, token: str | None = None) -> dict[str, Any]:
         request: dict[str, Any] = {"jsonrpc": "2.0", "id": next(self._ids), "method": method}
         if params is not None:
             request["params"] = params
@@ -37,20 +35,14 @@ class WorkerClient:
         return answer
 
     async def sign_in_message(self, client_id: str, account: str) -> HeimaMessagePayload:
-        answer = await self.call(
-            "omni_getWeb3SignInMessage", {"client_id": client_id, "omni_account": account}
-        )
+        answer = await self.call("omni_getWeb3SignInMessage", {"client_id": client_id, "omni_account": account})
         if "result" not in answer:
             raise RuntimeError(f"omni_getWeb3SignInMessage failed: {answer}")
         return HeimaMessagePayload(**answer["result"])
 
-    async def evm_login(
-        self, key: bytes, client_id: str, client_auth: Any = None
-    ) -> dict[str, Any]:
+    async def evm_login(self, key: bytes, client_id: str, client_auth: Any = None) -> dict[str, Any]:
         address = hex_encode(evm_address(key))
-        message = await self.sign_in_message(
-            client_id, omni_account_of(IdentityKind.EVM, address, client_id)
-        )
+        message = await self.sign_in_message(client_id, omni_account_of(IdentityKind.EVM, address, client_id))
         signature = sign_evm_personal(message.signing_bytes(), key)
         return await self.call(
             "omni_userLogin",
@@ -63,9 +55,7 @@ class WorkerClient:
         )
 
     async def request_email_code(self, client_id: str, email: str) -> dict[str, Any]:
-        return await self.call(
-            "omni_requestEmailVerificationCode", {"client_id": client_id, "user_email": email}
-        )
+        return await self.call("omni_requestEmailVerificationCode", {"client_id": client_id, "user_email": email})
 
     async def email_login(self, client_id: str, email: str, code: str) -> dict[str, Any]:
         return await self.call(

@@ -129,9 +129,7 @@ async def _serve(args: argparse.Namespace) -> None:
             "OE_PUMPX_API_BASE_URL": args.backend_url,
             "OE_SIM_CALLBACK_TIMEOUT_SECONDS": "10",
         }
-        config = config_from_env(
-            env, host=HOST, port=args.port, profile="upstream", local_dir=args.local_dir
-        )
+        config = config_from_env(env, host=HOST, port=args.port, profile="upstream", local_dir=args.local_dir)
         async with SimServer(config):
             await stop.wait()
     else:
@@ -370,9 +368,7 @@ async def run_phase(
         wall = wall1 - wall0
         result.client_cpu_share = (cpu1 - cpu0) / wall
         for server, a, b in zip(servers, srv0, srv1, strict=True):
-            result.server_cpu_share[server.kind] = (
-                None if a is None or b is None else (b - a) / wall
-            )
+            result.server_cpu_share[server.kind] = None if a is None or b is None else (b - a) / wall
         ours = [result.client_cpu_share, *result.server_cpu_share.values()]
         if host0 is not None and host1 is not None and None not in ours:
             busy = (host1[0] - host0[0]) / wall
@@ -383,9 +379,7 @@ async def run_phase(
             result.extra["callbacks_per_s"] = (probe1 - probe0) / wall
 
     hard_limit = warmup + duration + 60.0  # requests time out after 10 s; this never waits
-    await asyncio.wait_for(
-        asyncio.gather(sampler(), *(worker(i) for i in range(concurrency))), hard_limit
-    )
+    await asyncio.wait_for(asyncio.gather(sampler(), *(worker(i) for i in range(concurrency))), hard_limit)
     result.hit_op_cap = next(started) > max_ops
     result.rate_per_s = result.completed / duration
     latencies.sort()
@@ -423,9 +417,7 @@ def combine(name: str, parts: Sequence[tuple[PhaseResult, list[float]]]) -> Phas
     merged.other_cpu_share = weighted([part.other_cpu_share for part, _ in parts])
     merged.steal_share = weighted([part.steal_share for part, _ in parts])
     for kind in first.server_cpu_share:
-        merged.server_cpu_share[kind] = weighted(
-            [part.server_cpu_share.get(kind) for part, _ in parts]
-        )
+        merged.server_cpu_share[kind] = weighted([part.server_cpu_share.get(kind) for part, _ in parts])
     latencies = sorted(itertools.chain.from_iterable(lat for _, lat in parts))
     p50, p99 = percentile(latencies, 50), percentile(latencies, 99)
     merged.latency_p50_ms = None if p50 is None else p50 * 1000
@@ -485,9 +477,7 @@ def make_wallets(count: int) -> list[EvmWallet]:
     return wallets
 
 
-def login_op(
-    session: aiohttp.ClientSession, url: str, wallets: Sequence[EvmWallet], concurrency: int
-) -> Operation:
+def login_op(session: aiohttp.ClientSession, url: str, wallets: Sequence[EvmWallet], concurrency: int) -> Operation:
     """Worker `w` cycles through wallets w, w+N, w+2N…: no two workers share a wallet, so no
     login consumes the sign-in code of another worker's pending login."""
     from protocol.signatures import sign_evm_personal
@@ -578,9 +568,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
     servers: list[ServerProcess] = []
     with tempfile.TemporaryDirectory(prefix="bench_sim-") as tmp:
         tmpdir = Path(tmp)
-        connector = aiohttp.TCPConnector(
-            limit=0, limit_per_host=args.concurrency, keepalive_timeout=60
-        )
+        connector = aiohttp.TCPConnector(limit=0, limit_per_host=args.concurrency, keepalive_timeout=60)
         async with aiohttp.ClientSession(
             connector=connector,
             timeout=aiohttp.ClientTimeout(total=args.request_timeout),
@@ -745,8 +733,7 @@ def render(figures: dict[str, Any]) -> str:
             ),
             (
                 "server CPU µs/request echo / sim",
-                f"{_fmt(health['echo_cpu_us_per_req'], '.1f')}"
-                f" / {_fmt(health['sim_cpu_us_per_req'], '.1f')}",
+                f"{_fmt(health['echo_cpu_us_per_req'], '.1f')} / {_fmt(health['sim_cpu_us_per_req'], '.1f')}",
                 "",
                 "",
             ),
@@ -836,9 +823,7 @@ def render(figures: dict[str, Any]) -> str:
 
     def line(cells: Sequence[str]) -> str:
         name, value, target, verdict = cells
-        return (
-            f"{name:<{widths[0]}}  {value:>{widths[1]}}  {target:<{widths[2]}}  {verdict}".rstrip()
-        )
+        return f"{name:<{widths[0]}}  {value:>{widths[1]}}  {target:<{widths[2]}}  {verdict}".rstrip()
 
     out = [
         "bench_sim: omni_sim throughput, one run",
@@ -865,9 +850,7 @@ def render(figures: dict[str, Any]) -> str:
             f" steal up to {steal:.2f}); the figures are disturbed, rerun when it is idle."
         )
     if health is not None:
-        client_share = max(
-            health["echo"]["client_cpu_share"] or 0.0, health["sim"]["client_cpu_share"] or 0.0
-        )
+        client_share = max(health["echo"]["client_cpu_share"] or 0.0, health["sim"]["client_cpu_share"] or 0.0)
         if client_share >= 0.9:
             out.append(
                 f"NOTE: the load generator used {client_share:.2f} of a core in the health"
@@ -896,17 +879,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="Benchmark omni_sim: getHealth vs a bare aiohttp echo, and EVM logins/s."
     )
-    parser.add_argument(
-        "--duration", type=float, default=None, help="window of every phase, seconds"
-    )
+    parser.add_argument("--duration", type=float, default=None, help="window of every phase, seconds")
     parser.add_argument("--health-duration", type=float, default=5.0, help="default 5 s")
     parser.add_argument("--login-duration", type=float, default=8.0, help="default 8 s")
     parser.add_argument("--warmup", type=float, default=1.0, help="before each window, seconds")
     parser.add_argument("--concurrency", type=int, default=64, help="client workers (64)")
     parser.add_argument("--keys", type=int, default=4096, help="EVM wallets in the pool")
-    parser.add_argument(
-        "--max-ops", type=int, default=2_000_000, help="cap on operations per phase"
-    )
+    parser.add_argument("--max-ops", type=int, default=2_000_000, help="cap on operations per phase")
     parser.add_argument("--request-timeout", type=float, default=10.0, help="per request, s")
     parser.add_argument("--only", choices=["health", "login"], default=None)
     parser.add_argument("--json", metavar="PATH", help="also write the figures as JSON")

@@ -13,12 +13,8 @@ from protocol.signatures import sign_evm_personal
 from protocol.web3_message import HeimaMessagePayload
 
 
-async def sign_in_message(
-    http: aiohttp.ClientSession, url: str, client_id: str, account: str
-) -> HeimaMessagePayload:
-    answer = await rpc(
-        http, url, "omni_getWeb3SignInMessage", {"client_id": client_id, "omni_account": account}
-    )
+async def sign_in_message(http: aiohttp.ClientSession, url: str, client_id: str, account: str) -> HeimaMessagePayload:
+    answer = await rpc(http, url, "omni_getWeb3SignInMessage", {"client_id": client_id, "omni_account": account})
     return HeimaMessagePayload(**answer["result"])
 
 
@@ -39,6 +35,4 @@ async def evm_login(
 ) -> dict[str, Any]:
     account = omni_account_of(IdentityKind.EVM, evm_user_id_value(key), client_id)
     message = await sign_in_message(http, url, client_id, account)
-    return await rpc(
-        http, url, "omni_userLogin", evm_login_params(key, client_id, message, client_auth)
-    )
+    return await rpc(http, url, "omni_userLogin", evm_login_params(key, client_id, message, client_auth))

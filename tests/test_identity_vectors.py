@@ -19,9 +19,7 @@ def test_substrate_zero_account_under_test_client_matches_rust() -> None:
     )
 
 
-@pytest.mark.parametrize(
-    "email", ["hello.world@test.com", "HELLO.WORLD@TEST.COM", "hELLo.WorLd@teST.COM"]
-)
+@pytest.mark.parametrize("email", ["hello.world@test.com", "HELLO.WORLD@TEST.COM", "hELLo.WorLd@teST.COM"])
 def test_email_account_is_case_insensitive_like_rust(email: str) -> None:
     assert omni_account_of(IdentityKind.EMAIL, email, "wildmeta") == EMAIL_VECTOR
 
@@ -94,9 +92,7 @@ def test_sign_in_message_is_compact_json_in_declaration_order() -> None:
 
     payload = HeimaMessagePayload("wildmeta", EMAIL_VECTOR, "00123456")
     assert payload.signing_bytes() == (
-        b'{"client_id":"wildmeta","omni_account":"'
-        + EMAIL_VECTOR.encode()
-        + b'","message_code":"00123456"}'
+        b'{"client_id":"wildmeta","omni_account":"' + EMAIL_VECTOR.encode() + b'","message_code":"00123456"}'
     )
     assert (
         HeimaMessagePayload("clé", "0x", "1").signing_bytes()

@@ -51,9 +51,7 @@ SOLANA_SIG_HEX = (
 # heima_multi_signature.rs@677675c8, verify_bitcoin_signature_works (unisat wallet)
 BITCOIN_MSG = bytes.fromhex("035dfa70d8655939535864fccb0f407f8a250228935ff51b61ca3ecd9700afb1")
 BITCOIN_PUBKEY_HEX = "035dfa70d8655939535864fccb0f407f8a250228935ff51b61ca3ecd9700afb1d8"
-BITCOIN_SIG_B64 = (
-    "G2LhyYzWT2o8UoBsuhJsqFgwm3tlE0cW4aseCXKqVuNATk6K/uEHlPzDFmtlMADywDHl5vLCWcNpwmQLD7n/yvc="
-)
+BITCOIN_SIG_B64 = "G2LhyYzWT2o8UoBsuhJsqFgwm3tlE0cW4aseCXKqVuNATk6K/uEHlPzDFmtlMADywDHl5vLCWcNpwmQLD7n/yvc="
 
 # rpc-server/src/utils/auth.rs@2a6c20a5, test_verify_wildmeta_signature_with_real_data
 WILDMETA_BUSINESS_JSON = (
@@ -97,9 +95,7 @@ def test_wrappers_and_hash_layouts() -> None:
     assert evm_eip191_wrap(b"") == b"\x19Ethereum Signed Message:\n0"
     assert evm_eip191_wrap(b"x" * 300) == b"\x19Ethereum Signed Message:\n300" + b"x" * 300
     text = b"hello"
-    expected = hashlib.sha256(
-        hashlib.sha256(b"\x18Bitcoin Signed Message:\n\x05hello").digest()
-    ).digest()
+    expected = hashlib.sha256(hashlib.sha256(b"\x18Bitcoin Signed Message:\n\x05hello").digest()).digest()
     assert bitcoin_signed_message_hash(text) == expected
 
 
@@ -167,9 +163,7 @@ def test_solana_vector_from_rust() -> None:
     sig = bytes.fromhex(SOLANA_SIG_HEX)
     assert verify_web3(b"test message", signer, _sig(SignatureScheme.ED25519, sig))
     for index in (0, 31, 32, 63):
-        assert not verify_web3(
-            b"test message", signer, _sig(SignatureScheme.ED25519, _flip(sig, index))
-        )
+        assert not verify_web3(b"test message", signer, _sig(SignatureScheme.ED25519, _flip(sig, index)))
     assert not verify_web3(b"test message!", signer, _sig(SignatureScheme.ED25519, sig))
     # a Substrate account with the same key accepts it through the unwrapped fallback
     substrate = Identity.address(IdentityKind.SUBSTRATE, signer.raw)
@@ -195,13 +189,9 @@ def test_bitcoin_vector_header_rules() -> None:
     body = sig[1:]
     # (header - 27) & 3 is the recovery id; bit 2 (compressed) is ignored; 35 wraps to recid 0.
     for header in (27, 31, 35, 27 + 128):
-        assert verify_web3(
-            BITCOIN_MSG, signer, _sig(SignatureScheme.BITCOIN, bytes([header]) + body)
-        )
+        assert verify_web3(BITCOIN_MSG, signer, _sig(SignatureScheme.BITCOIN, bytes([header]) + body))
     for header in (0, 1, 26, 28, 32):
-        assert not verify_web3(
-            BITCOIN_MSG, signer, _sig(SignatureScheme.BITCOIN, bytes([header]) + body)
-        )
+        assert not verify_web3(BITCOIN_MSG, signer, _sig(SignatureScheme.BITCOIN, bytes([header]) + body))
 
 
 # --- Rust vector 3: EVM EIP-191 -----------------------------------------------------------------
@@ -282,16 +272,12 @@ def test_evm_signature_rejected_for_other_kinds() -> None:
     address = evm_address(EVM_KEY)
     assert not verify_web3(MSG, Identity.address(IdentityKind.SUBSTRATE, address + bytes(12)), sig)
     assert not verify_web3(MSG, Identity.address(IdentityKind.SOLANA, address + bytes(12)), sig)
-    assert not verify_web3(
-        MSG, Identity.address(IdentityKind.BITCOIN, b"\x02" + address + bytes(12)), sig
-    )
+    assert not verify_web3(MSG, Identity.address(IdentityKind.BITCOIN, b"\x02" + address + bytes(12)), sig)
     assert not verify_web3(MSG, Identity.handle(IdentityKind.EMAIL, "a@b.c"), sig)
     assert not verify_web3(MSG, Identity.handle(IdentityKind.PUMPX, address.hex()), sig)
 
 
-@pytest.mark.parametrize(
-    "scheme", [s for s in SignatureScheme if s is not SignatureScheme.ETHEREUM]
-)
+@pytest.mark.parametrize("scheme", [s for s in SignatureScheme if s is not SignatureScheme.ETHEREUM])
 def test_evm_identity_rejects_other_schemes(scheme: SignatureScheme) -> None:
     sig = sign_evm_personal(MSG, EVM_KEY)
     raw = sig[: SIGNATURE_LENGTHS[scheme]]
@@ -384,16 +370,10 @@ def test_solana_round_trip() -> None:
     assert not verify_web3(MSG, identity, _sig(SignatureScheme.ED25519, wrapped))
     # only ed25519 is accepted for Solana
     sr_pub, sr_raw = sign_substrate(MSG, SignatureScheme.SR25519, SEED, wrap=False)
-    assert not verify_web3(
-        MSG, Identity.address(IdentityKind.SOLANA, sr_pub), _sig(SignatureScheme.SR25519, sr_raw)
-    )
+    assert not verify_web3(MSG, Identity.address(IdentityKind.SOLANA, sr_pub), _sig(SignatureScheme.SR25519, sr_raw))
     # wrong identity kinds
-    assert not verify_web3(
-        MSG, Identity.handle(IdentityKind.GOOGLE, "g"), _sig(SignatureScheme.ED25519, raw)
-    )
-    assert not verify_web3(
-        MSG, Identity.address(IdentityKind.EVM, pubkey[:20]), _sig(SignatureScheme.ED25519, raw)
-    )
+    assert not verify_web3(MSG, Identity.handle(IdentityKind.GOOGLE, "g"), _sig(SignatureScheme.ED25519, raw))
+    assert not verify_web3(MSG, Identity.address(IdentityKind.EVM, pubkey[:20]), _sig(SignatureScheme.ED25519, raw))
 
 
 # --- round trips: Bitcoin -----------------------------------------------------------------------
@@ -409,9 +389,7 @@ def test_bitcoin_round_trip(as_hex_text: bool) -> None:
     assert verify_web3(MSG, identity, _sig(SignatureScheme.BITCOIN, raw))
     assert not verify_web3(MSG + b"!", identity, _sig(SignatureScheme.BITCOIN, raw))
     other, _ = sign_bitcoin(MSG, OTHER_EVM_KEY)
-    assert not verify_web3(
-        MSG, Identity.address(IdentityKind.BITCOIN, other), _sig(SignatureScheme.BITCOIN, raw)
-    )
+    assert not verify_web3(MSG, Identity.address(IdentityKind.BITCOIN, other), _sig(SignatureScheme.BITCOIN, raw))
     # wrong identity kinds
     assert not verify_web3(
         MSG,
@@ -456,9 +434,7 @@ def test_bitcoin_compares_compressed_key_only() -> None:
 
 def _identities() -> list[Identity]:
     return [
-        Identity.address(
-            IdentityKind.SUBSTRATE, sign_substrate(MSG, SignatureScheme.SR25519, SEED)[0]
-        ),
+        Identity.address(IdentityKind.SUBSTRATE, sign_substrate(MSG, SignatureScheme.SR25519, SEED)[0]),
         Identity.address(IdentityKind.SUBSTRATE, bytes(32)),
         Identity.address(IdentityKind.SUBSTRATE, b"\xff" * 32),
         _evm(evm_address(EVM_KEY)),

@@ -102,9 +102,7 @@ async def test_websocket_takes_the_authorization_of_the_upgrade_request(
     async with http.ws_connect(sim.ws_url) as ws:
         await ws.send_json(call)
         assert (await ws.receive_json())["error"] == {"code": -32603, "message": "Internal error"}
-    async with http.ws_connect(
-        sim.ws_url, headers={"Authorization": "Bearer " + login["id_token"]}
-    ) as ws:
+    async with http.ws_connect(sim.ws_url, headers={"Authorization": "Bearer " + login["id_token"]}) as ws:
         await ws.send_json(call)
         first = await ws.receive_json()
         await ws.send_json({**call, "id": 2})  # the same header serves every call on the socket
@@ -112,9 +110,7 @@ async def test_websocket_takes_the_authorization_of_the_upgrade_request(
     assert "result" in first and "result" in second
 
 
-async def test_websocket_batch_and_bad_frames(
-    make_sim: SimFactory, http: aiohttp.ClientSession
-) -> None:
+async def test_websocket_batch_and_bad_frames(make_sim: SimFactory, http: aiohttp.ClientSession) -> None:
     sim = await make_sim()
     async with http.ws_connect(sim.ws_url) as ws:
         await ws.send_str(

@@ -79,9 +79,7 @@ async def test_login_over_websocket_produces_the_same_callback(
         from protocol.web3_message import HeimaMessagePayload
 
         params = evm_login_params(EVM_BOB_KEY, "wildmeta", HeimaMessagePayload(**message))
-        await ws.send_json(
-            {"jsonrpc": "2.0", "id": "login", "method": "omni_userLogin", "params": params}
-        )
+        await ws.send_json({"jsonrpc": "2.0", "id": "login", "method": "omni_userLogin", "params": params})
         answer = await ws.receive_json()
     assert answer["id"] == "login"
     assert set(answer["result"]) == {"access_token", "id_token", "backend_response"}
@@ -106,11 +104,7 @@ async def test_sign_in_code_is_reused_until_a_login_consumes_it(
     assert (
         first.signing_bytes()
         == (
-            '{"client_id":"wildmeta","omni_account":"'
-            + account
-            + '","message_code":"'
-            + first.message_code
-            + '"}'
+            '{"client_id":"wildmeta","omni_account":"' + account + '","message_code":"' + first.message_code + '"}'
         ).encode()
     )
     params = evm_login_params(EVM_ALICE_KEY, "wildmeta", first)
@@ -265,9 +259,7 @@ async def test_legacy_era_maps_backend_failures_like_era_a(
         "code": -32041,
         "message": "Server error",
     }
-    backend.script(
-        "post_heima_login", ScriptedReply({"code": 50000, "message": "db down", "data": {}})
-    )
+    backend.script("post_heima_login", ScriptedReply({"code": 50000, "message": "db down", "data": {}}))
     assert (await evm_login(http, sim.url, EVM_BOB_KEY, "wildmeta"))["error"] == {
         "code": -32603,
         "message": "Internal error",

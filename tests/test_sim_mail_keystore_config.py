@@ -114,9 +114,7 @@ async def test_unreachable_smtp_server_gives_email_service_error_and_keeps_the_c
     assert len(sim.context.codes) == 1  # stored before the mailer ran, as in the worker
 
 
-async def test_client_without_mailer_gets_external_api_error(
-    make_sim: SimFactory, http: aiohttp.ClientSession
-) -> None:
+async def test_client_without_mailer_gets_external_api_error(make_sim: SimFactory, http: aiohttp.ClientSession) -> None:
     sim = await make_sim()
     answer = await rpc(
         http,
@@ -175,10 +173,7 @@ def test_worker_url_port_is_the_rpc_port_and_flags_win() -> None:
     assert config_from_env({"OE_PUMPX_WORKER_URL": "wss://w.example"}).port == 443
     assert config_from_env({"OE_PUMPX_WORKER_URL": "ws://w:2101"}).port == 2101
     assert config_from_env({"OE_PUMPX_WORKER_URL": "ws://w:2101"}, port=9).port == 9
-    assert (
-        config_from_env({"OE_SIM_PROFILE": "upstream"}, profile="agentkeys-patch").profile
-        == "agentkeys-patch"
-    )
+    assert config_from_env({"OE_SIM_PROFILE": "upstream"}, profile="agentkeys-patch").profile == "agentkeys-patch"
 
 
 def test_patch_variables_are_read() -> None:

@@ -17,9 +17,7 @@ from protocol.tee_jwt import AUTH_TOKEN_LIFETIME_SECONDS
 EMAIL = "Alice@Example.com"
 
 
-async def email_code(
-    http: aiohttp.ClientSession, sim: SimServer, client_id: str, email: str = EMAIL
-) -> str:
+async def email_code(http: aiohttp.ClientSession, sim: SimServer, client_id: str, email: str = EMAIL) -> str:
     answer = await rpc(
         http,
         sim.url,
@@ -87,21 +85,15 @@ async def test_email_code_is_kept_after_a_wrong_guess_and_consumed_by_success(
         "data": {"suggestion": "Please check your authentication credentials"},
     }
     assert "result" in await rpc(http, sim.url, "omni_requestJwt", jwt_params(code))
-    assert (await rpc(http, sim.url, "omni_requestJwt", jwt_params(code)))["error"][
-        "code"
-    ] == -32003
+    assert (await rpc(http, sim.url, "omni_requestJwt", jwt_params(code)))["error"]["code"] == -32003
 
 
-async def test_a_new_email_code_overwrites_the_old_one(
-    make_sim: SimFactory, http: aiohttp.ClientSession
-) -> None:
+async def test_a_new_email_code_overwrites_the_old_one(make_sim: SimFactory, http: aiohttp.ClientSession) -> None:
     sim = await make_sim()
     first = await email_code(http, sim, "wildmeta")
     second = await email_code(http, sim, "wildmeta")
     if first != second:
-        assert (await rpc(http, sim.url, "omni_requestJwt", jwt_params(first)))["error"][
-            "code"
-        ] == -32003
+        assert (await rpc(http, sim.url, "omni_requestJwt", jwt_params(first)))["error"]["code"] == -32003
     assert "result" in await rpc(http, sim.url, "omni_requestJwt", jwt_params(second))
 
 
@@ -147,11 +139,7 @@ async def test_get_account_user_id_failures(
 ) -> None:
     sim = await make_sim()
     backend.script("get_account_user_id", reply)
-    error = (
-        await rpc(
-            http, sim.url, "omni_requestJwt", jwt_params(await email_code(http, sim, "wildmeta"))
-        )
-    )["error"]
+    error = (await rpc(http, sim.url, "omni_requestJwt", jwt_params(await email_code(http, sim, "wildmeta"))))["error"]
     if expected is not None:
         assert error == expected
     else:
@@ -171,17 +159,13 @@ async def test_get_account_user_id_accepts_an_envelope_with_a_500_status(
         "get_account_user_id",
         ScriptedReply({"code": 10000, "message": "OK", "data": {"userId": "u9"}}, status=500),
     )
-    assert "result" in await rpc(
-        http, sim.url, "omni_requestJwt", jwt_params(await email_code(http, sim, "wildmeta"))
-    )
+    assert "result" in await rpc(http, sim.url, "omni_requestJwt", jwt_params(await email_code(http, sim, "wildmeta")))
 
 
 async def test_user_connect_failures_in_both_eras(
     make_sim: SimFactory, backend: RecordingBackend, http: aiohttp.ClientSession
 ) -> None:
-    refused = ScriptedReply(
-        {"code": 20001, "message": "bad invite", "data": {"googleAuthCheck": False}}
-    )
+    refused = ScriptedReply({"code": 20001, "message": "bad invite", "data": {"googleAuthCheck": False}})
     current = await make_sim(error_era="current")
     backend.script("user_connect", refused)
     error = (
@@ -223,15 +207,9 @@ async def test_google_auth_check_false_is_an_internal_error(
     sim = await make_sim()
     backend.script(
         "user_connect",
-        ScriptedReply(
-            {"code": 10000, "message": "OK", "data": {"userId": "u", "googleAuthCheck": False}}
-        ),
+        ScriptedReply({"code": 10000, "message": "OK", "data": {"userId": "u", "googleAuthCheck": False}}),
     )
-    error = (
-        await rpc(
-            http, sim.url, "omni_requestJwt", jwt_params(await email_code(http, sim, "wildmeta"))
-        )
-    )["error"]
+    error = (await rpc(http, sim.url, "omni_requestJwt", jwt_params(await email_code(http, sim, "wildmeta"))))["error"]
     assert error == {
         "code": -32603,
         "message": "Internal error",
@@ -281,14 +259,10 @@ async def test_add_wallet_refusals(
     }
 
 
-async def test_add_wallet_rejects_expired_id_tokens(
-    make_sim: SimFactory, http: aiohttp.ClientSession
-) -> None:
+async def test_add_wallet_rejects_expired_id_tokens(make_sim: SimFactory, http: aiohttp.ClientSession) -> None:
     sim = await make_sim()
     login = (await evm_login(http, sim.url, EVM_ALICE_KEY, "wildmeta"))["result"]
-    async with http.post(
-        sim.url + "_sim/clock", json={"advance": AUTH_TOKEN_LIFETIME_SECONDS + 61}
-    ) as response:
+    async with http.post(sim.url + "_sim/clock", json={"advance": AUTH_TOKEN_LIFETIME_SECONDS + 61}) as response:
         assert response.status == 200
     answer = await rpc(http, sim.url, "omni_addWallet", token=login["id_token"])
     assert answer["error"] == {"code": -32003, "message": "Authentication failed"}

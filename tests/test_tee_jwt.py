@@ -54,9 +54,7 @@ def test_header_and_claims_are_in_jsonwebtoken_order() -> None:
 
 def test_signature_is_pkcs1v15_sha256_over_the_signing_input() -> None:
     header, payload, signature = GOLDEN_ACCESS_TOKEN.split(".")
-    KEY.public_key().verify(
-        _b64(signature), f"{header}.{payload}".encode(), padding.PKCS1v15(), hashes.SHA256()
-    )
+    KEY.public_key().verify(_b64(signature), f"{header}.{payload}".encode(), padding.PKCS1v15(), hashes.SHA256())
 
 
 def _verify(token: str, **overrides: object) -> AuthTokenClaims:
@@ -106,9 +104,7 @@ def test_alg_none_is_refused() -> None:
 def test_hs256_signed_with_the_public_key_is_refused() -> None:
     from cryptography.hazmat.primitives import serialization
 
-    pem = KEY.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.PKCS1
-    )
+    pem = KEY.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.PKCS1)
     # PyJWT refuses to HMAC with a PEM key; build the token by hand as an attacker would.
     h = base64.urlsafe_b64encode(b'{"typ":"JWT","alg":"HS256"}').rstrip(b"=")
     p = base64.urlsafe_b64encode(json.dumps(CLAIMS).encode()).rstrip(b"=")
@@ -135,8 +131,6 @@ def test_truncated_and_tampered_tokens_are_refused() -> None:
     with pytest.raises(TokenRejected):
         _verify(GOLDEN_ACCESS_TOKEN[:-5])
     header, _payload, sig = GOLDEN_ACCESS_TOKEN.split(".")
-    tampered_claims = base64.urlsafe_b64encode(
-        json.dumps({**CLAIMS, "sub": "0x" + "11" * 32}).encode()
-    )
+    tampered_claims = base64.urlsafe_b64encode(json.dumps({**CLAIMS, "sub": "0x" + "11" * 32}).encode())
     with pytest.raises(TokenRejected):
         _verify(f"{header}.{tampered_claims.rstrip(b'=').decode()}.{sig}")
