@@ -35,7 +35,6 @@ from protocol.identity import (
     IdentityKind,
     email_omni_account,
     pumpx_omni_account,
-    rust_to_lowercase,
 )
 from protocol.serde_rules import SerdeError
 
@@ -58,6 +57,20 @@ CALLBACK_PATHS = {
 
 def pumpx_account_hex(client_id: str) -> Any:
     return lambda uid: hex_encode(pumpx_omni_account(client_id, uid))
+
+
+def presented_token_sha256(header: str | None) -> str | None:
+    """The SHA-256 of the token a refused request presented (never of the whole header), so its
+    audit rows line up with the rows of the same token elsewhere."""
+    if not header:
+        return None
+    scheme, _, token = header.partition(" ")
+    return bearer_sha256(token.strip() if scheme.lower() == "bearer" and token.strip() else header)
+
+
+def canonical_email(email: str) -> str:
+    """The e-mail as its OmniAccount hashes it: cut to 64 bytes, then lowercased."""
+    return canonical_identity_value(UserId(IdentityKind.EMAIL, email))
 
 
 def canonical_identity_value(user_id: UserId) -> str:
@@ -143,7 +156,7 @@ def callback(event: str, *, bearer: bool) -> Callable[[CallbackHandler], Handler
                 result: web.Response = await handler(request, state, verified)
                 return result
             except BrokerError as error:
-                sha = verified.sha256 if verified else (bearer_sha256(header) if header else None)
+                sha = verified.sha256 if verified else presented_token_sha256(header)
                 await audit_refusal(
                     state,
                     event,
@@ -251,7 +264,7 @@ async def get_account_user_id(
     if len(emails) != 1 or validate_email(emails[0]) is not EmailVerdict.VALID:
         raise errors.malformed("query parameter email must be one valid e-mail address")
     client_id = state.config.primary_client_id
-    email = rust_to_lowercase(emails[0])
+    email = canonical_email(emails[0])
     account = hex_encode(email_omni_account(client_id, email))
     user, _created = await state.db.run(
         lambda: store.ensure_email_user(
@@ -285,7 +298,7 @@ async def user_connect(request: web.Request, state: BrokerState, verified: Verif
         raise errors.unknown_user()
     if verified.claims.aud != user.client_id or verified.claims.sub != user.pumpx_omni_account:
         raise errors.identity_mismatch("token sub is not the Pumpx identity of userId under the token's client")
-    if user.identity_type == IdentityKind.EMAIL and rust_to_lowercase(body["email"]) != user.identity_value:
+    if user.identity_type == IdentityKind.EMAIL and canonical_email(body["email"]) != user.identity_value:
         raise errors.identity_mismatch("email is not the e-mail of userId")
     check = user.totp_secret is None or verify_totp(user.totp_secret, body["googleCode"], state.now())
     await state.db.run(

@@ -21,6 +21,8 @@ from aiohttp import web
 
 from broker.app import create_app
 from broker.config import BrokerConfig, BrokerConfigError, config_from_env
+from broker.errors import BrokerError
+from broker.grants import validate_grant_request
 from broker.storage import AuditEvent, StorageError, open_database, store
 from broker.tee_keys import TeeKeyError
 
@@ -109,21 +111,25 @@ async def grants_command(db_url: str, schema: str | None, args: argparse.Namespa
 
 async def _create(db: Any, args: argparse.Namespace, now: int) -> int:
     expires_at = args.expires_at if args.expires_at is not None else now + args.ttl
-    if expires_at <= now:
-        print("agentkeys-broker: the expiry must be in the future", file=sys.stderr)
-        return 2
     master_wallet = args.master_wallet.lower()
     master = await db.run(store.find_user_by_identity, "evm", master_wallet)
     if master is None:
         print(f"agentkeys-broker: no user has logged in with wallet {master_wallet}", file=sys.stderr)
         return 1
-    audit = _operator_audit("grant_create", now, f"{master_wallet}->{args.agent_wallet.lower()}")
+    try:  # the same rules as POST /v1/grant/create
+        agent, scope, expires_at = validate_grant_request(
+            {"agent_wallet": args.agent_wallet, "scope": args.scope, "expires_at": expires_at}, master_wallet, now
+        )
+    except BrokerError as exc:
+        print(f"agentkeys-broker: {exc.message}", file=sys.stderr)
+        return 2
+    audit = _operator_audit("grant_create", now, f"{master_wallet}->{agent}")
     grant = await db.run(
         lambda: store.create_grant(
             master_omni_account=master.omni_account,
             master_wallet=master_wallet,
-            agent_wallet=args.agent_wallet,
-            scope=args.scope,
+            agent_wallet=agent,
+            scope=scope,
             expires_at=expires_at,
             audit=audit,
         )

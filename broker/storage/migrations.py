@@ -79,16 +79,23 @@ def _schema_v1(pk: str) -> tuple[str, ...]:
     )
 
 
+# v2: the next wallet slot lives on the user row, so taking it is one row update; PostgreSQL
+# then serialises concurrent `add_wallet`s on the row lock instead of racing on MAX().
+_NEXT_WALLET_SLOT = (
+    "ALTER TABLE users ADD COLUMN next_wallet_index INTEGER NOT NULL DEFAULT 0",
+    "UPDATE users SET next_wallet_index = "
+    "(SELECT COALESCE(MAX(wallet_index) + 1, 0) FROM wallets WHERE wallets.user_id = users.id)",
+)
+_V1 = "users, wallets, tee_tokens, grants, audit_log"
+
 SQLITE_MIGRATIONS: tuple[Migration, ...] = (
-    Migration(
-        1,
-        "users, wallets, tee_tokens, grants, audit_log",
-        _schema_v1("INTEGER PRIMARY KEY AUTOINCREMENT"),
-    ),
+    Migration(1, _V1, _schema_v1("INTEGER PRIMARY KEY AUTOINCREMENT")),
+    Migration(2, "users.next_wallet_index", _NEXT_WALLET_SLOT),
 )
 
 POSTGRES_MIGRATIONS: tuple[Migration, ...] = (
-    Migration(1, "users, wallets, tee_tokens, grants, audit_log", _schema_v1("BIGSERIAL PRIMARY KEY")),
+    Migration(1, _V1, _schema_v1("BIGSERIAL PRIMARY KEY")),
+    Migration(2, "users.next_wallet_index", _NEXT_WALLET_SLOT),
 )
 
 SCHEMA_MIGRATIONS_TABLE = """CREATE TABLE IF NOT EXISTS schema_migrations (
@@ -96,3 +103,6 @@ SCHEMA_MIGRATIONS_TABLE = """CREATE TABLE IF NOT EXISTS schema_migrations (
     name TEXT NOT NULL,
     applied_at BIGINT NOT NULL
 )"""
+
+LATEST_SCHEMA_VERSION = SQLITE_MIGRATIONS[-1].version
+assert POSTGRES_MIGRATIONS[-1].version == LATEST_SCHEMA_VERSION, "both dialects carry every migration"

@@ -160,17 +160,20 @@ def find_user_by_uid(user_uid: str) -> Operation[UserRecord | None]:
 
 
 def add_wallet(*, user: UserRecord, audit: AuditEvent) -> Operation[WalletRecord]:
-    """`add_wallet`: the user's next TEE wallet slot (0, 1, 2, …)."""
-    row = yield Query.one(
-        "INSERT INTO wallets (user_id, wallet_index, created_at) "
-        "SELECT ?, COALESCE(MAX(wallet_index) + 1, 0), ? FROM wallets WHERE user_id = ? "
-        "RETURNING wallet_index",
-        user.id,
-        audit.occurred_at,
+    """`add_wallet`: the user's next TEE wallet slot (0, 1, 2, …), taken with one row update."""
+    slot = yield Query.one(
+        "UPDATE users SET next_wallet_index = next_wallet_index + 1 WHERE id = ? "
+        "RETURNING next_wallet_index - 1 AS slot",
         user.id,
     )
+    yield Query.run(
+        "INSERT INTO wallets (user_id, wallet_index, created_at) VALUES (?, ?, ?)",
+        user.id,
+        slot["slot"],
+        audit.occurred_at,
+    )
     yield _audit(audit)
-    return WalletRecord(user.user_uid, int(row["wallet_index"]), audit.occurred_at)
+    return WalletRecord(user.user_uid, int(slot["slot"]), audit.occurred_at)
 
 
 def list_wallets(user_id: int) -> Operation[list[int]]:
