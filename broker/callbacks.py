@@ -37,6 +37,7 @@ from protocol.identity import (
     pumpx_omni_account,
 )
 from protocol.serde_rules import SerdeError
+from protocol.tee_jwt import AuthTokenClaims
 
 log = logging.getLogger(__name__)
 
@@ -195,6 +196,15 @@ def _audit(
 # --------------------------------------------------------------------------- the callbacks
 
 
+def require_token_proves_identity(claims: AuthTokenClaims, account: str, client_id: str) -> None:
+    """The rule that keeps one identity's token from creating or touching another's record."""
+    if claims.aud != client_id:
+        raise errors.identity_mismatch(f"token aud {claims.aud!r} is not clientId {client_id!r}")
+    if claims.sub != account:
+        raise errors.identity_mismatch("token sub is not the OmniAccount of userId under clientId")
+
+
+
 @callback("post_heima_login", bearer=True)
 async def post_heima_login(request: web.Request, state: BrokerState, verified: VerifiedBearer | None) -> web.Response:
     assert verified is not None
@@ -221,10 +231,7 @@ async def post_heima_login(request: web.Request, state: BrokerState, verified: V
     except IdentityError as exc:
         raise errors.malformed(f"userId: {exc}") from None
     claims = verified.claims
-    if claims.aud != client_id:
-        raise errors.identity_mismatch(f"token aud {claims.aud!r} is not clientId {client_id!r}")
-    if claims.sub != account:
-        raise errors.identity_mismatch("token sub is not the OmniAccount of userId under clientId")
+    require_token_proves_identity(claims, account, client_id)
     user: UserRecord = await state.db.run(
         lambda: store.record_login(
             client_id=client_id,
