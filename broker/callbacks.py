@@ -204,7 +204,6 @@ def require_token_proves_identity(claims: AuthTokenClaims, account: str, client_
         raise errors.identity_mismatch("token sub is not the OmniAccount of userId under clientId")
 
 
-
 @callback("post_heima_login", bearer=True)
 async def post_heima_login(request: web.Request, state: BrokerState, verified: VerifiedBearer | None) -> web.Response:
     assert verified is not None
@@ -234,6 +233,7 @@ async def post_heima_login(request: web.Request, state: BrokerState, verified: V
     require_token_proves_identity(claims, account, client_id)
     user: UserRecord = await state.db.run(
         lambda: store.record_login(
+            dialect=state.db.dialect,
             client_id=client_id,
             identity_type=user_id.kind.value,
             identity_value=identity_value,

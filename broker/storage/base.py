@@ -31,10 +31,17 @@ class Query:
     sql: str
     args: tuple[Any, ...] = ()
     fetch: Fetch = Fetch.ROWCOUNT
+    #: the whole operation is this one statement (atomic by itself): a driver may run it without
+    #: BEGIN/COMMIT, saving two round trips on PostgreSQL.
+    whole: bool = False
 
     @classmethod
     def one(cls, sql: str, *args: Any) -> Query:
         return cls(sql, args, Fetch.ONE)
+
+    @classmethod
+    def only_statement(cls, sql: str, *args: Any) -> Query:
+        return cls(sql, args, Fetch.ONE, whole=True)
 
     @classmethod
     def all(cls, sql: str, *args: Any) -> Query:

@@ -27,6 +27,10 @@ def numbered(sql: str) -> str:
     return cached
 
 
+async def _no_reset(connection: asyncpg.Connection) -> None:
+    return None
+
+
 class PostgresDatabase(Database):
     dialect = "postgresql"
 
@@ -46,12 +50,15 @@ class PostgresDatabase(Database):
                 finally:
                     await connection.close()
             settings = {"search_path": self.schema} if self.schema is not None else None
+            # The broker keeps no session state on a connection (no LISTEN, temp tables or SET),
+            # so asyncpg's reset round trip on every release is skipped.
             self._pool = await asyncpg.create_pool(
                 self.dsn,
                 min_size=self._min_size,
                 max_size=self._max_size,
                 command_timeout=30,
                 server_settings=settings,
+                reset=_no_reset,
             )
         except (OSError, asyncpg.PostgresError) as exc:
             raise StorageError(f"cannot connect to PostgreSQL: {exc}") from exc
@@ -97,8 +104,16 @@ class PostgresDatabase(Database):
 
     async def _run_once(self, operation: Operation[T]) -> T:
         try:
+            query = next(operation)
+            if query.whole:
+                async with self._acquire() as conn:
+                    row = await conn.fetchrow(numbered(query.sql), *query.args)
+                try:
+                    operation.send(None if row is None else dict(row))
+                except StopIteration as done:
+                    return done.value  # type: ignore[no-any-return]
+                raise StorageError("an operation marked as one statement yielded another")
             async with self._acquire() as conn, conn.transaction():
-                query = next(operation)
                 while True:
                     sql = numbered(query.sql)
                     if query.fetch is Fetch.ONE:

@@ -25,10 +25,21 @@ def new_grant_id() -> str:
     return "grn_" + secrets.token_hex(12)
 
 
+_UPSERT_TOKEN = (
+    "INSERT INTO tee_tokens (omni_account, token_type, client_id, token, token_sha256, expires_at, "
+    "updated_at) VALUES (?, 'access', ?, ?, ?, ?, ?) ON CONFLICT (omni_account, token_type) DO UPDATE "
+    "SET client_id = excluded.client_id, token = excluded.token, token_sha256 = excluded.token_sha256, "
+    "expires_at = excluded.expires_at, updated_at = excluded.updated_at"
+)
+_INSERT_AUDIT = (
+    "INSERT INTO audit_log (occurred_at, event, outcome, client_id, omni_account, bearer_sha256, "
+    "remote_addr, detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+
 def _audit(event: AuditEvent) -> Query:
     return Query.run(
-        "INSERT INTO audit_log (occurred_at, event, outcome, client_id, omni_account, bearer_sha256, "
-        "remote_addr, detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        _INSERT_AUDIT,
         event.occurred_at,
         event.event,
         event.outcome,
@@ -71,6 +82,7 @@ def _upsert_user(
 
 def record_login(
     *,
+    dialect: str,
     client_id: str,
     identity_type: str,
     identity_value: str,
@@ -81,23 +93,26 @@ def record_login(
     token_expires_at: int,
     audit: AuditEvent,
 ) -> Operation[UserRecord]:
-    """`post_heima_login`: upsert the user, keep the access token, write the audit row."""
+    """`post_heima_login`: upsert the user, keep the access token, write the audit row.
+
+    On PostgreSQL the three writes are one statement (data-modifying CTEs), atomic by itself and
+    one round trip; SQLite runs them as three statements in one transaction."""
     now = audit.occurred_at
     uid = new_user_uid()
-    row = yield _upsert_user(uid, client_id, identity_type, identity_value, omni_account, pumpx_omni_for(uid), now)
-    yield Query.run(
-        "INSERT INTO tee_tokens (omni_account, token_type, client_id, token, token_sha256, expires_at, "
-        "updated_at) VALUES (?, 'access', ?, ?, ?, ?, ?) ON CONFLICT (omni_account, token_type) DO UPDATE "
-        "SET client_id = excluded.client_id, token = excluded.token, token_sha256 = excluded.token_sha256, "
-        "expires_at = excluded.expires_at, updated_at = excluded.updated_at",
-        omni_account,
-        client_id,
-        token,
-        token_sha256,
-        token_expires_at,
-        now,
-    )
-    yield _audit(audit)
+    user = _upsert_user(uid, client_id, identity_type, identity_value, omni_account, pumpx_omni_for(uid), now)
+    token_args = (omni_account, client_id, token, token_sha256, token_expires_at, now)
+    audit_query = _audit(audit)
+    if dialect == "postgresql":
+        row = yield Query.only_statement(
+            f"WITH u AS ({user.sql}), t AS ({_UPSERT_TOKEN}), a AS ({_INSERT_AUDIT}) SELECT * FROM u",
+            *user.args,
+            *token_args,
+            *audit_query.args,
+        )
+    else:
+        row = yield user
+        yield Query.run(_UPSERT_TOKEN, *token_args)
+        yield audit_query
     return UserRecord.from_row(row)
 
 
