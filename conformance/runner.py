@@ -42,6 +42,7 @@ from conformance.targets import (
     start_tee,
     stop_broker,
 )
+from fixtures.fake_google import FakeGoogle
 
 DEFAULT_CALLBACK_GRACE = 0.3  # seconds to wait for callbacks still owed after the reply
 DEFAULT_EMAIL_WAIT = 5.0
@@ -185,6 +186,7 @@ class Harness:
         self.deviations = deviations or {}
         self.receiver = CallbackReceiver()
         self.sink = MailSink()
+        self.google = FakeGoogle()
         self.keys = Keys(tee.private_key, tee.public_key)
         self._session: aiohttp.ClientSession | None = None
         self._key_file = Path(tempfile.mkdtemp(prefix="conformance-key-")) / "tee_jwt_public_key.pem"
@@ -197,6 +199,11 @@ class Harness:
     async def __aenter__(self) -> Harness:
         await self.receiver.start()
         self.sink.start()
+        await self.google.start()
+        for client in ("wildmeta", "agentkeys"):
+            self.google.register_client(
+                f"{client}-conformance", f"{client}-secret", [self.receiver.url + "oauth2/callback"]
+            )
         self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT))
         self._key_file.write_bytes(
             self.tee.public_key.public_bytes(
@@ -209,6 +216,7 @@ class Harness:
         if self._session is not None:
             await self._session.close()
         await self.receiver.close()
+        await self.google.close()
         self.sink.stop()
 
     def addresses(self) -> dict[str, str]:
@@ -218,6 +226,9 @@ class Harness:
             "OE_AGENTKEYS_API_BASE_URL": self.receiver.api_url("agentkeys"),
             "OE_WILDMETA_API_URL": self.receiver.url,
             "SMTP sink (mailer type smtp)": self.sink.url,
+            "fake Google issuer": self.google.issuer,
+            "OE_GOOGLE_CLIENT_ID_AGENTKEYS": "agentkeys-conformance",
+            "OE_GOOGLE_CLIENT_SECRET_AGENTKEYS": "agentkeys-secret",
         }
 
     # ------------------------------------------------------------------ running
