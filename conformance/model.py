@@ -28,7 +28,7 @@ import yaml
 
 SCHEMA_PATH = Path(__file__).with_name("suite.schema.json")
 STEP_KINDS = ("let", "rpc", "raw", "broker", "callback", "email", "clock", "fuzz")
-CAPABILITIES = ("sim-clock", "smtp", "tee-signing-key", "broker", "sim-internals")
+CAPABILITIES = ("sim-clock", "smtp", "tee-signing-key", "broker", "broker-clock", "sim-internals")
 PROFILES = ("upstream", "agentkeys-patch")
 
 _ANY: dict[str, Any] = {}
@@ -196,7 +196,10 @@ SCHEMA: dict[str, Any] = {
                                         "type": "object",
                                         "additionalProperties": False,
                                         "required": ["advance"],
-                                        "properties": {"advance": {"type": "integer", "minimum": 0}},
+                                        "properties": {
+                                            "advance": {"type": "integer", "minimum": 0},
+                                            "target": {"enum": ["tee", "broker"]},
+                                        },
                                     },
                                 ),
                                 _step(
@@ -211,6 +214,7 @@ SCHEMA: dict[str, Any] = {
                                             "op": {"type": "string"},
                                             "examples": {"type": "integer", "minimum": 1, "maximum": 500},
                                             "seed": {"type": "integer"},
+                                            "token": _ANY,
                                         },
                                     },
                                 ),

@@ -194,7 +194,8 @@ class Harness:
 
     @property
     def capabilities(self) -> set[str]:
-        return self.tee.capabilities | ({"broker"} if self.broker.kind != "none" else set())
+        broker = {"broker"} if self.broker.kind != "none" else set()
+        return self.tee.capabilities | broker | ({"broker-clock"} if self.broker.kind == "local" else set())
 
     async def __aenter__(self) -> Harness:
         await self.receiver.start()
@@ -452,9 +453,13 @@ class _CaseRun:
         return await self._with_callbacks(step, send, "raw body")
 
     async def _with_callbacks(self, step: Step, send: Callable[[], Any], summary: str) -> Any:
-        expectations = [self.scope.evaluate(cb) for cb in step.spec.get("callbacks", [])]
+        # How to answer is fixed before the call; what to expect is evaluated when each callback is
+        # checked, in order, so an expectation may use a value captured from an earlier callback.
+        expectations = list(step.spec.get("callbacks", []))
         scripts = [
-            CallbackScript(cb.get("api", "any"), cb["op"], int(cb.get("times", 1)), cb.get("reply") or {})
+            CallbackScript(
+                cb.get("api", "any"), cb["op"], int(cb.get("times", 1)), self.scope.evaluate(cb.get("reply") or {})
+            )
             for cb in expectations
         ]
         receiver = self.h.receiver
@@ -497,7 +502,8 @@ class _CaseRun:
                 problems.append(f"{label}: expected {script.times} call(s), the worker made {len(script.taken)}")
             for call in script.taken:
                 view = {"request": call.request_view(), "response": call.response_view()}
-                for mismatch in match({"request": expectation.get("expect", {})}, view, self.h.tee.public_key):
+                wanted = self.scope.evaluate(expectation.get("expect", {}))
+                for mismatch in match({"request": wanted}, view, self.h.tee.public_key):
                     problems.append(f"{label}: {mismatch}")
                 if not problems:
                     for name, path in expectation.get("capture", {}).items():
@@ -593,7 +599,7 @@ class _CaseRun:
             if spec["target"] == "tee":
                 problem = await self._fuzz_tee(spec.get("method", "omni_userLogin"), payload)
             else:
-                problem = await self._fuzz_broker(spec.get("op", "post_heima_login"), payload)
+                problem = await self._fuzz_broker(spec.get("op", "post_heima_login"), payload, spec.get("token"))
             if problem:
                 failures.append(f"{problem} for {json.dumps(payload)[:120]}")
         self.exchanges.append(
@@ -618,9 +624,10 @@ class _CaseRun:
             return "error without an integer code"
         return None
 
-    async def _fuzz_broker(self, op: str, body: Any) -> str | None:
+    async def _fuzz_broker(self, op: str, body: Any, token: str | None) -> str | None:
         assert self.broker is not None
-        async with self.http.post(self.broker.url + BROKER_PATHS[op], json=body) as response:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        async with self.http.post(self.broker.url + BROKER_PATHS[op], json=body, headers=headers) as response:
             raw = await response.read()
         if response.status >= 500:
             return f"HTTP {response.status}"

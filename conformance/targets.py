@@ -10,12 +10,14 @@
 
 Capabilities decide which cases apply: ``sim-clock`` (the harness can move the worker's clock),
 ``smtp`` (the worker mails codes to the harness's sink), ``tee-signing-key`` (the harness holds
-the TEE private key), ``broker`` (a broker is configured), ``sim-internals``.
+the TEE private key), ``broker`` (a broker is configured), ``broker-clock`` (the local broker,
+whose clock the harness moves), ``sim-internals``.
 """
 
 from __future__ import annotations
 
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -158,6 +160,14 @@ class BrokerSession:
     url: str
     runner: web.AppRunner | None = None
     app: web.Application | None = None
+    clock_offset: list[float] = field(default_factory=lambda: [0.0])
+
+    def now(self) -> float:
+        return time.time() + self.clock_offset[0]
+
+    def advance(self, seconds: float) -> None:
+        """Move the local broker's clock forward (grant expiry, token expiry)."""
+        self.clock_offset[0] += seconds
 
 
 async def start_broker(target: BrokerTarget, tee_public_key_pem: Path) -> BrokerSession | None:
@@ -173,11 +183,13 @@ async def start_broker(target: BrokerTarget, tee_public_key_pem: Path) -> Broker
             "BROKER_TEE_JWT_PUBLIC_KEY": str(tee_public_key_pem),
         }
     )
-    app = create_broker_app(config)
+    session = BrokerSession("")
+    app = create_broker_app(config, clock=session.now)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", 0).start()
-    return BrokerSession(f"http://127.0.0.1:{runner.addresses[0][1]}/", runner, app)
+    session.url, session.runner, session.app = f"http://127.0.0.1:{runner.addresses[0][1]}/", runner, app
+    return session
 
 
 async def stop_broker(session: BrokerSession | None) -> None:
