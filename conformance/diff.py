@@ -6,8 +6,12 @@ run to run by design cannot be compared literally, so each exchange is normalise
 * a JWT (bare or ``Bearer …``) becomes its decoded header and claims, without the values of
   ``exp``, ``iat``, ``nbf`` and ``jti`` (times and nonces) and without the signature, plus the
   order of its claims (which the contract fixes);
-* 6- or 8-digit codes become ``<code>``; ``0x`` + 40 / 64 hex digits become ``<hex40>`` /
-  ``<hex64>`` (wallets, OmniAccounts); broker user ids ``usr_…`` become ``<uid>``;
+* ``0x`` + 40 / 64 hex digits become ``<hex40>`` / ``<hex64>`` (wallets, OmniAccounts); broker user
+  ids ``usr_…`` become ``<uid>``; other runs of 12 or more hex digits (``$fresh`` e-mails and
+  handles, grant ids) ``<hex>``; base58 of 32 to 50 characters in mixed case (Solana and Substrate
+  addresses) ``<base58>``; 6- or 8-digit codes ``<code>``; a token shaped like a JWT that does not
+  decode (a tampered one) ``<token>``; the port of a loopback URL ``<port>``; an integer that is a
+  Unix time in seconds or milliseconds (2017–2128) ``<time>``;
 * headers every HTTP client adds (Host, Content-Length, …), the raw ``body_text`` next to the
   parsed body, the JSON-RPC ``id`` the harness chose and the time of a mail are dropped.
 
@@ -42,10 +46,28 @@ from conformance.runner import CaseResult, Exchange, RunResult, Verdict
 from conformance.targets import KIT_VERSION
 
 VOLATILE_CLAIMS = frozenset({"exp", "iat", "nbf", "jti"})
-_CODE = re.compile(r"(?<![0-9])(?:[0-9]{8}|[0-9]{6})(?![0-9])")
 _HEX64 = re.compile(r"0x[0-9a-fA-F]{64}(?![0-9a-fA-F])")
 _HEX40 = re.compile(r"0x[0-9a-fA-F]{40}(?![0-9a-fA-F])")
-_UID = re.compile(r"usr_[A-Za-z0-9_-]+")
+_UID = re.compile(r"usr_[A-Za-z0-9]+")
+_HEX = re.compile(r"(?<![0-9A-Za-z])[0-9a-fA-F]{12,}(?![0-9A-Za-z])")
+_BASE58 = re.compile(r"(?<![0-9A-Za-z])[1-9A-HJ-NP-Za-km-z]{32,50}(?![0-9A-Za-z])")
+_CODE = re.compile(r"(?<![0-9A-Za-z])(?:[0-9]{8}|[0-9]{6})(?![0-9A-Za-z])")
+_TOKEN = re.compile(r"^(Bearer )?[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*$")
+_LOOPBACK_PORT = re.compile(r"(127\.0\.0\.1|localhost|\[::1\]|0\.0\.0\.0):[0-9]{1,5}")
+_UNIX_SECONDS = (1_500_000_000, 5_000_000_000)
+
+
+def _base58(found: re.Match[str]) -> str:
+    text = found.group()
+    mixed = any(c.isupper() for c in text) and any(c.islower() for c in text)
+    return "<base58>" if mixed else text
+
+
+def _is_unix_time(value: int) -> bool:
+    low, high = _UNIX_SECONDS
+    return low <= value < high or low * 1000 <= value < high * 1000
+
+
 ABSENT = "(absent)"
 
 
@@ -65,10 +87,18 @@ def normalise_value(value: Any) -> Any:
                 "claims_order": list(claims),
             }
             return {"$bearer": {"$jwt": decoded}} if prefix else {"$jwt": decoded}
+        token = _TOKEN.match(value)
+        if token is not None:
+            return f"{token.group(1) or ''}<token>"
         text = _HEX64.sub("<hex64>", value)
         text = _HEX40.sub("<hex40>", text)
         text = _UID.sub("<uid>", text)
-        return _CODE.sub("<code>", text)
+        text = _HEX.sub("<hex>", text)
+        text = _BASE58.sub(_base58, text)
+        text = _CODE.sub("<code>", text)
+        return _LOOPBACK_PORT.sub(r"\1:<port>", text)
+    if isinstance(value, int) and not isinstance(value, bool) and _is_unix_time(value):
+        return "<time>"
     return value
 
 
@@ -279,8 +309,9 @@ every case both ran, the exchanges on every leg (client→worker, worker→harne
 callbacks, harness→broker calls, mails) are compared after normalising what differs by design from \
 run to run: JWTs are compared by their decoded header and claims (without `exp`/`iat`/`nbf`/`jti` \
 and signature), 6/8-digit codes become `<code>`, `0x` hex of 40/64 digits `<hex40>`/`<hex64>` \
-(wallets, OmniAccounts), broker user ids `<uid>`; client headers such as Host and Content-Length and \
-the harness's JSON-RPC ids are dropped. A case is **same** when both workers did the same on every \
+(wallets, OmniAccounts), broker user ids `<uid>`, other long hex ids `<hex>`, Solana/Substrate \
+addresses `<base58>`, Unix times `<time>`, loopback ports `<port>`; client headers such as Host and \
+Content-Length and the harness's JSON-RPC ids are dropped. A case is **same** when both workers did the same on every \
 leg and got the same verdict.\
 """
 
