@@ -417,7 +417,10 @@ class _CaseRun:
             headers["Authorization"] = f"Bearer {spec['token']}"
         body = json.dumps(request, ensure_ascii=False).encode()
         transport = spec.get("transport", "http")
-        return await self._with_callbacks(step, lambda: self._send_rpc(body, headers, transport), f"{spec['method']}")
+        record = {"transport": transport, "headers": headers, "json": request}
+        return await self._with_callbacks(
+            step, lambda: self._send_rpc(body, headers, transport), f"{spec['method']}", record
+        )
 
     async def _send_rpc(self, body: bytes, headers: dict[str, str], transport: str) -> Any:
         assert self.tee is not None
@@ -450,9 +453,16 @@ class _CaseRun:
                 raw = await response.read()
             return {"status": response.status, "body": _json_or_text(raw) if raw else None}
 
-        return await self._with_callbacks(step, send, "raw body")
+        record = {
+            "transport": "http",
+            "content_type": spec.get("content_type", "application/json"),
+            "body": spec["body"],
+        }
+        return await self._with_callbacks(step, send, "raw body", record)
 
-    async def _with_callbacks(self, step: Step, send: Callable[[], Any], summary: str) -> Any:
+    async def _with_callbacks(
+        self, step: Step, send: Callable[[], Any], summary: str, request_record: dict[str, Any]
+    ) -> Any:
         # How to answer is fixed before the call; what to expect is evaluated when each callback is
         # checked, in order, so an expectation may use a value captured from an earlier callback.
         expectations = list(step.spec.get("callbacks", []))
@@ -474,7 +484,6 @@ class _CaseRun:
                 await receiver.wait_for(already + owed + (1 if taken >= owed else 0), time.monotonic() + grace)
         finally:
             receiver.close_window()
-        request_record = {"transport": step.kind, "summary": summary}
         self.exchanges.append(Exchange("client→worker", step.index, summary, request_record, response))
         for observed in receiver.observed[already:]:
             leg = "worker→broker" if observed.forwarded_to else "worker→harness"
