@@ -67,7 +67,9 @@ def main() -> int:
         print("\nreports: reports/agentkeys-patch/report.md, reports/upstream/report.md (what the patch must do)")
         return patched or upstream
     if command == "bench":
-        return run(str(PYTHON), str(ROOT / "scripts" / "bench_sim.py"), *rest)
+        return run(str(PYTHON), str(ROOT / "scripts" / "bench_sim.py"), *rest) or run(
+            str(PYTHON), str(ROOT / "scripts" / "bench_broker.py"), *rest
+        )
     sys.exit(f"unknown command {command!r}: expected test, lint, e2e or bench")
 
 
