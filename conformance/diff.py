@@ -49,6 +49,7 @@ VOLATILE_CLAIMS = frozenset({"exp", "iat", "nbf", "jti"})
 _HEX64 = re.compile(r"0x[0-9a-fA-F]{64}(?![0-9a-fA-F])")
 _HEX40 = re.compile(r"0x[0-9a-fA-F]{40}(?![0-9a-fA-F])")
 _UID = re.compile(r"usr_[A-Za-z0-9]+")
+_PREFIXED_HEX = re.compile(r"0x[0-9a-fA-F]{12,}(?![0-9a-fA-F])")  # signatures and other long values
 _HEX = re.compile(r"(?<![0-9A-Za-z])[0-9a-fA-F]{12,}(?![0-9A-Za-z])")
 _BASE58 = re.compile(r"(?<![0-9A-Za-z])[1-9A-HJ-NP-Za-km-z]{32,50}(?![0-9A-Za-z])")
 _CODE = re.compile(r"(?<![0-9A-Za-z])(?:[0-9]{8}|[0-9]{6})(?![0-9A-Za-z])")
@@ -93,6 +94,7 @@ def normalise_value(value: Any) -> Any:
         text = _HEX64.sub("<hex64>", value)
         text = _HEX40.sub("<hex40>", text)
         text = _UID.sub("<uid>", text)
+        text = _PREFIXED_HEX.sub("<hex>", text)
         text = _HEX.sub("<hex>", text)
         text = _BASE58.sub(_base58, text)
         text = _CODE.sub("<code>", text)
@@ -107,6 +109,8 @@ def normalise_exchange(exchange: Exchange) -> dict[str, Any]:
     response = without_noise(exchange.response)
     if exchange.leg == "client→worker" and isinstance(response, dict):
         response = {key: value for key, value in response.items() if key != "id"}  # the harness's counter
+    if exchange.leg == "client→worker" and isinstance(request, dict) and isinstance(request.get("json"), dict):
+        request = {**request, "json": {k: v for k, v in request["json"].items() if k != "id"}}
     if exchange.leg.startswith("worker→harness (smtp") and isinstance(response, dict):
         response = {key: value for key, value in response.items() if key != "at"}
     return {
