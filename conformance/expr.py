@@ -234,6 +234,27 @@ def mint_jwt(scope: Scope, argument: Any) -> str:
     return signing_input.decode() + "." + _b64url(signature)
 
 
+def upper(scope: Scope, argument: Any) -> str:
+    return str(argument).upper()
+
+
+def lower(scope: Scope, argument: Any) -> str:
+    return str(argument).lower()
+
+
+def jwt_claims(scope: Scope, argument: Any) -> dict[str, Any]:
+    """The claims of a compact JWT (or ``Bearer <jwt>``), unverified: for comparing two tokens."""
+    token = str(argument).removeprefix("Bearer ")
+    try:
+        payload = token.split(".")[1]
+        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    except (IndexError, ValueError) as exc:
+        raise ExprError(f"$claims: not a JWT: {exc}") from None
+    if not isinstance(claims, dict):
+        raise ExprError("$claims: the payload is not an object")
+    return claims
+
+
 def sha256_hex(scope: Scope, argument: Any) -> str:
     return hashlib.sha256(str(argument).encode()).hexdigest()
 
@@ -247,4 +268,7 @@ FUNCTIONS: dict[str, Callable[[Scope, Any], Any]] = {
     "$fresh": fresh,
     "$mint_jwt": mint_jwt,
     "$sha256": sha256_hex,
+    "$upper": upper,
+    "$lower": lower,
+    "$claims": jwt_claims,
 }

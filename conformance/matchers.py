@@ -8,6 +8,7 @@ Rules:
 * a list matches a list of the same length, item by item;
 * ``{$exact: value}`` matches only the identical JSON value, key order included: the worker's
   error objects and callback bodies are pinned this way;
+* ``{$between: [low, high]}`` (inclusive, numbers),
 * ``{$any: true}``, ``{$type: string|integer|number|boolean|null|object|array}``,
   ``{$regex: pattern}`` (full match), ``{$contains: text}``, ``{$one_of: [values]}``,
   ``{$len: n}``, ``{$not: matcher}``;
@@ -53,7 +54,20 @@ _TYPES: dict[str, tuple[type, ...]] = {
 }
 
 MATCHER_KEYS = frozenset(
-    {"$exact", "$any", "$type", "$regex", "$contains", "$one_of", "$len", "$not", "$jwt", "$bearer", "$absent"}
+    {
+        "$exact",
+        "$any",
+        "$type",
+        "$regex",
+        "$contains",
+        "$one_of",
+        "$len",
+        "$not",
+        "$jwt",
+        "$bearer",
+        "$absent",
+        "$between",
+    }
 )
 
 
@@ -174,6 +188,13 @@ def decode_jwt(token: str) -> tuple[dict[str, Any], list[tuple[str, Any]], bytes
     return header, claims, f"{parts[0]}.{parts[1]}".encode(), _segment(parts[2])
 
 
+def _between(argument: Any, actual: Any, key: Any, path: str) -> list[Mismatch]:
+    low, high = argument
+    if isinstance(actual, bool) or not isinstance(actual, (int, float)) or not low <= actual <= high:
+        return [Mismatch(path, f"expected a number in [{low}, {high}], got {_show(actual)}")]
+    return []
+
+
 def _jwt(argument: Any, actual: Any, key: rsa.RSAPublicKey | None, path: str) -> list[Mismatch]:
     if not isinstance(actual, str):
         return [Mismatch(path, f"expected a JWT, got {_show(actual)}")]
@@ -224,4 +245,5 @@ _MATCHERS = {
     "$not": _not,
     "$jwt": _jwt,
     "$bearer": _bearer,
+    "$between": _between,
 }

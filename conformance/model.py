@@ -61,7 +61,12 @@ _CALLBACK_EXPECTATION = {
     "additionalProperties": False,
     "required": ["op"],
     "properties": {
-        "api": {"enum": ["pumpx", "agentkeys", "wildmeta", "any"]},
+        "api": {
+            "anyOf": [
+                {"enum": ["pumpx", "agentkeys", "wildmeta", "any"]},
+                {"type": "string", "pattern": "^\\$\\{.+\\}$"},
+            ]
+        },
         "op": _CALLBACK_OPS,
         "times": {"type": "integer", "minimum": 0, "maximum": 10},
         "expect": _MAP,

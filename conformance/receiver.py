@@ -40,6 +40,24 @@ BROKER_PATHS = {
 }
 
 
+class Headers(dict[str, str]):
+    """Headers as received, looked up case-insensitively (hyper sends ``x-language``, aiohttp
+    ``X-Language``: HTTP header names are case-insensitive, expectations should be too)."""
+
+    def __init__(self, items: dict[str, str]) -> None:
+        super().__init__(items)
+        self._folded = {key.lower(): key for key in items}
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and key.lower() in self._folded
+
+    def __getitem__(self, key: str) -> str:
+        return super().__getitem__(self._folded.get(key.lower(), key))
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self[key] if key in self else default  # noqa: SIM401 (self.get would recurse)
+
+
 @dataclass(slots=True)
 class ObservedCallback:
     """One call the worker made, and what the harness answered."""
@@ -75,7 +93,7 @@ class ObservedCallback:
             "method": self.method,
             "path": self.path,
             "query": self.query,
-            "headers": self.headers,
+            "headers": Headers(self.headers),
             "body": self.body,
             "body_text": self.body_text,
         }

@@ -1,0 +1,89 @@
+"""The conformance command: validation, applicability, known deviations, the published schema."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conformance.cli import DEVIATIONS_DIR, SUITES_DIR, main
+from conformance.model import SCHEMA_PATH, SuiteError, load_suite, load_suites, published_schema
+
+HEALTH_CASE = {
+    "id": "tiny.health",
+    "clause": "omni_getHealth answers OK",
+    "steps": [{"rpc": {"method": "omni_getHealth"}, "expect": {"result": {"$exact": "OK"}}}],
+}
+BROKER_CASE = {
+    "id": "tiny.broker-ready",
+    "clause": "the broker reports ready",
+    "needs": ["broker"],
+    "steps": [{"broker": {"method": "GET", "path": "/readyz"}, "expect": {"status": 200}}],
+}
+
+
+def write_suite(tmp_path: Path, *cases: dict[str, object], name: str = "tiny") -> Path:
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump({"suite": name, "title": "tiny", "cases": list(cases)}), encoding="utf-8")
+    return path
+
+
+def test_the_published_schema_file_is_the_schema_the_runner_validates_with() -> None:
+    assert SCHEMA_PATH.read_text(encoding="utf-8") == published_schema()
+
+
+def test_every_shipped_suite_is_valid() -> None:
+    assert sum(len(suite.cases) for suite in load_suites([SUITES_DIR])) >= 100
+
+
+@pytest.mark.parametrize(
+    ("case", "complaint"),
+    [
+        ({**HEALTH_CASE, "steps": [{"rpc": {"method": "x"}, "expect": {}, "callbacks": [{"op": "nope"}]}]}, "nope"),
+        ({**HEALTH_CASE, "stpes": []}, "stpes"),
+        ({**HEALTH_CASE, "needs": ["time-travel"]}, "time-travel"),
+        ({"id": "BAD ID", "clause": "a clause here", "steps": [{"let": {}}]}, "BAD ID"),
+    ],
+)
+def test_an_invalid_suite_is_refused_before_anything_runs(
+    tmp_path: Path, case: dict[str, object], complaint: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write_suite(tmp_path, case)
+    with pytest.raises(SuiteError, match=str(path.name)):
+        load_suite(path)
+    assert main(["run", str(path), "--report", str(tmp_path / "r")]) == 2
+    assert complaint in capsys.readouterr().err
+
+
+def test_a_case_the_target_cannot_run_is_not_applicable_never_passed(tmp_path: Path) -> None:
+    suite = write_suite(tmp_path, HEALTH_CASE, BROKER_CASE)
+    assert main(["run", str(suite), "--broker", "none", "--report", str(tmp_path / "r")]) == 0
+    summary = (tmp_path / "r" / "summary.txt").read_text(encoding="utf-8")
+    assert "1 passed" in summary and "1 not applicable" in summary
+    assert "N/A   tiny.broker-ready" in summary
+
+
+def test_a_listed_deviation_that_passes_fails_the_run(tmp_path: Path) -> None:
+    suite = write_suite(tmp_path, HEALTH_CASE)
+    deviations = tmp_path / "deviations.yaml"
+    deviations.write_text(yaml.safe_dump({"deviations": [{"case": "tiny.health", "reason": "was broken"}]}))
+    assert main(["run", str(suite), "--deviations", str(deviations), "--report", str(tmp_path / "r")]) == 1
+    assert "XPASS tiny.health" in (tmp_path / "r" / "summary.txt").read_text(encoding="utf-8")
+
+
+def test_a_listed_deviation_that_fails_keeps_the_run_green(tmp_path: Path) -> None:
+    failing = {**HEALTH_CASE, "steps": [{"rpc": {"method": "omni_getHealth"}, "expect": {"result": "NOT OK"}}]}
+    suite = write_suite(tmp_path, failing)
+    deviations = tmp_path / "deviations.yaml"
+    deviations.write_text(yaml.safe_dump({"deviations": [{"case": "tiny.health", "reason": "known"}]}))
+    assert main(["run", str(suite), "--deviations", str(deviations), "--report", str(tmp_path / "r")]) == 0
+    assert main(["run", str(suite), "--report", str(tmp_path / "r2")]) == 1
+
+
+def test_the_upstream_deviation_file_lists_exactly_the_patch_clauses() -> None:
+    document = yaml.safe_load((DEVIATIONS_DIR / "sim-upstream.yaml").read_text(encoding="utf-8"))
+    listed = {entry["case"] for entry in document["deviations"]}
+    patch_clauses = {case.id for suite in load_suites([SUITES_DIR]) for case in suite.cases if case.is_patch_clause}
+    assert listed == patch_clauses
+    assert all(entry["reason"].startswith("patch clause") for entry in document["deviations"])
