@@ -19,6 +19,8 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from omni_sim.server import ServedApp
+
 OPERATIONS = ("post_heima_login", "add_wallet", "get_account_user_id", "user_connect", "verify_google_code")
 
 DEFAULT_REPLIES: dict[str, Any] = {
@@ -132,7 +134,7 @@ class CallbackReceiver:
         self.broker_url: str | None = None
         self.scripts: list[CallbackScript] = []
         self.observed: list[ObservedCallback] = []
-        self._runner: web.AppRunner | None = None
+        self._served = ServedApp(host)
         self._session: aiohttp.ClientSession | None = None
         self._arrivals = asyncio.Event()
 
@@ -152,17 +154,13 @@ class CallbackReceiver:
             "*", "/v1/account/check_hyper_agent_address", self._handler("wildmeta", "check_hyper_agent_address")
         )
         app.router.add_route("*", "/{tail:.*}", self._handler("unknown", "unknown"))
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, self.host, 0).start()
-        self.port = int(self._runner.addresses[0][1])
+        self.port = await self._served.start(app)
         self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30))
 
     async def close(self) -> None:
         if self._session is not None:
             await self._session.close()
-        if self._runner is not None:
-            await self._runner.cleanup()
+        await self._served.close()
 
     def open_window(self, scripts: list[CallbackScript]) -> None:
         self.scripts = scripts

@@ -32,7 +32,7 @@ from conformance.mail_sink import MailSink
 from conformance.receiver import CallbackReceiver
 from omni_sim.config import config_from_env as sim_config
 from omni_sim.keystore import load_auth_token_key
-from omni_sim.server import SimServer
+from omni_sim.server import ServedApp, SimServer
 
 KIT_VERSION = "0.1.0"
 
@@ -158,7 +158,7 @@ def broker_target(spec: str | None) -> BrokerTarget:
 @dataclass(slots=True)
 class BrokerSession:
     url: str
-    runner: web.AppRunner | None = None
+    served: ServedApp | None = None
     app: web.Application | None = None
     clock_offset: list[float] = field(default_factory=lambda: [0.0])
 
@@ -183,15 +183,14 @@ async def start_broker(target: BrokerTarget, tee_public_key_pem: Path) -> Broker
             "BROKER_TEE_JWT_PUBLIC_KEY": str(tee_public_key_pem),
         }
     )
-    session = BrokerSession("")
-    app = create_broker_app(config, clock=session.now)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    session.url, session.runner, session.app = f"http://127.0.0.1:{runner.addresses[0][1]}/", runner, app
+    session = BrokerSession("", ServedApp())
+    session.app = create_broker_app(config, clock=session.now)
+    assert session.served is not None
+    await session.served.start(session.app)
+    session.url = session.served.url
     return session
 
 
 async def stop_broker(session: BrokerSession | None) -> None:
-    if session is not None and session.runner is not None:
-        await session.runner.cleanup()
+    if session is not None and session.served is not None:
+        await session.served.close()

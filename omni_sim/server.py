@@ -19,6 +19,33 @@ from omni_sim.config import SimConfig
 from omni_sim.context import SimContext
 
 
+class ServedApp:
+    """An aiohttp application served on `host`:`port` (port 0: a free one), opened and closed in one
+    place. The simulator, the harness's receiver and the test fixtures all serve through it."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.host = host
+        self.port = port
+        self._runner: web.AppRunner | None = None
+
+    async def start(self, app: web.Application) -> int:
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await runner.setup()
+        await web.TCPSite(runner, self.host, self.port, reuse_address=True).start()
+        self._runner = runner
+        self.port = int(runner.addresses[0][1])  # the bound port when 0 was asked for
+        return self.port
+
+    async def close(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}/"
+
+
 class SimServer:
     def __init__(
         self,
@@ -29,20 +56,17 @@ class SimServer:
     ) -> None:
         self.config = config
         self.app = create_app(config, clock=clock, jwt_key=jwt_key)
-        self._runner: web.AppRunner | None = None
-        self.port = config.port
+        self._served = ServedApp(config.host, config.port)
+
+    @property
+    def port(self) -> int:
+        return self._served.port
 
     async def start(self) -> None:
-        self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self.config.host, self.config.port, reuse_address=True)
-        await site.start()
-        self.port = int(self._runner.addresses[0][1])  # the bound port when 0 was asked for
+        await self._served.start(self.app)
 
     async def close(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+        await self._served.close()
 
     async def __aenter__(self) -> SimServer:
         await self.start()
@@ -58,7 +82,7 @@ class SimServer:
 
     @property
     def url(self) -> str:
-        return f"http://{self.config.host}:{self.port}/"
+        return self._served.url
 
     @property
     def ws_url(self) -> str:

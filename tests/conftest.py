@@ -22,7 +22,7 @@ from broker.state import STATE, BrokerState
 from fixtures.recording_backend import RecordingBackend
 from omni_sim.config import SimConfig, config_from_env
 from omni_sim.keystore import load_auth_token_key, load_pkcs1_der, load_shielding_key
-from omni_sim.server import SimServer
+from omni_sim.server import ServedApp, SimServer
 from protocol.tee_jwt import AuthTokenClaims, encode_auth_token
 
 
@@ -151,10 +151,13 @@ async def _drop_schema(schema: str) -> None:
 class BrokerHandle:
     """A running broker on a free loopback port, with the state tests inspect."""
 
-    def __init__(self, app: web.Application, runner: web.AppRunner, url: str) -> None:
+    def __init__(self, app: web.Application, served: ServedApp) -> None:
         self.app = app
-        self.runner = runner
-        self.url = url
+        self.served = served
+        self.url = served.url
+
+    async def stop(self) -> None:
+        await self.served.close()
 
     @property
     def state(self) -> BrokerState:
@@ -174,16 +177,15 @@ async def make_broker(db_url: tuple[str, str | None], tee_key: rsa.RSAPrivateKey
         if schema is not None:
             values["BROKER_DB_SCHEMA"] = schema
         app = create_broker_app(broker_config_from_env(values), clock=clock)
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", 0).start()
-        handle = BrokerHandle(app, runner, f"http://127.0.0.1:{runner.addresses[0][1]}/")
+        served = ServedApp()
+        await served.start(app)
+        handle = BrokerHandle(app, served)
         started.append(handle)
         return handle
 
     yield factory
     for handle in started:
-        await handle.runner.cleanup()
+        await handle.stop()
 
 
 def mint_tee_token(

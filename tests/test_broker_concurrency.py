@@ -138,7 +138,7 @@ async def test_a_restarted_broker_finds_users_wallets_and_grants(
     status, created = await post(http, first, "v1/grant/create", token, grant_body)
     assert status == 200, created
     grant_id = created["data"]["grant"]["grant_id"]
-    await first.runner.cleanup()
+    await first.stop()
 
     second = await make_broker()
     assert second.url != first.url or second.state is not first.state
