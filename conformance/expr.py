@@ -188,6 +188,15 @@ def sign(scope: Scope, argument: Any) -> Any:
     raise ExprError(f"$sign: unknown wallet kind {kind!r}")
 
 
+def sign_text(scope: Scope, argument: Any) -> str:
+    """``{wallet, message}`` → ``0x`` hex EIP-191 signature of an EVM wallet over `message` (for
+    `client_auth` fields such as `wildmeta_hl`'s signature over its `business_json`)."""
+    args = _args(argument, "$sign_text", "wallet", "message")
+    if args["wallet"]["kind"] != "evm":
+        raise ExprError("$sign_text signs with EVM wallets")
+    return "0x" + sign_evm_personal(str(args["message"]).encode(), bytes.fromhex(args["wallet"]["secret"])).hex()
+
+
 def compact_json(scope: Scope, argument: Any) -> str:
     """Compact JSON text, keys in the given order (the sign-in message is the compact JSON of
     the `omni_getWeb3SignInMessage` result)."""
@@ -263,6 +272,7 @@ FUNCTIONS: dict[str, Callable[[Scope, Any], Any]] = {
     "$omni_account": omni_account,
     "$wallet": wallet,
     "$sign": sign,
+    "$sign_text": sign_text,
     "$json": compact_json,
     "$now": now,
     "$fresh": fresh,

@@ -15,7 +15,9 @@ Rules:
 * ``{$jwt: {key: tee|none, header: {…exact…}, claims: matcher, claims_order: [names]}}`` decodes a
   compact JWT, verifies its RS256 signature with the target's TEE key (``key: none`` skips that),
   and matches header and claims;
-* ``{$bearer: matcher}`` matches an ``Authorization: Bearer <token>`` header by its token.
+* ``{$bearer: matcher}`` matches an ``Authorization: Bearer <token>`` header by its token;
+* ``{$signature: {address, message}}`` matches a ``0x`` hex EVM signature (65 bytes) that recovers
+  to `address` over `message`, EIP-191 or raw, as the worker verifies wallet signatures.
 
 `match` returns the list of mismatches, each a path and a sentence; empty means it matched.
 """
@@ -32,6 +34,9 @@ from typing import Any
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
+
+from protocol.identity import Identity, IdentityKind
+from protocol.signatures import SignatureScheme, Web3Signature, verify_web3
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,31 +58,13 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "array": (list,),
 }
 
-MATCHER_KEYS = frozenset(
-    {
-        "$exact",
-        "$any",
-        "$type",
-        "$regex",
-        "$contains",
-        "$one_of",
-        "$len",
-        "$not",
-        "$jwt",
-        "$bearer",
-        "$absent",
-        "$between",
-    }
-)
-
-
 def _show(value: Any) -> str:
     text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
     return text if len(text) <= 160 else text[:157] + "..."
 
 
 def _is_matcher(expected: Any) -> bool:
-    return isinstance(expected, Mapping) and len(expected) == 1 and next(iter(expected)) in MATCHER_KEYS
+    return isinstance(expected, Mapping) and len(expected) == 1 and next(iter(expected)) in _MATCHERS
 
 
 def match(expected: Any, actual: Any, key: rsa.RSAPublicKey | None = None, path: str = "") -> list[Mismatch]:
@@ -233,6 +220,22 @@ def _bearer(argument: Any, actual: Any, key: Any, path: str) -> list[Mismatch]:
     return match(argument, actual[len("Bearer ") :], key, f"{path}<bearer>")
 
 
+def _signature(argument: Any, actual: Any, key: Any, path: str) -> list[Mismatch]:
+    spec = argument if isinstance(argument, Mapping) else {}
+    address, message = str(spec.get("address", "")).lower(), str(spec.get("message", "")).encode()
+    if not isinstance(actual, str):
+        return [Mismatch(path, f"expected a hex signature, got {_show(actual)}")]
+    try:
+        raw = bytes.fromhex(actual.removeprefix("0x"))
+        expected = bytes.fromhex(address.removeprefix("0x"))
+    except ValueError:
+        return [Mismatch(path, f"not hex: {_show(actual)}")]
+    identity = Identity(IdentityKind.EVM, expected)
+    if len(raw) == 65 and verify_web3(message, identity, Web3Signature(SignatureScheme.ETHEREUM, raw)):
+        return []
+    return [Mismatch(path, f"signature does not recover to {address} over the given message")]
+
+
 _MATCHERS = {
     "$exact": _exact,
     "$any": _any,
@@ -246,4 +249,5 @@ _MATCHERS = {
     "$jwt": _jwt,
     "$bearer": _bearer,
     "$between": _between,
+    "$signature": _signature,
 }
