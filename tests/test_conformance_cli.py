@@ -87,3 +87,28 @@ def test_the_upstream_deviation_file_lists_exactly_the_patch_clauses() -> None:
     patch_clauses = {case.id for suite in load_suites([SUITES_DIR]) for case in suite.cases if case.is_patch_clause}
     assert listed == patch_clauses
     assert all(entry["reason"].startswith("patch clause") for entry in document["deviations"])
+
+
+def test_diff_runs_the_suite_against_two_workers_and_writes_the_diff(tmp_path: Path) -> None:
+    agentkeys_login = {
+        "id": "tiny.agentkeys-login-refused-or-not",
+        "clause": "omni_userLogin for agentkeys with a bad code",
+        "steps": [
+            {
+                "rpc": {
+                    "method": "omni_userLogin",
+                    "params": {
+                        "user_id": {"type": "email", "value": "a@b.io"},
+                        "user_auth": {"type": "email", "value": "000000"},
+                        "client_id": "agentkeys",
+                    },
+                }
+            }
+        ],
+    }
+    suite = write_suite(tmp_path, HEALTH_CASE, agentkeys_login)
+    args = ["diff", str(suite), "--tee-profile", "upstream", "--tee2", "sim", "--tee2-profile", "agentkeys-patch"]
+    assert main([*args, "--report", str(tmp_path / "d")]) == 0
+    diff = (tmp_path / "d" / "diff.md").read_text(encoding="utf-8")
+    assert "tiny.health" in diff and "tiny.agentkeys-login-refused-or-not" in diff
+    assert "sim (upstream)" in diff and "sim (agentkeys-patch)" in diff
