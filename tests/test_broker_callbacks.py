@@ -10,11 +10,33 @@ import hmac
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 import pytest
+from broker_client import (
+    ADD_WALLET,
+    CHECK_AGENT,
+    CLIENT,
+    GET_USER_ID,
+    GRANT_CREATE,
+    GRANT_REVOKE,
+    LOGIN,
+    USER_CONNECT,
+    Reply,
+    account_of,
+    assert_refused,
+    audit,
+    bearer,
+    call,
+    check_agent,
+    count_users,
+    evm_account,
+    evm_address,
+    login,
+    login_body,
+    wallet_slots,
+)
 from conftest import BrokerFactory, BrokerHandle, mint_tee_token
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -23,17 +45,9 @@ from broker.storage import store
 from broker.storage.base import Operation, Query
 from broker.storage.migrations import LATEST_SCHEMA_VERSION
 from broker.totp import totp
-from protocol.identity import IdentityKind, omni_account_of, pumpx_omni_account
+from protocol.identity import IdentityKind, pumpx_omni_account
 from protocol.tee_jwt import AuthTokenClaims, encode_auth_token
 
-CLIENT = "agentkeys"
-LOGIN = "v3/account/post_heima_login"
-ADD_WALLET = "v3/account/add_wallet"
-GET_USER_ID = "v3/account/get_account_user_id"
-USER_CONNECT = "v3/account/user_connect"
-CHECK_AGENT = "v1/account/check_hyper_agent_address"
-GRANT_CREATE = "v1/grant/create"
-GRANT_REVOKE = "v1/grant/revoke"
 TOTP_SECRET = "JBSWY3DPEHPK3PXP"
 NOT_LOOPBACK = {"BROKER_CALLBACK_ALLOW_CIDRS": "10.0.0.0/8"}
 
@@ -41,39 +55,12 @@ NOT_LOOPBACK = {"BROKER_CALLBACK_ALLOW_CIDRS": "10.0.0.0/8"}
 # --------------------------------------------------------------------------- helpers
 
 
-@dataclass(frozen=True, slots=True)
-class Reply:
-    status: int
-    body: Any
-
-
-def evm_address(n: int) -> str:
-    return f"0x{n:040x}"
-
-
-def evm_account(address: str, client_id: str = CLIENT) -> str:
-    return omni_account_of(IdentityKind.EVM, address, client_id)
-
-
 def email_account(email: str, client_id: str = CLIENT) -> str:
-    return omni_account_of(IdentityKind.EMAIL, email, client_id)
+    return account_of(IdentityKind.EMAIL, email, client_id)
 
 
 def pumpx_account(user_uid: str, client_id: str = CLIENT) -> str:
     return "0x" + pumpx_omni_account(client_id, user_uid).hex()
-
-
-def login_body(kind: str, value: str, client_id: str = CLIENT) -> dict[str, Any]:
-    return {
-        "userId": {"type": kind, "value": value},
-        "clientId": client_id,
-        "clientAuth": None,
-        "heimaLoginSuccess": True,
-    }
-
-
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
 
 
 def b64url(raw: bytes) -> str:
@@ -89,54 +76,10 @@ def claims_json(sub: str, aud: str = CLIENT, typ: str = "access", exp: int | Non
     return json.dumps({"sub": sub, "typ": typ, "exp": expires, "aud": aud}, separators=(",", ":")).encode()
 
 
-async def call(
-    http: aiohttp.ClientSession,
-    broker: BrokerHandle,
-    path: str,
-    *,
-    method: str = "POST",
-    token: str | None = None,
-    json_body: Any = None,
-    data: bytes | str | None = None,
-    params: dict[str, str] | None = None,
-) -> Reply:
-    headers = bearer(token) if token is not None else {}
-    async with http.request(
-        method, broker.url + path, headers=headers, json=json_body, data=data, params=params
-    ) as response:
-        text = await response.text()
-    try:
-        body: Any = json.loads(text)
-    except ValueError:
-        body = text
-    return Reply(response.status, body)
-
-
 def assert_ok(reply: Reply, data: Any) -> None:
     assert reply.status == 200, reply
     assert reply.body == {"code": 10000, "message": "OK", "data": data}
     assert list(reply.body) == ["code", "message", "data"]
-
-
-def assert_refused(reply: Reply, status: int, error: str) -> None:
-    assert 400 <= status < 500
-    assert reply.status == status, reply
-    assert isinstance(reply.body, dict), reply
-    assert set(reply.body) == {"code", "message", "data"}, reply.body
-    assert isinstance(reply.body["code"], int) and reply.body["code"] != 10000
-    assert isinstance(reply.body["message"], str) and reply.body["message"]
-    assert reply.body["data"]["error"] == error, reply.body
-
-
-async def login(
-    http: aiohttp.ClientSession, broker: BrokerHandle, key: rsa.RSAPrivateKey, address: str
-) -> tuple[str, str]:
-    """An EVM login as the worker reports it; returns (user_id, access token)."""
-    token = mint_tee_token(key, evm_account(address))
-    reply = await call(http, broker, LOGIN, token=token, json_body=login_body("evm", address))
-    assert reply.status == 200, reply
-    user_id: str = reply.body["data"]["user_id"]
-    return user_id, token
 
 
 async def email_user(http: aiohttp.ClientSession, broker: BrokerHandle, email: str) -> str:
@@ -144,24 +87,6 @@ async def email_user(http: aiohttp.ClientSession, broker: BrokerHandle, email: s
     assert reply.status == 200, reply
     user_id: str = reply.body["data"]["userId"]
     return user_id
-
-
-async def count_users(broker: BrokerHandle) -> int:
-    count: int = await broker.state.db.run(store.count_users)
-    return count
-
-
-async def wallet_slots(broker: BrokerHandle, user_uid: str) -> list[int]:
-    user = await broker.state.db.run(store.find_user_by_uid, user_uid)
-    assert user is not None
-    slots: list[int] = await broker.state.db.run(store.list_wallets, user.id)
-    return slots
-
-
-async def audit(broker: BrokerHandle) -> list[dict[str, Any]]:
-    """Audit rows, oldest first."""
-    rows: list[dict[str, Any]] = await broker.state.db.run(store.audit_rows)
-    return rows[::-1]
 
 
 TABLES = ("users", "wallets", "tee_tokens", "grants", "audit_log")
@@ -178,13 +103,6 @@ def table_counts() -> Operation[dict[str, int]]:
 async def counts(broker: BrokerHandle) -> dict[str, int]:
     result: dict[str, int] = await broker.state.db.run(table_counts)
     return result
-
-
-async def check_agent(
-    http: aiohttp.ClientSession, broker: BrokerHandle, main: str, agent: str, login_type: int = 0
-) -> Reply:
-    body = {"main_address": main, "agent_address": agent, "login_type": login_type}
-    return await call(http, broker, CHECK_AGENT, json_body=body)
 
 
 @pytest.fixture(scope="module")

@@ -7,24 +7,30 @@ import asyncio
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 import pytest
+from broker_client import (
+    CLIENT,
+    GRANT_CREATE,
+    GRANT_LIST,
+    GRANT_REVOKE,
+    Reply,
+    account_of,
+    assert_refused,
+    audit,
+    call,
+    is_bound,
+    login,
+)
 from conftest import BrokerFactory, BrokerHandle, mint_tee_token
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from broker import cli
 from broker.storage import store
-from protocol.identity import IdentityKind, omni_account_of
+from protocol.identity import IdentityKind
 
-CLIENT = "agentkeys"
-LOGIN = "v3/account/post_heima_login"
-CHECK_AGENT = "v1/account/check_hyper_agent_address"
-CREATE = "v1/grant/create"
-REVOKE = "v1/grant/revoke"
-LIST = "v1/grant/list"
 HOUR = 3600
 
 MASTER = "0x" + "a1" * 20
@@ -34,12 +40,6 @@ AGENT_2 = "0x" + "d4" * 20
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-@dataclass(frozen=True, slots=True)
-class Reply:
-    status: int
-    body: Any
 
 
 class Clock:
@@ -52,46 +52,11 @@ class Clock:
         return self.now
 
 
-def account_of(kind: IdentityKind, value: str) -> str:
-    return omni_account_of(kind, value, CLIENT)
-
-
-async def call(
-    http: aiohttp.ClientSession,
-    broker: BrokerHandle,
-    path: str,
-    *,
-    method: str = "POST",
-    token: str | None = None,
-    json_body: Any = None,
-) -> Reply:
-    headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
-    async with http.request(method, broker.url + path, headers=headers, json=json_body) as response:
-        return Reply(response.status, json.loads(await response.text()))
-
-
-def assert_refused(reply: Reply, status: int, error: str) -> None:
-    assert reply.status == status, reply
-    assert set(reply.body) == {"code", "message", "data"}
-    assert reply.body["code"] != 10000
-    assert reply.body["data"]["error"] == error, reply.body
-
-
-async def login(
-    http: aiohttp.ClientSession, broker: BrokerHandle, key: rsa.RSAPrivateKey, kind: IdentityKind, value: str
-) -> str:
-    """Log `value` in through `post_heima_login`; returns the access token (the grant API's bearer)."""
-    token = mint_tee_token(key, account_of(kind, value))
-    body = {"userId": {"type": kind.value, "value": value}, "clientId": CLIENT, "clientAuth": None}
-    reply = await call(http, broker, LOGIN, token=token, json_body={**body, "heimaLoginSuccess": True})
-    assert reply.status == 200, reply
-    return token
-
-
 async def login_master(
     http: aiohttp.ClientSession, broker: BrokerHandle, key: rsa.RSAPrivateKey, address: str = MASTER
 ) -> str:
-    return await login(http, broker, key, IdentityKind.EVM, address)
+    _, token = await login(http, broker, key, address)
+    return token
 
 
 async def create(
@@ -105,7 +70,7 @@ async def create(
 ) -> Reply:
     expiry = expires_at if expires_at is not None else broker.state.now() + HOUR
     return await call(
-        http, broker, CREATE, token=token, json_body={"agent_wallet": agent, "scope": scope, "expires_at": expiry}
+        http, broker, GRANT_CREATE, token=token, json_body={"agent_wallet": agent, "scope": scope, "expires_at": expiry}
     )
 
 
@@ -120,32 +85,14 @@ async def create_ok(
 
 
 async def revoke(http: aiohttp.ClientSession, broker: BrokerHandle, token: str, grant_id: str) -> Reply:
-    return await call(http, broker, REVOKE, token=token, json_body={"grant_id": grant_id})
+    return await call(http, broker, GRANT_REVOKE, token=token, json_body={"grant_id": grant_id})
 
 
 async def listing(http: aiohttp.ClientSession, broker: BrokerHandle, token: str) -> list[dict[str, Any]]:
-    reply = await call(http, broker, LIST, method="GET", token=token)
+    reply = await call(http, broker, GRANT_LIST, method="GET", token=token)
     assert reply.status == 200, reply
     grants: list[dict[str, Any]] = reply.body["data"]["grants"]
     return grants
-
-
-async def is_bound(
-    http: aiohttp.ClientSession, broker: BrokerHandle, main: str, agent: str, login_type: int = 1
-) -> bool:
-    body = {"main_address": main, "agent_address": agent, "login_type": login_type}
-    reply = await call(http, broker, CHECK_AGENT, json_body=body)
-    assert reply.status == 200, reply
-    assert list(reply.body) == ["code", "message", "data"] and reply.body["code"] == 10000
-    assert list(reply.body["data"]) == ["isBound"]
-    bound = reply.body["data"]["isBound"]
-    assert isinstance(bound, bool)
-    return bound
-
-
-async def audit(broker: BrokerHandle) -> list[dict[str, Any]]:
-    rows: list[dict[str, Any]] = await broker.state.db.run(store.audit_rows)
-    return rows[::-1]
 
 
 async def stored_grants(broker: BrokerHandle) -> list[dict[str, Any]]:
@@ -301,9 +248,9 @@ async def test_a_master_that_logged_in_with_an_email_is_not_a_wallet_identity(
     make_broker: BrokerFactory, tee_key: rsa.RSAPrivateKey, http: aiohttp.ClientSession
 ) -> None:
     broker = await make_broker()
-    token = await login(http, broker, tee_key, IdentityKind.EMAIL, "master@example.com")
+    _, token = await login(http, broker, tee_key, "master@example.com", IdentityKind.EMAIL)
     assert_refused(await create(http, broker, token), 403, "not_a_wallet_identity")
-    assert_refused(await call(http, broker, LIST, method="GET", token=token), 403, "not_a_wallet_identity")
+    assert_refused(await call(http, broker, GRANT_LIST, method="GET", token=token), 403, "not_a_wallet_identity")
     assert_refused(await revoke(http, broker, token, "grn_x"), 403, "not_a_wallet_identity")
     assert await stored_grants(broker) == []
 
@@ -323,11 +270,11 @@ async def test_grant_endpoints_need_a_valid_tee_access_token(
     broker = await make_broker()
     await login_master(http, broker, tee_key)
     body = {"agent_wallet": AGENT, "scope": "s", "expires_at": int(time.time()) + HOUR}
-    assert_refused(await call(http, broker, CREATE, json_body=body), 401, "missing_bearer")
+    assert_refused(await call(http, broker, GRANT_CREATE, json_body=body), 401, "missing_bearer")
     id_token = mint_tee_token(tee_key, account_of(IdentityKind.EVM, MASTER), typ="id")
-    assert_refused(await call(http, broker, CREATE, token=id_token, json_body=body), 401, "invalid_token")
+    assert_refused(await call(http, broker, GRANT_CREATE, token=id_token, json_body=body), 401, "invalid_token")
     expired = mint_tee_token(tee_key, account_of(IdentityKind.EVM, MASTER), exp=int(time.time()) - 1)
-    assert_refused(await call(http, broker, LIST, method="GET", token=expired), 401, "invalid_token")
+    assert_refused(await call(http, broker, GRANT_LIST, method="GET", token=expired), 401, "invalid_token")
     assert await stored_grants(broker) == []
 
 
@@ -358,7 +305,7 @@ async def test_create_refuses_a_bad_request_with_400(
     token = await login_master(http, broker, tee_key)
     body = {"agent_wallet": AGENT, "scope": "trade", "expires_at": broker.state.now() + HOUR}
     body.update(BAD_CREATE_REQUESTS[case])
-    assert_refused(await call(http, broker, CREATE, token=token, json_body=body), 400, "malformed_body")
+    assert_refused(await call(http, broker, GRANT_CREATE, token=token, json_body=body), 400, "malformed_body")
     assert await stored_grants(broker) == []
 
 
