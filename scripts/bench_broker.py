@@ -45,26 +45,25 @@ import contextlib
 import itertools
 import json
 import os
-import platform
 import pstats
 import secrets
 import signal
-import socket
 import sqlite3
-import subprocess
 import sys
 import tempfile
 import time
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import benchkit
+from benchkit import HOST, NOISY_CPU_SHARE, ROOT, BenchFailure, SetupError
+from benchkit import fmt as _fmt
+from benchkit import share as _share
+from benchkit import verdict as _verdict
 
-ROOT = Path(__file__).resolve().parent.parent
-HOST = "127.0.0.1"
 CLIENT_ID = "agentkeys"
 CALLBACK_PATH = "/v3/account/post_heima_login"
 TEE_KEY_PATH = ROOT / "fixtures" / "keys" / "auth_token_key.test.bin"
@@ -73,8 +72,6 @@ DATABASES = ("sqlite", "postgresql")
 RATE_TARGETS = {"sqlite": 1000.0, "postgresql": 800.0}
 P99_TARGET_MS = 50.0
 SUCCESS_CODE = 10000
-MAX_FAILURE_SAMPLES = 5
-NOISY_CPU_SHARE = 0.15  # other processes using this much of a core disturb a 2-core run
 READY_WITHIN_S = 60.0
 STOP_WITHIN_S = 30.0  # a profiled broker writes its profile on the way out
 
@@ -93,188 +90,51 @@ os.execv(sys.executable, [sys.executable, *sys.argv[1:]])
 """
 
 
-def _bootstrap_path() -> None:
-    """Make `protocol` and `omni_sim` importable when the script is run by path."""
-    if str(ROOT) not in sys.path:
-        sys.path.insert(0, str(ROOT))
-
-
-class BenchFailure(Exception):
-    """One callback went wrong; the text before the first ':' is its category in the report."""
-
-
-class SetupError(RuntimeError):
-    """The benchmark could not be set up (database, broker start); nothing was measured."""
-
-
-# =========================================================================== /proc readings
-
-
-def _stat_fields(path: Path) -> tuple[str, list[str]] | None:
-    """(comm, fields after comm) of a /proc stat file, or None when it is gone or unreadable."""
-    try:
-        stat = path.read_text()
-    except OSError:
-        return None
-    comm = stat[stat.index("(") + 1 : stat.rindex(")")]
-    return comm, stat[stat.rindex(")") + 2 :].split()
-
-
-def _cpu_of(fields: list[str]) -> float:
-    """utime + stime in seconds (fields 14 and 15 of proc(5); 0-based 11, 12 after comm)."""
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def process_cpu_seconds(pid: int) -> float | None:
-    parsed = _stat_fields(Path(f"/proc/{pid}/stat"))
-    return None if parsed is None else _cpu_of(parsed[1])
-
-
-def thread_cpu_seconds(pid: int) -> dict[int, float]:
-    """CPU seconds of each live thread of `pid`, by thread id (the main thread's id is `pid`)."""
-    threads: dict[int, float] = {}
-    with contextlib.suppress(OSError):
-        for entry in os.scandir(f"/proc/{pid}/task"):
-            parsed = _stat_fields(Path(entry.path) / "stat")
-            if parsed is not None:
-                threads[int(entry.name)] = _cpu_of(parsed[1])
-    return threads
-
-
-def postgres_cpu_seconds() -> tuple[float, int] | None:
-    """(CPU seconds, process count) of every live ``postgres`` process on this machine."""
-    total, count = 0.0, 0
-    try:
-        entries = list(os.scandir("/proc"))
-    except OSError:
-        return None
-    for entry in entries:
-        if not entry.name.isdigit():
-            continue
-        parsed = _stat_fields(Path(entry.path) / "stat")
-        if parsed is not None and parsed[0] == "postgres":
-            total += _cpu_of(parsed[1])
-            count += 1
-    return (total, count) if count else None
-
-
-def host_cpu_seconds() -> tuple[float, float] | None:
-    """(busy, steal) CPU seconds of the whole machine since boot (Linux /proc/stat)."""
-    try:
-        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
-    except OSError:
-        return None
-    user, nice, system, _idle, _iowait, irq, softirq, steal = ([*map(int, fields), 0, 0])[:8]
-    tick = os.sysconf("SC_CLK_TCK")
-    return (user + nice + system + irq + softirq) / tick, steal / tick
-
-
-async def background_cpu_share(seconds: float = 1.0) -> float | None:
-    """Cores the rest of the machine keeps busy while this process sleeps for `seconds`."""
-    host0, own0, wall0 = host_cpu_seconds(), time.process_time(), time.perf_counter()
-    await asyncio.sleep(seconds)
-    host1, own1, wall1 = host_cpu_seconds(), time.process_time(), time.perf_counter()
-    if host0 is None or host1 is None:
-        return None
-    return max(0.0, (host1[0] - host0[0]) - (own1 - own0)) / (wall1 - wall0)
-
-
-async def wait_for_quiet(max_wait: float) -> tuple[float | None, float]:
-    """Wait (at most `max_wait` seconds) until the machine is quiet: (last busy share, waited s)."""
-    begin = time.perf_counter()
-    while True:
-        busy = await background_cpu_share()
-        waited = time.perf_counter() - begin
-        if busy is None or busy < NOISY_CPU_SHARE or waited >= max_wait:
-            return busy, waited
-
-
 # =========================================================================== the broker process
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
+class BrokerProcess(benchkit.ChildProcess):
+    """``python [-m cProfile -o FILE] -m broker.cli run --port P`` with the bench's BROKER_* env;
+    stopped with SIGINT (aiohttp's graceful exit; cProfile writes its file after it), then SIGKILL."""
 
-
-class BrokerProcess:
-    """``python [-m cProfile -o FILE] -m broker.cli run --port P`` with the bench's BROKER_* env."""
+    stop_signal = signal.SIGINT
+    stop_within = STOP_WITHIN_S
 
     def __init__(self, database: str, env: dict[str, str], log_dir: Path, profile_path: str | None) -> None:
+        super().__init__(f"the {database} broker", log_dir / f"broker-{database}.log")
         self.database = database
-        self.port = free_port()
         self.url = f"http://{HOST}:{self.port}"
-        self.log_path = log_dir / f"broker-{database}.log"
         self.profile_path = profile_path
         profiler = ["-m", "cProfile", "-o", profile_path] if profile_path else []
         self.argv = [*profiler, "-m", "broker.cli", "run", "--port", str(self.port)]
         self._env = env
-        self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def command(self) -> str:
         return " ".join(["python", *self.argv])
 
     def start(self) -> None:
-        env = {key: value for key, value in os.environ.items() if not key.startswith("BROKER_")}
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+        env = benchkit.child_env(drop_prefix="BROKER_")
         env["BENCH_BROKER_PARENT"] = str(os.getpid())
         env.update(self._env)
-        with self.log_path.open("wb") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-c", _LAUNCHER, *self.argv],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=env,
-                cwd=ROOT,
-            )
+        self.spawn([sys.executable, "-c", _LAUNCHER, *self.argv], env)
 
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def log_tail(self, lines: int = 20) -> str:
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
-        return "\n".join(text.splitlines()[-lines:])
-
-    def stop(self) -> None:
-        """SIGINT (aiohttp's graceful exit; cProfile writes its file after it), then SIGKILL."""
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGINT)
-        try:
-            self.proc.wait(STOP_WITHIN_S)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(10.0)
+    def not_ready_error(self, within: float, last: str) -> SetupError:
+        return SetupError(f"{self.label} is not ready after {within} s ({last}):\n{self.log_tail()}")
 
 
 async def wait_ready(session: aiohttp.ClientSession, broker: BrokerProcess, within: float) -> dict[str, Any]:
-    deadline = time.monotonic() + within
-    last: str = "no answer"
-    while time.monotonic() < deadline:
-        if not broker.alive():
-            raise SetupError(f"the {broker.database} broker exited early:\n{broker.log_tail()}")
-        try:
-            async with session.get(broker.url + "/readyz") as response:
-                body = await response.read()
-                if response.status == 200:
-                    ready: dict[str, Any] = json.loads(body)
-                    return ready
-                last = f"HTTP {response.status}: {body[:200]!r}"
-        except (aiohttp.ClientError, OSError, TimeoutError, ValueError) as exc:
-            last = repr(exc)
-        await asyncio.sleep(0.05)
-    raise SetupError(f"the {broker.database} broker is not ready after {within} s ({last}):\n{broker.log_tail()}")
+    """The broker's ``GET /readyz`` answer once it is HTTP 200."""
+
+    async def readyz() -> dict[str, Any]:
+        async with session.get(broker.url + "/readyz") as response:
+            body = await response.read()
+            if response.status != 200:
+                raise benchkit.NotReady(f"HTTP {response.status}: {body[:200]!r}")
+            ready: dict[str, Any] = json.loads(body)
+            return ready
+
+    return await benchkit.wait_ready(broker, readyz, within, (aiohttp.ClientError, OSError, TimeoutError, ValueError))
 
 
 # =========================================================================== identities and tokens
@@ -322,7 +182,7 @@ def make_callers(count: int) -> list[Caller]:
 
 
 @dataclass
-class DatabaseResult:
+class DatabaseResult(benchkit.LoadResult):
     database: str
     concurrency: int
     warmup_s: float
@@ -332,47 +192,27 @@ class DatabaseResult:
     background_before: float | None = None
     waited_for_quiet_s: float = 0.0
     ready: dict[str, Any] = field(default_factory=dict)
-    completed: int = 0
     inserts: int = 0
     updates: int = 0
-    rate_per_s: float = 0.0
     started_total: int = 0
     succeeded_total: int = 0
-    failures_measured: int = 0
-    failures_total: int = 0
-    failure_kinds: dict[str, int] = field(default_factory=dict)
-    failure_samples: list[str] = field(default_factory=list)
-    latency_p50_ms: float | None = None
-    latency_p99_ms: float | None = None
     latency_mean_ms: float | None = None
     latency_max_ms: float | None = None
-    client_cpu_share: float | None = None
     broker_cpu_share: float | None = None
     broker_loop_thread_share: float | None = None
     broker_other_threads_share: float | None = None
     postgres_cpu_share: float | None = None
     postgres_processes: int | None = None
-    other_cpu_share: float | None = None
-    steal_share: float | None = None
     distinct_identities_ok: int = 0
     db_users: int | None = None
     db_login_audit_ok: int | None = None
     db_audit_other: int | None = None
     db_check_ok: bool | None = None
     db_check_error: str | None = None
-    hit_op_cap: bool = False
     rate_pass: bool = False
     p99_pass: bool = False
     ok: bool = False
     error: str | None = None
-
-
-def percentile(sorted_values: Sequence[float], q: float) -> float | None:
-    """Nearest-rank percentile of an ascending sequence."""
-    if not sorted_values:
-        return None
-    rank = max(1, min(len(sorted_values), round(q / 100 * len(sorted_values) + 0.5)))
-    return sorted_values[rank - 1]
 
 
 async def run_load(
@@ -387,7 +227,6 @@ async def run_load(
     operation ``i`` uses caller ``i mod len(callers)``, so operations ``< len(callers)`` insert."""
     url = broker.url + CALLBACK_PATH
     latencies: list[float] = []
-    kinds: Counter[str] = Counter()
     user_ids: dict[int, str] = {}
     started = itertools.count()
     begin = time.perf_counter()
@@ -421,13 +260,7 @@ async def run_load(
             if op >= max_ops:
                 result.hit_op_cap = True
                 return
-            try:
-                await callback(op % len(callers))
-                failed: str | None = None
-            except BenchFailure as exc:
-                failed = str(exc)
-            except (aiohttp.ClientError, OSError, TimeoutError, ValueError) as exc:
-                failed = f"{type(exc).__name__}: {exc}"
+            failed = await benchkit.attempt(callback(op % len(callers)))
             t1 = time.perf_counter()
             in_window = measure_from <= t1 <= measure_to
             if failed is None:
@@ -440,40 +273,32 @@ async def run_load(
                         result.updates += 1
                     latencies.append(t1 - t0)
                 continue
-            result.failures_total += 1
-            result.failures_measured += in_window
-            kinds[failed.split(":", 1)[0]] += 1
-            sample = failed[:300]
-            if len(result.failure_samples) < MAX_FAILURE_SAMPLES and sample not in result.failure_samples:
-                result.failure_samples.append(sample)
+            result.record_failure(failed, in_window, distinct=True)
 
     async def sampler() -> None:
         """CPU counters at the window's start and end."""
-        await asyncio.sleep(max(0.0, measure_from - time.perf_counter()))
-        cpu0, wall0 = time.process_time(), time.perf_counter()
-        broker0, threads0 = process_cpu_seconds(broker.pid), thread_cpu_seconds(broker.pid)
-        pg0, host0 = postgres_cpu_seconds(), host_cpu_seconds()
-        await asyncio.sleep(max(0.0, measure_to - time.perf_counter()))
-        cpu1, wall1 = time.process_time(), time.perf_counter()
-        broker1, threads1 = process_cpu_seconds(broker.pid), thread_cpu_seconds(broker.pid)
-        pg1, host1 = postgres_cpu_seconds(), host_cpu_seconds()
-        wall = wall1 - wall0
-        result.client_cpu_share = (cpu1 - cpu0) / wall
-        if broker0 is not None and broker1 is not None:
-            result.broker_cpu_share = (broker1 - broker0) / wall
+        await benchkit.sleep_until(measure_from)
+        start = benchkit.CpuSnapshot.take()
+        broker0, threads0 = broker.cpu_seconds(), benchkit.thread_cpu_seconds(broker.pid)
+        pg0 = benchkit.command_cpu_seconds("postgres")
+        await benchkit.sleep_until(measure_to)
+        end = benchkit.CpuSnapshot.take()
+        broker1, threads1 = broker.cpu_seconds(), benchkit.thread_cpu_seconds(broker.pid)
+        pg1 = benchkit.command_cpu_seconds("postgres")
+        window = benchkit.CpuWindow(start, end)
+        result.client_cpu_share = window.client_share
+        result.broker_cpu_share = window.share(broker0, broker1)
+        if result.broker_cpu_share is not None:
             loop_thread = threads1.get(broker.pid, 0.0) - threads0.get(broker.pid, 0.0)
-            result.broker_loop_thread_share = loop_thread / wall
+            result.broker_loop_thread_share = loop_thread / window.wall
             result.broker_other_threads_share = max(0.0, result.broker_cpu_share - result.broker_loop_thread_share)
         if pg0 is not None and pg1 is not None:
-            result.postgres_cpu_share = max(0.0, pg1[0] - pg0[0]) / wall
+            result.postgres_cpu_share = max(0.0, pg1[0] - pg0[0]) / window.wall
             result.postgres_processes = pg1[1]
         ours = [result.client_cpu_share, result.broker_cpu_share]
         if result.database == "postgresql":
             ours.append(result.postgres_cpu_share)
-        if host0 is not None and host1 is not None and None not in ours:
-            busy = (host1[0] - host0[0]) / wall
-            result.other_cpu_share = max(0.0, busy - sum(x for x in ours if x is not None))
-            result.steal_share = (host1[1] - host0[1]) / wall
+        result.other_cpu_share, result.steal_share = window.rest(ours)
 
     hard_limit = result.warmup_s + result.duration_s + 60.0  # requests time out well before this
     async with asyncio.timeout(hard_limit), asyncio.TaskGroup() as group:
@@ -484,14 +309,10 @@ async def run_load(
     result.distinct_identities_ok = len(user_ids)
     result.rate_per_s = result.completed / result.duration_s
     latencies.sort()
-    for name, value in (
-        ("latency_p50_ms", percentile(latencies, 50)),
-        ("latency_p99_ms", percentile(latencies, 99)),
-        ("latency_max_ms", latencies[-1] if latencies else None),
-        ("latency_mean_ms", sum(latencies) / len(latencies) if latencies else None),
-    ):
-        setattr(result, name, None if value is None else value * 1000)
-    result.failure_kinds = dict(kinds)
+    result.set_percentiles(latencies)
+    if latencies:
+        result.latency_max_ms = latencies[-1] * 1000
+        result.latency_mean_ms = sum(latencies) / len(latencies) * 1000
 
 
 # =========================================================================== database checks
@@ -574,7 +395,7 @@ async def bench_database(
                 result.ready["schema"] = schema
                 result.ready["server_version"] = await check_postgres(db_url)
                 schema_to_drop = schema  # the broker creates it from here on
-            result.background_before, result.waited_for_quiet_s = await wait_for_quiet(args.wait_quiet)
+            result.background_before, result.waited_for_quiet_s = await benchkit.wait_for_quiet(args.wait_quiet)
             broker.start()
             result.ready.update(await wait_ready(session, broker, READY_WITHIN_S))
             if result.ready.get("db") != database:
@@ -618,15 +439,10 @@ async def bench_database(
 
 
 async def bench(args: argparse.Namespace) -> dict[str, Any]:
-    _bootstrap_path()
+    benchkit.bootstrap_path()
     databases = DATABASES if args.only is None else (args.only,)
     figures: dict[str, Any] = {
-        "machine": {
-            "cpu_count": os.cpu_count(),
-            "python": f"{platform.python_implementation()} {platform.python_version()}",
-            "platform": platform.platform(),
-            "aiohttp": aiohttp.__version__,
-        },
+        "machine": benchkit.machine_info(),
         "settings": {
             "concurrency": args.concurrency,
             "warmup_s": args.warmup,
@@ -647,12 +463,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
     callers = await asyncio.to_thread(make_callers, args.identities)
     figures["settings"]["mint_seconds"] = round(time.perf_counter() - t0, 2)
     with tempfile.TemporaryDirectory(prefix="bench_broker-") as tmp:
-        connector = aiohttp.TCPConnector(limit=0, limit_per_host=args.concurrency, keepalive_timeout=60)
-        async with aiohttp.ClientSession(
-            connector=connector,
-            timeout=aiohttp.ClientTimeout(total=args.request_timeout),
-            skip_auto_headers=("User-Agent",),
-        ) as session:
+        async with benchkit.client_session(args.concurrency, args.request_timeout) as session:
             for database in databases:
                 result = await bench_database(database, args, session, callers, Path(tmp))
                 figures["results"][database] = asdict(result)
@@ -664,18 +475,6 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
 
 
 # =========================================================================== report
-
-
-def _fmt(value: float | None, spec: str = ",.0f") -> str:
-    return "n/a" if value is None else format(value, spec)
-
-
-def _share(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.2f}"
-
-
-def _verdict(ok: bool) -> str:
-    return "PASS" if ok else "FAIL"
 
 
 def _per_op_us(share: float | None, rate: float) -> str:
@@ -745,9 +544,7 @@ def _rows(res: dict[str, Any], concurrency: int) -> tuple[list[tuple[str, str, s
             "",
         ),
     ]
-    if res["failure_samples"]:
-        notes.append(f"{db} failures: {res['failure_kinds']}")
-        notes += [f"  e.g. {sample}" for sample in res["failure_samples"]]
+    notes += benchkit.failure_notes(db, res)
     if res["db_check_error"]:
         notes.append(f"{db} row check: {res['db_check_error']}")
     if res["hit_op_cap"]:
@@ -784,23 +581,15 @@ def render(figures: dict[str, Any]) -> str:
         if res["database"] == "postgresql":
             title += f"  (schema {res['ready'].get('schema')}, PostgreSQL {res['ready'].get('server_version')})"
         sections.append((title, rows))
-    header = ("metric", "value", "target", "verdict")
-    all_rows = [row for _, rows in sections for row in rows]
-    widths = [max([len(h), *(len(row[i]) for row in all_rows)]) for i, h in enumerate(header)]
-
-    def line(cells: Sequence[str]) -> str:
-        name, value, target, verdict = cells
-        return f"{name:<{widths[0]}}  {value:>{widths[1]}}  {target:<{widths[2]}}  {verdict}".rstrip()
-
+    widths = benchkit.column_widths(row for _, rows in sections for row in rows)
     out = [
         "bench_broker: AgentKeys broker post_heima_login (RS256 TEE-token check + user upsert), one run",
-        f"machine : os.cpu_count()={machine['cpu_count']}  {machine['python']}"
-        f"  aiohttp {machine['aiohttp']}  {machine['platform']}",
+        benchkit.machine_line(machine),
         f"settings: concurrency={concurrency}  warm-up={settings['warmup_s']} s  window={settings['duration_s']} s"
         f" per database  identities={settings['identities']} (tokens minted in {settings['mint_seconds']} s)",
     ]
     for title, rows in sections:
-        out += ["", f"== {title}", line(header), line(["-" * w for w in widths]), *(line(row) for row in rows)]
+        out += ["", f"== {title}", *benchkit.table(rows, widths)]
     out += [
         "",
         "CPU cores = CPU seconds used in the window / window wall time (1.00 = one core busy); broker loop =",
@@ -810,20 +599,13 @@ def render(figures: dict[str, Any]) -> str:
     results = list(figures["results"].values())
     noise = max((max(res["other_cpu_share"] or 0.0, res["background_before"] or 0.0) for res in results), default=0.0)
     steal = max((res["steal_share"] or 0.0 for res in results), default=0.0)
-    if noise >= NOISY_CPU_SHARE or steal >= NOISY_CPU_SHARE:
-        out.append(
-            f"WARNING: the machine was not quiet (other processes up to {noise:.2f} cores,"
-            f" steal up to {steal:.2f}); the figures are disturbed, rerun when it is idle."
-        )
+    out += benchkit.quiet_warning(noise, steal)
     if any(not res["p99_pass"] and res["error"] is None for res in results):
         out.append(
             f"NOTE: with {concurrency} closed-loop callers the mean latency is {concurrency} / rate (Little's law):"
             f" p99 < {P99_TARGET_MS:.0f} ms needs well over {concurrency / P99_TARGET_MS * 1000:,.0f} callbacks/s."
         )
-    if settings["profiled_broker"]:
-        out.append("NOTE: the broker ran under cProfile; its figures are not representative.")
-    out += notes
-    out.append(f"overall: {_verdict(figures['ok'])}")
+    out += benchkit.closing_lines("broker" if settings["profiled_broker"] else None, notes, figures["ok"])
     return "\n".join(out)
 
 
@@ -896,9 +678,7 @@ def print_profile(path: str, top: int) -> None:
         of_busy = "" if area.startswith(("idle", "start-up")) else f"{seconds / busy:7.1%}"
         print(f"  {area:<48} {seconds:8.2f}  {seconds / total:7.1%}  {of_busy:>7}")
     print(f"--- top {top} by tottime ---")
-    stats.strip_dirs().sort_stats("tottime").print_stats(top)
-    print(f"--- top {top} by cumulative time ---")
-    stats.sort_stats("cumulative").print_stats(top)
+    benchkit.print_top_functions(stats, top, f"--- top {top} by cumulative time ---")
 
 
 # =========================================================================== command line
@@ -965,8 +745,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     print(render(figures))
     if args.json:
-        Path(args.json).write_text(json.dumps(figures, indent=2) + "\n")
-        print(f"figures written to {args.json}")
+        benchkit.write_figures(args.json, figures)
     if args.profile:
         for database in figures["results"]:
             with contextlib.suppress(OSError):

@@ -35,11 +35,8 @@ import cProfile
 import itertools
 import json
 import os
-import platform
 import pstats
 import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -50,24 +47,21 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import benchkit
 from aiohttp import web
+from benchkit import HOST, MAX_FAILURE_SAMPLES, BenchFailure
+from benchkit import fmt as _fmt
+from benchkit import share as _share
+from benchkit import verdict as _verdict
 
-ROOT = Path(__file__).resolve().parent.parent
-HOST = "127.0.0.1"
 CLIENT_ID = "wildmeta"
 HEALTH_TARGET_RATIO = 0.6
 LOGIN_TARGET_RPS = 600.0
 JSON_HEADERS = {"Content-Type": "application/json"}
 BACKEND_REPLY = b'{"code":10000,"message":"OK","data":{"user_id":null}}'
 STATS_PATH = "/_bench/stats"
-MAX_FAILURE_SAMPLES = 5
-NOISY_CPU_SHARE = 0.15  # other processes using this much of a core disturb a 2-core run
-
-
-def _bootstrap_path() -> None:
-    """Make `protocol` and `omni_sim` importable when the script is run by path."""
-    if str(ROOT) not in sys.path:
-        sys.path.insert(0, str(ROOT))
+#: A server is not ready yet while its probe raises one of these.
+READY_ERRORS = (aiohttp.ClientError, OSError, TimeoutError, BenchFailure)
 
 
 # =========================================================================== server processes
@@ -145,7 +139,7 @@ async def _serve(args: argparse.Namespace) -> None:
 
 
 def serve_main(args: argparse.Namespace) -> int:
-    _bootstrap_path()
+    benchkit.bootstrap_path()
     profiler = cProfile.Profile() if args.cprofile else None
     if profiler is not None:
         profiler.enable()
@@ -158,20 +152,13 @@ def serve_main(args: argparse.Namespace) -> int:
     return 0
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
-
-
-class ServerProcess:
+class ServerProcess(benchkit.ChildProcess):
     """One `--serve` subprocess of this script; stopped with SIGTERM, then SIGKILL."""
 
     def __init__(self, kind: str, log_dir: Path, extra: Sequence[str] = ()) -> None:
+        super().__init__(f"{kind} server", log_dir / f"{kind}.log")
         self.kind = kind
-        self.port = free_port()
         self.url = f"http://{HOST}:{self.port}/"
-        self.log_path = log_dir / f"{kind}.log"
         self._argv = [
             sys.executable,
             str(Path(__file__).resolve()),
@@ -183,123 +170,22 @@ class ServerProcess:
             str(os.getpid()),
             *extra,
         ]
-        self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, max_lifetime: float) -> None:
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-        with self.log_path.open("wb") as log:
-            self.proc = subprocess.Popen(
-                [*self._argv, "--max-lifetime", str(max_lifetime)],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=env,
-                cwd=ROOT,
-            )
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def log_tail(self, lines: int = 20) -> str:
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
-        return "\n".join(text.splitlines()[-lines:])
-
-    def cpu_seconds(self) -> float | None:
-        """utime + stime of the process (Linux /proc), or None elsewhere."""
-        try:
-            stat = Path(f"/proc/{self.pid}/stat").read_text()
-        except (OSError, AssertionError):
-            return None
-        fields = stat[stat.rindex(")") + 2 :].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-    def stop(self, timeout: float = 10.0) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(timeout)
-
-
-class BenchFailure(Exception):
-    """One operation went wrong; the message is its category in the report."""
-
-
-async def wait_ready(
-    session: aiohttp.ClientSession,
-    server: ServerProcess,
-    probe: Callable[[], Awaitable[None]],
-    within: float,
-) -> None:
-    deadline = time.monotonic() + within
-    last: BaseException | None = None
-    while time.monotonic() < deadline:
-        if not server.alive():
-            raise RuntimeError(f"{server.kind} server exited early:\n{server.log_tail()}")
-        try:
-            await probe()
-            return
-        except (aiohttp.ClientError, OSError, TimeoutError, BenchFailure) as exc:
-            last = exc
-        await asyncio.sleep(0.05)
-    raise RuntimeError(f"{server.kind} server not ready after {within} s ({last!r})")
+        self.spawn([*self._argv, "--max-lifetime", str(max_lifetime)], benchkit.child_env())
 
 
 # =========================================================================== load generation
 
 
 @dataclass
-class PhaseResult:
+class PhaseResult(benchkit.LoadResult):
     name: str
     concurrency: int
     warmup_s: float
     duration_s: float
-    completed: int = 0
-    rate_per_s: float = 0.0
-    failures_measured: int = 0
-    failures_total: int = 0
-    failure_kinds: dict[str, int] = field(default_factory=dict)
-    failure_samples: list[str] = field(default_factory=list)
-    latency_p50_ms: float | None = None
-    latency_p99_ms: float | None = None
-    client_cpu_share: float | None = None
     server_cpu_share: dict[str, float | None] = field(default_factory=dict)
-    #: CPU the rest of the machine used meanwhile (noise), and hypervisor steal.
-    other_cpu_share: float | None = None
-    steal_share: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
-    hit_op_cap: bool = False
-
-
-def host_cpu_seconds() -> tuple[float, float] | None:
-    """(busy, steal) CPU seconds of the whole machine since boot (Linux /proc/stat)."""
-    try:
-        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
-    except OSError:
-        return None
-    user, nice, system, _idle, _iowait, irq, softirq, steal = ([*map(int, fields), 0, 0])[:8]
-    tick = os.sysconf("SC_CLK_TCK")
-    return (user + nice + system + irq + softirq) / tick, steal / tick
-
-
-def percentile(sorted_values: Sequence[float], q: float) -> float | None:
-    """Nearest-rank percentile of an ascending sequence."""
-    if not sorted_values:
-        return None
-    rank = max(1, min(len(sorted_values), round(q / 100 * len(sorted_values) + 0.5)))
-    return sorted_values[rank - 1]
 
 
 Operation = Callable[[int], Awaitable[None]]
@@ -320,7 +206,6 @@ async def run_phase(
     returns the result and the sorted latencies (seconds) of the operations in the window."""
     result = PhaseResult(name, concurrency, warmup, duration)
     latencies: list[float] = []
-    kinds: Counter[str] = Counter()
     started = itertools.count()
     begin = time.perf_counter()
     measure_from = begin + warmup
@@ -331,13 +216,7 @@ async def run_phase(
             t0 = time.perf_counter()
             if t0 >= measure_to or next(started) >= max_ops:
                 return
-            try:
-                await op(index)
-                failed: str | None = None
-            except BenchFailure as exc:
-                failed = str(exc)
-            except (aiohttp.ClientError, OSError, TimeoutError, ValueError) as exc:
-                failed = f"{type(exc).__name__}: {exc}"
+            failed = await benchkit.attempt(op(index))
             t1 = time.perf_counter()
             in_window = measure_from <= t1 <= measure_to
             if failed is None:
@@ -345,48 +224,35 @@ async def run_phase(
                     result.completed += 1
                     latencies.append(t1 - t0)
                 continue
-            result.failures_total += 1
-            result.failures_measured += in_window
-            kinds[failed.split(":", 1)[0]] += 1
-            if len(result.failure_samples) < MAX_FAILURE_SAMPLES:
-                result.failure_samples.append(failed[:300])
+            result.record_failure(failed, in_window)
 
     async def sampler() -> None:
         """CPU counters (and the optional probe) at the window's start and end."""
-        await asyncio.sleep(max(0.0, measure_from - time.perf_counter()))
-        cpu0 = time.process_time()
-        wall0 = time.perf_counter()
+        await benchkit.sleep_until(measure_from)
+        start = benchkit.CpuSnapshot.take()
         srv0 = [server.cpu_seconds() for server in servers]
-        host0 = host_cpu_seconds()
         probe0 = await window_probe() if window_probe else None
-        await asyncio.sleep(max(0.0, measure_to - time.perf_counter()))
-        cpu1 = time.process_time()
-        wall1 = time.perf_counter()
+        await benchkit.sleep_until(measure_to)
+        end = benchkit.CpuSnapshot.take()
         srv1 = [server.cpu_seconds() for server in servers]
-        host1 = host_cpu_seconds()
         probe1 = await window_probe() if window_probe else None
-        wall = wall1 - wall0
-        result.client_cpu_share = (cpu1 - cpu0) / wall
+        window = benchkit.CpuWindow(start, end)
+        result.client_cpu_share = window.client_share
         for server, a, b in zip(servers, srv0, srv1, strict=True):
-            result.server_cpu_share[server.kind] = None if a is None or b is None else (b - a) / wall
-        ours = [result.client_cpu_share, *result.server_cpu_share.values()]
-        if host0 is not None and host1 is not None and None not in ours:
-            busy = (host1[0] - host0[0]) / wall
-            result.other_cpu_share = max(0.0, busy - sum(x for x in ours if x is not None))
-            result.steal_share = (host1[1] - host0[1]) / wall
+            result.server_cpu_share[server.kind] = window.share(a, b)
+        result.other_cpu_share, result.steal_share = window.rest(
+            [result.client_cpu_share, *result.server_cpu_share.values()]
+        )
         if probe0 is not None and probe1 is not None:
             result.extra["callbacks_in_window"] = probe1 - probe0
-            result.extra["callbacks_per_s"] = (probe1 - probe0) / wall
+            result.extra["callbacks_per_s"] = (probe1 - probe0) / window.wall
 
     hard_limit = warmup + duration + 60.0  # requests time out after 10 s; this never waits
     await asyncio.wait_for(asyncio.gather(sampler(), *(worker(i) for i in range(concurrency))), hard_limit)
     result.hit_op_cap = next(started) > max_ops
     result.rate_per_s = result.completed / duration
     latencies.sort()
-    p50, p99 = percentile(latencies, 50), percentile(latencies, 99)
-    result.latency_p50_ms = None if p50 is None else p50 * 1000
-    result.latency_p99_ms = None if p99 is None else p99 * 1000
-    result.failure_kinds = dict(kinds)
+    result.set_percentiles(latencies)
     return result, latencies
 
 
@@ -419,9 +285,7 @@ def combine(name: str, parts: Sequence[tuple[PhaseResult, list[float]]]) -> Phas
     for kind in first.server_cpu_share:
         merged.server_cpu_share[kind] = weighted([part.server_cpu_share.get(kind) for part, _ in parts])
     latencies = sorted(itertools.chain.from_iterable(lat for _, lat in parts))
-    p50, p99 = percentile(latencies, 50), percentile(latencies, 99)
-    merged.latency_p50_ms = None if p50 is None else p50 * 1000
-    merged.latency_p99_ms = None if p99 is None else p99 * 1000
+    merged.set_percentiles(latencies)
     merged.extra["windows"] = len(parts)
     return merged
 
@@ -538,18 +402,13 @@ def cpu_ratio(echo: PhaseResult, sim: PhaseResult) -> float | None:
 
 
 async def bench(args: argparse.Namespace) -> dict[str, Any]:
-    _bootstrap_path()
+    benchkit.bootstrap_path()
     phases = {"health", "login"} if args.only is None else {args.only}
     health_s = args.duration if args.duration is not None else args.health_duration
     login_s = args.duration if args.duration is not None else args.login_duration
     lifetime = 5 * args.warmup + 2 * health_s + login_s + 600.0  # a backstop only
     figures: dict[str, Any] = {
-        "machine": {
-            "cpu_count": os.cpu_count(),
-            "python": f"{platform.python_implementation()} {platform.python_version()}",
-            "platform": platform.platform(),
-            "aiohttp": aiohttp.__version__,
-        },
+        "machine": benchkit.machine_info(),
         "settings": {
             "concurrency": args.concurrency,
             "warmup_s": args.warmup,
@@ -568,12 +427,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
     servers: list[ServerProcess] = []
     with tempfile.TemporaryDirectory(prefix="bench_sim-") as tmp:
         tmpdir = Path(tmp)
-        connector = aiohttp.TCPConnector(limit=0, limit_per_host=args.concurrency, keepalive_timeout=60)
-        async with aiohttp.ClientSession(
-            connector=connector,
-            timeout=aiohttp.ClientTimeout(total=args.request_timeout),
-            skip_auto_headers=("User-Agent",),
-        ) as session:
+        async with benchkit.client_session(args.concurrency, args.request_timeout) as session:
 
             def health_probe(server: ServerProcess) -> Callable[[], Awaitable[None]]:
                 async def probe() -> None:
@@ -598,10 +452,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                             raise BenchFailure(f"backend stats HTTP {response.status}")
                         return int((await response.json())["calls"])
 
-                async def backend_probe() -> None:
-                    await backend_calls()
-
-                await wait_ready(session, backend, backend_probe, 30.0)
+                await benchkit.wait_ready(backend, backend_calls, 30.0, READY_ERRORS)
                 sim_args = ["--backend-url", backend.url, "--local-dir", str(tmpdir / "sim")]
                 if args.profile_sim:
                     sim_args += ["--cprofile", args.profile_sim]
@@ -609,9 +460,9 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                 servers.append(sim)
                 sim.start(lifetime)
                 if echo is not None:
-                    await wait_ready(session, echo, health_probe(echo), 30.0)
+                    await benchkit.wait_ready(echo, health_probe(echo), 30.0, READY_ERRORS)
                 # The first start generates the RSA-2048 and RSA-3072 keystore.
-                await wait_ready(session, sim, health_probe(sim), 180.0)
+                await benchkit.wait_ready(sim, health_probe(sim), 180.0, READY_ERRORS)
 
                 if echo is not None:
                     # ABBA order (echo, sim, sim, echo), half the window each: a drift of the
@@ -685,18 +536,6 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
 # =========================================================================== report
 
 
-def _fmt(value: float | None, spec: str = ",.0f") -> str:
-    return "n/a" if value is None else format(value, spec)
-
-
-def _share(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.2f}"
-
-
-def _verdict(ok: bool) -> str:
-    return "PASS" if ok else "FAIL"
-
-
 def render(figures: dict[str, Any]) -> str:
     machine, settings = figures["machine"], figures["settings"]
     rows: list[tuple[str, str, str, str]] = []
@@ -759,9 +598,7 @@ def render(figures: dict[str, Any]) -> str:
             ),
         ]
         for label, res in (("echo", echo), ("sim", sim)):
-            if res["failure_samples"]:
-                notes.append(f"{label} health failures: {res['failure_kinds']}")
-                notes += [f"  e.g. {sample}" for sample in res["failure_samples"]]
+            notes += benchkit.failure_notes(f"{label} health", res)
     login = figures.get("login")
     if login is not None:
         res = login["result"]
@@ -806,9 +643,7 @@ def render(figures: dict[str, Any]) -> str:
                 "",
             ),
         ]
-        if res["failure_samples"]:
-            notes.append(f"login failures: {res['failure_kinds']}")
-            notes += [f"  e.g. {sample}" for sample in res["failure_samples"]]
+        notes += benchkit.failure_notes("login", res)
         sim_share = cpu.get("sim")
         if sim_share is not None and sim_share < 0.9:
             notes.append(
@@ -817,25 +652,14 @@ def render(figures: dict[str, Any]) -> str:
             )
         if res["hit_op_cap"]:
             notes.append("login phase stopped at --max-ops before the end of its window")
-    widths = [max(len(row[i]) for row in rows) for i in range(4)] if rows else [0] * 4
-    header = ("metric", "value", "target", "verdict")
-    widths = [max(w, len(h)) for w, h in zip(widths, header, strict=True)]
-
-    def line(cells: Sequence[str]) -> str:
-        name, value, target, verdict = cells
-        return f"{name:<{widths[0]}}  {value:>{widths[1]}}  {target:<{widths[2]}}  {verdict}".rstrip()
-
     out = [
         "bench_sim: omni_sim throughput, one run",
-        f"machine : os.cpu_count()={machine['cpu_count']}  {machine['python']}"
-        f"  aiohttp {machine['aiohttp']}  {machine['platform']}",
+        benchkit.machine_line(machine),
         f"settings: concurrency={settings['concurrency']}  warm-up={settings['warmup_s']} s"
         f"  health window={settings['health_duration_s']} s per server (ABBA, 2 halves)"
         f"  login window={settings['login_duration_s']} s  wallets={settings['wallets']}",
         "",
-        line(header),
-        line(["-" * w for w in widths]),
-        *(line(row) for row in rows),
+        *benchkit.table(rows, benchkit.column_widths(rows)),
         "",
         "CPU cores = CPU seconds used in the window / window wall time (1.00 = one core busy);",
         "other = the rest of the machine (not this benchmark) during the windows.",
@@ -844,11 +668,7 @@ def render(figures: dict[str, Any]) -> str:
     phases += [login["result"]] if login is not None else []
     noise = max((res["other_cpu_share"] or 0.0 for res in phases), default=0.0)
     steal = max((res["steal_share"] or 0.0 for res in phases), default=0.0)
-    if noise >= NOISY_CPU_SHARE or steal >= NOISY_CPU_SHARE:
-        out.append(
-            f"WARNING: the machine was not quiet (other processes up to {noise:.2f} cores,"
-            f" steal up to {steal:.2f}); the figures are disturbed, rerun when it is idle."
-        )
+    out += benchkit.quiet_warning(noise, steal)
     if health is not None:
         client_share = max(health["echo"]["client_cpu_share"] or 0.0, health["sim"]["client_cpu_share"] or 0.0)
         if client_share >= 0.9:
@@ -857,19 +677,14 @@ def render(figures: dict[str, Any]) -> str:
                 " phases: both runs are (partly) client-bound, which pulls the rps ratio towards 1;"
                 " the ratio by server CPU is the client-independent comparison."
             )
-    if settings["profiled_sim"]:
-        out.append("NOTE: the simulator ran under cProfile; its figures are not representative.")
-    out += notes
-    out.append(f"overall: {_verdict(figures['ok'])}")
+    out += benchkit.closing_lines("simulator" if settings["profiled_sim"] else None, notes, figures["ok"])
     return "\n".join(out)
 
 
 def print_profile(path: str, top: int) -> None:
     print(f"\n=== cProfile of the simulator process ({path}), top {top} by tottime ===")
     stats = pstats.Stats(path, stream=sys.stdout)
-    stats.strip_dirs().sort_stats("tottime").print_stats(top)
-    print(f"=== top {top} by cumulative time ===")
-    stats.sort_stats("cumulative").print_stats(top)
+    benchkit.print_top_functions(stats, top, f"=== top {top} by cumulative time ===")
 
 
 # =========================================================================== command line
@@ -926,8 +741,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     print(render(figures))
     if args.json:
-        Path(args.json).write_text(json.dumps(figures, indent=2) + "\n")
-        print(f"figures written to {args.json}")
+        benchkit.write_figures(args.json, figures)
     if args.profile_sim:
         with contextlib.suppress(OSError):
             print_profile(args.profile_sim, args.profile_top)
