@@ -9,6 +9,7 @@ async with SimServer(config) as sim:
 from __future__ import annotations
 
 from types import TracebackType
+from typing import Self
 
 from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -17,6 +18,25 @@ from omni_sim.app import SIM_CONTEXT, create_app
 from omni_sim.clock import SimClock
 from omni_sim.config import SimConfig
 from omni_sim.context import SimContext
+
+
+class Service:
+    """The lifecycle the simulator and the test services share: `start`, `close`, `async with`."""
+
+    async def start(self) -> None:
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        raise NotImplementedError
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
 
 
 class ServedApp:
@@ -46,7 +66,7 @@ class ServedApp:
         return f"http://{self.host}:{self.port}/"
 
 
-class SimServer:
+class SimServer(Service):
     def __init__(
         self,
         config: SimConfig,
@@ -67,18 +87,6 @@ class SimServer:
 
     async def close(self) -> None:
         await self._served.close()
-
-    async def __aenter__(self) -> SimServer:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
 
     @property
     def url(self) -> str:

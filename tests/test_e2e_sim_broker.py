@@ -7,19 +7,21 @@ configured with the worker's public key).
 from __future__ import annotations
 
 import aiohttp
-from conftest import BrokerFactory, SimFactory
+from conftest import BrokerFactory, BrokerHandle, SimFactory
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from broker.storage import store
 from conformance.worker_client import WorkerClient
 from fixtures.wallets import EVM_ALICE_KEY, evm_user_id_value
+from omni_sim.server import SimServer
 from protocol.identity import IdentityKind, omni_account_of, pumpx_omni_account
 from protocol.tee_jwt import unverified_claims
 
 
 async def start_pair(
-    make_sim: SimFactory, make_broker: BrokerFactory, tee_key: rsa.RSAPrivateKey, profile: str
-) -> tuple[object, object]:
+    make_sim: SimFactory, make_broker: BrokerFactory, tee_key: rsa.RSAPrivateKey, profile: str = "agentkeys-patch"
+) -> tuple[SimServer, BrokerHandle]:
+    """A broker, and a simulator that signs with the key the broker pins and calls it back."""
     broker = await make_broker()
     sim = await make_sim(profile=profile, env={"OE_AGENTKEYS_API_BASE_URL": broker.url}, jwt_key=tee_key)
     return sim, broker
@@ -28,8 +30,7 @@ async def start_pair(
 async def test_evm_and_email_logins_create_users_with_the_token_omni_account(
     make_sim: SimFactory, make_broker: BrokerFactory, tee_key: rsa.RSAPrivateKey, http: aiohttp.ClientSession
 ) -> None:
-    broker = await make_broker()
-    sim = await make_sim(profile="agentkeys-patch", env={"OE_AGENTKEYS_API_BASE_URL": broker.url}, jwt_key=tee_key)
+    sim, broker = await start_pair(make_sim, make_broker, tee_key)
     client = WorkerClient(http, sim.url)
 
     evm = await client.evm_login(EVM_ALICE_KEY, "agentkeys")
@@ -52,8 +53,7 @@ async def test_evm_and_email_logins_create_users_with_the_token_omni_account(
 async def test_add_wallet_through_the_worker_records_a_wallet(
     make_sim: SimFactory, make_broker: BrokerFactory, tee_key: rsa.RSAPrivateKey, http: aiohttp.ClientSession
 ) -> None:
-    broker = await make_broker()
-    sim = await make_sim(profile="agentkeys-patch", env={"OE_AGENTKEYS_API_BASE_URL": broker.url}, jwt_key=tee_key)
+    sim, broker = await start_pair(make_sim, make_broker, tee_key)
     client = WorkerClient(http, sim.url)
     login = (await client.evm_login(EVM_ALICE_KEY, "agentkeys"))["result"]
     for _ in range(2):
@@ -67,8 +67,7 @@ async def test_add_wallet_through_the_worker_records_a_wallet(
 async def test_request_jwt_runs_both_callbacks_against_the_broker(
     make_sim: SimFactory, make_broker: BrokerFactory, tee_key: rsa.RSAPrivateKey, http: aiohttp.ClientSession
 ) -> None:
-    broker = await make_broker()
-    sim = await make_sim(profile="agentkeys-patch", env={"OE_AGENTKEYS_API_BASE_URL": broker.url}, jwt_key=tee_key)
+    sim, broker = await start_pair(make_sim, make_broker, tee_key)
     client = WorkerClient(http, sim.url)
     await client.request_email_code("agentkeys", "gina@example.org")
     code = sim.context.outbox.list("gina@example.org")[-1].code
@@ -97,8 +96,7 @@ async def test_request_jwt_runs_both_callbacks_against_the_broker(
 async def test_upstream_refuses_the_login_and_the_broker_is_untouched(
     make_sim: SimFactory, make_broker: BrokerFactory, tee_key: rsa.RSAPrivateKey, http: aiohttp.ClientSession
 ) -> None:
-    broker = await make_broker()
-    sim = await make_sim(profile="upstream", env={"OE_AGENTKEYS_API_BASE_URL": broker.url}, jwt_key=tee_key)
+    sim, broker = await start_pair(make_sim, make_broker, tee_key, "upstream")
     answer = await WorkerClient(http, sim.url).evm_login(EVM_ALICE_KEY, "agentkeys")
     assert answer["error"] == {"code": -32602, "message": "Invalid params"}
     assert await broker.state.db.run(store.count_users) == 0
