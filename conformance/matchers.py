@@ -58,6 +58,7 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "array": (list,),
 }
 
+
 def _show(value: Any) -> str:
     text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
     return text if len(text) <= 160 else text[:157] + "..."
