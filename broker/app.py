@@ -75,7 +75,7 @@ async def error_envelope(request: web.Request, handler: Callable[[web.Request], 
         return errors.BrokerError(exc.status, code, exc.reason.lower().replace(" ", "_"), exc.reason).response()
     except Exception:
         log.exception("unexpected failure on %s %s", request.method, request.path)
-        return errors.BrokerError(500, 50000, "internal_error", "internal error; nothing was written").response()
+        return errors.BrokerError(500, 50000, "internal_error", "internal error").response()
 
 
 async def healthz(request: web.Request) -> web.Response:

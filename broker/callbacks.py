@@ -31,6 +31,7 @@ from protocol.email_rules import EmailVerdict, validate_email
 from protocol.hexcodec import hex_encode
 from protocol.identity import (
     ADDRESS_LENGTHS,
+    IDENTITY_STRING_MAX_BYTES,
     IdentityError,
     IdentityKind,
     email_omni_account,
@@ -70,31 +71,49 @@ def presented_token_sha256(header: str | None) -> str | None:
 
 
 def canonical_email(email: str) -> str:
-    """The e-mail as its OmniAccount hashes it: cut to 64 bytes, then lowercased."""
-    return canonical_identity_value(UserId(IdentityKind.EMAIL, email))
+    """The e-mail as its OmniAccount hashes it (lowercased); over 64 bytes is refused."""
+    try:
+        return canonical_identity_value(UserId(IdentityKind.EMAIL, email))
+    except IdentityError:
+        raise errors.malformed(f"e-mail addresses over {IDENTITY_STRING_MAX_BYTES} bytes are refused") from None
 
 
 def canonical_identity_value(user_id: UserId) -> str:
     """The value the user row is keyed by: what the OmniAccount hashes, rendered canonically
-    (lowercase ``0x`` hex or base58 for addresses, the truncated handle, lowercased e-mail)."""
+    (lowercase ``0x`` hex or base58 for addresses, the handle, the lowercased e-mail).
+
+    Handles over 64 bytes are refused: the worker cuts them to 64 bytes (an invalid UTF-8 cut
+    hashes as ""), so two different long e-mails would share one OmniAccount and one user."""
     identity = user_id.to_identity()
     if identity.kind in ADDRESS_LENGTHS:
         return identity.user_id_value()
+    if len(user_id.value.encode("utf-8")) > IDENTITY_STRING_MAX_BYTES:
+        raise IdentityError(f"{identity.kind} value over {IDENTITY_STRING_MAX_BYTES} bytes")
     return identity.hashed_value().decode("utf-8")
 
 
 # --------------------------------------------------------------------------- request helpers
 
 
-async def json_body(request: web.Request) -> Any:
+async def read_body(request: web.Request) -> bytes:
+    """The whole body (however it is split on the wire or chunked), at most `MAX_BODY` bytes."""
     if request.content_length is not None and request.content_length > MAX_BODY:
         raise errors.body_too_large(MAX_BODY)
-    raw = await request.content.read(MAX_BODY + 1)
-    if len(raw) > MAX_BODY:
-        raise errors.body_too_large(MAX_BODY)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.content.iter_chunked(16 * 1024):
+        size += len(chunk)
+        if size > MAX_BODY:
+            raise errors.body_too_large(MAX_BODY)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def json_body(request: web.Request) -> Any:
+    raw = await read_body(request)
     try:
         return json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise errors.malformed("the body is not JSON") from None
 
 
@@ -112,12 +131,21 @@ def require_fields(body: Any, fields: dict[str, type | tuple[type, ...]], name: 
     return body
 
 
+_PROXY_HEADERS = ("Forwarded", "X-Forwarded-For", "X-Real-IP")
+
+
 def require_allowed_network(request: web.Request, state: BrokerState) -> None:
+    """Credential-less callbacks: only from `BROKER_CALLBACK_ALLOW_CIDRS`, and never through a
+    proxy. The worker calls directly; behind a reverse proxy every client would look local."""
     remote = request.remote
+    if any(header in request.headers for header in _PROXY_HEADERS):
+        raise errors.network_refused(f"{remote} (through a proxy)")
     try:
         address = ipaddress.ip_address(remote or "")
     except ValueError:
         raise errors.network_refused(remote) from None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
     if not any(address in network for network in state.config.callback_allow_cidrs):
         raise errors.network_refused(remote)
 
@@ -239,7 +267,6 @@ async def post_heima_login(request: web.Request, state: BrokerState, verified: V
             identity_value=identity_value,
             omni_account=account,
             pumpx_omni_for=pumpx_account_hex(client_id),
-            token=verified.token,
             token_sha256=verified.sha256,
             token_expires_at=claims.exp,
             audit=_audit(state, request, "post_heima_login", verified),
@@ -251,7 +278,7 @@ async def post_heima_login(request: web.Request, state: BrokerState, verified: V
 @callback("add_wallet", bearer=True)
 async def add_wallet(request: web.Request, state: BrokerState, verified: VerifiedBearer | None) -> web.Response:
     assert verified is not None
-    if await request.content.read(1):
+    if await read_body(request):
         raise errors.malformed("add_wallet carries no body")
     user = await state.db.run(store.find_user_by_account, verified.claims.sub)
     if user is None or user.client_id != verified.claims.aud:

@@ -5,7 +5,7 @@
 | `BROKER_HOST`, `BROKER_PORT` | listen address | `127.0.0.1`, `8091` |
 | `BROKER_DB_URL` | `sqlite:///PATH` or `postgresql://…` | `sqlite:///~/.agentkeys/broker/broker.sqlite3`|
 | `BROKER_DB_SCHEMA` | PostgreSQL schema for the tables (isolates deployments or test runs) | `public` |
-| `BROKER_TEE_JWT_PUBLIC_KEY` | pinned TEE JWT key: PEM or DER, public or the worker's `auth_token_key.bin` | — |
+| `BROKER_TEE_JWT_PUBLIC_KEY` | pinned TEE JWT public key, PEM or DER (private keys are refused) | — |
 | `BROKER_TEE_JWT_PUBLIC_KEY_URL` | development only: fetch the key once at start (`/_sim/jwt-public-key`) | — |
 | `BROKER_ACCEPTED_CLIENT_IDS` | comma list of `aud` values accepted; the first is the broker's own | `agentkeys` |
 | `BROKER_CALLBACK_ALLOW_CIDRS` | networks allowed to call the credential-less callbacks | `127.0.0.0/8,::1/128` |
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,6 +78,8 @@ def config_from_env(env: Mapping[str, str] | None = None, **overrides: object) -
     if "BROKER_DB_URL" in env:
         values["db_url"] = env["BROKER_DB_URL"]
     if env.get("BROKER_DB_SCHEMA"):
+        if not re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", env["BROKER_DB_SCHEMA"]):
+            raise BrokerConfigError("BROKER_DB_SCHEMA must be a lowercase SQL identifier ([a-z_][a-z0-9_]*)")
         values["db_schema"] = env["BROKER_DB_SCHEMA"]
     if env.get("BROKER_TEE_JWT_PUBLIC_KEY"):
         values["tee_jwt_public_key"] = Path(env["BROKER_TEE_JWT_PUBLIC_KEY"]).expanduser()

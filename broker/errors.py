@@ -14,6 +14,7 @@ treats any non-2xx as a transport failure, so the code is for people and logs):
 | 40303 | 403 | `not_a_wallet_identity` | grants need a master that logged in with an EVM wallet |
 | 40400 | 404 | `unknown_user` / `unknown_grant` | nothing stored under that id |
 | 40900 | 409 | `already_revoked` | the grant was revoked before |
+| 40901 | 409 | `grant_exists` | the master already has an active grant for that agent |
 | 41300 | 413 | `body_too_large` | body above 64 KiB |
 | 50300 | 503 | `storage_unavailable` | the database failed; nothing was written |
 """
@@ -85,6 +86,10 @@ def unknown_grant() -> BrokerError:
 
 def already_revoked() -> BrokerError:
     return BrokerError(409, 40900, "already_revoked", "the grant is already revoked")
+
+
+def grant_exists() -> BrokerError:
+    return BrokerError(409, 40901, "grant_exists", "this master already has an active grant for that agent")
 
 
 def body_too_large(limit: int) -> BrokerError:

@@ -7,9 +7,11 @@ Revocation is one row update and takes effect on the next callback.
 HTTP (authenticated by the master's TEE *access* token; the master is the user that token names,
 and it must have logged in with an EVM wallet):
 
-* ``POST /v1/grant/create`` ``{agent_wallet, scope, expires_at}`` → ``data.grant``;
+* ``POST /v1/grant/create`` ``{agent_wallet, scope, expires_at}`` → ``data.grant`` (409 if the pair
+  already has an active grant);
 * ``POST /v1/grant/revoke`` ``{grant_id}`` → ``data.grant`` (404 for an unknown *or another
-  master's* grant, so ownership is not leaked; 409 if already revoked);
+  master's* grant, so ownership is not leaked; 409 if already revoked); revoking unbinds the pair,
+  whatever other grant it may have;
 * ``GET /v1/grant/list`` → ``data.grants`` (only the caller's).
 """
 
@@ -28,6 +30,7 @@ from broker.tokens import VerifiedBearer
 
 _EVM_ADDRESS = re.compile(r"0x[0-9a-fA-F]{40}")
 MAX_SCOPE = 256
+MAX_GRANT_SECONDS = 10 * 365 * 24 * 3600
 
 
 async def master_of(state: BrokerState, verified: VerifiedBearer) -> UserRecord:
@@ -51,6 +54,8 @@ def validate_grant_request(body: Any, master_wallet: str, now: int) -> tuple[str
         raise errors.malformed(f"scope must be 1 to {MAX_SCOPE} characters")
     if fields["expires_at"] <= now:
         raise errors.malformed("expires_at must be in the future (unix seconds)")
+    if fields["expires_at"] > now + MAX_GRANT_SECONDS:
+        raise errors.malformed("expires_at may be at most ten years ahead")
     return agent.lower(), scope, fields["expires_at"]
 
 
@@ -59,7 +64,7 @@ async def grant_create(request: web.Request, state: BrokerState, verified: Verif
     assert verified is not None
     master = await master_of(state, verified)
     agent, scope, expires_at = validate_grant_request(await json_body(request), master.identity_value, state.now())
-    grant: GrantRecord = await state.db.run(
+    grant: GrantRecord | None = await state.db.run(
         lambda: store.create_grant(
             master_omni_account=master.omni_account,
             master_wallet=master.identity_value,
@@ -69,6 +74,8 @@ async def grant_create(request: web.Request, state: BrokerState, verified: Verif
             audit=_audit(state, request, "grant_create", verified, detail=f"{master.identity_value}->{agent}"),
         )
     )
+    if grant is None:
+        raise errors.grant_exists()
     return errors.ok({"grant": grant.to_json(state.now())})
 
 

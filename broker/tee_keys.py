@@ -1,8 +1,10 @@
 """Load the pinned TEE JWT public key once, at start.
 
-Accepted: a PEM or DER public key (SubjectPublicKeyInfo or PKCS#1), or the worker's private key file
-(`auth_token_key.bin`, PKCS#1 DER, or PEM), whose public half is taken. Only RSA keys of at least
-2048 bits are accepted: the worker signs RS256 with RSA-2048.
+Accepted: a PEM or DER RSA public key (SubjectPublicKeyInfo or PKCS#1) of at least 2048 bits (the
+worker signs RS256 with RSA-2048). A *private* key is refused: the worker's `auth_token_key.bin`
+also signs the tokens the worker itself trusts (`omni_addWallet`, `omni_exportWallet`), so a
+broker holding it could forge any identity there. Export the public half instead:
+``openssl rsa -inform DER -in auth_token_key.bin -pubout -out tee_jwt_public_key.pem``.
 """
 
 from __future__ import annotations
@@ -19,25 +21,21 @@ class TeeKeyError(ValueError):
 
 
 def parse_public_key(data: bytes, source: str) -> rsa.RSAPublicKey:
-    loaders_public = (serialization.load_pem_public_key, serialization.load_der_public_key)
-    for load_public in loaders_public:
-        try:
-            key = load_public(data)
-        except (ValueError, TypeError):
-            continue
-        return _require_rsa(key, source)
     for load_private in (serialization.load_pem_private_key, serialization.load_der_private_key):
         try:
-            private = load_private(data, None)
+            load_private(data, None)
         except (ValueError, TypeError):
             continue
-        if isinstance(private, rsa.RSAPrivateKey):
-            return _require_rsa(private.public_key(), source)
-        raise TeeKeyError(f"{source}: not an RSA key")
-    try:  # PKCS#1 RSAPublicKey in PEM ("BEGIN RSA PUBLIC KEY") is covered above; raw PKCS#1 DER:
-        return _require_rsa(serialization.load_der_public_key(data), source)
-    except (ValueError, TypeError):
-        raise TeeKeyError(f"{source}: not a PEM or DER RSA key") from None
+        raise TeeKeyError(
+            f"{source} is a private key: give the broker the TEE's public key only "
+            "(openssl rsa -inform DER -in auth_token_key.bin -pubout)"
+        )
+    for load_public in (serialization.load_pem_public_key, serialization.load_der_public_key):
+        try:
+            return _require_rsa(load_public(data), source)
+        except (ValueError, TypeError):
+            continue
+    raise TeeKeyError(f"{source}: not a PEM or DER RSA public key")
 
 
 def _require_rsa(key: object, source: str) -> rsa.RSAPublicKey:

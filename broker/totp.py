@@ -19,6 +19,8 @@ def totp(secret_b32: str, at: int, *, step: int = 30, digits: int = 6) -> str:
 
 def verify_totp(secret_b32: str, code: str, at: int, *, window: int = 1) -> bool:
     """Accept the current step and `window` steps either side; compare in constant time."""
+    if not (len(code) == 6 and code.isascii() and code.isdigit()):
+        return False
     try:
         candidates = [totp(secret_b32, at + delta * 30) for delta in range(-window, window + 1)]
     except (ValueError, TypeError):

@@ -9,7 +9,7 @@ SQLite, >= 800/s on PostgreSQL, p99 latency < 50 ms on both, no failed callback.
 The broker runs in its own subprocess, as deployed: ``python -m broker.cli run --port P`` with
 ``BROKER_DB_URL`` (a fresh temporary SQLite file, or PostgreSQL with a fresh
 ``BROKER_DB_SCHEMA=bench_<random>`` that is dropped at the end) and
-``BROKER_TEE_JWT_PUBLIC_KEY=fixtures/keys/auth_token_key.test.bin``; it is ready when
+``BROKER_TEE_JWT_PUBLIC_KEY=fixtures/keys/tee_jwt_public_key.test.pem``; it is ready when
 ``GET /readyz`` answers 200. The load generator is the main process: ``--identities`` (2000) EVM
 identities with one pre-minted token and body each, used in a cycle, so that the first pass inserts
 users and every later pass updates them (the report gives the mix inside the window); one aiohttp
@@ -385,7 +385,7 @@ async def bench_database(
         db_url = args.pg_dsn
         schema = f"bench_{secrets.token_hex(6)}"
         env = {"BROKER_DB_URL": db_url, "BROKER_DB_SCHEMA": schema}
-    env["BROKER_TEE_JWT_PUBLIC_KEY"] = str(TEE_KEY_PATH)
+    env["BROKER_TEE_JWT_PUBLIC_KEY"] = str(TEE_KEY_PATH.with_name("tee_jwt_public_key.test.pem"))
     profile_path = f"{args.profile}.{database}.prof" if args.profile else None
     broker = BrokerProcess(database, env, tmpdir, profile_path)
     result.broker_command = broker.command

@@ -117,6 +117,8 @@ async def rpc(
 
 PG_DSN = os.environ.get("BROKER_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/test")
 TEE_KEY_PATH = Path(__file__).parent.parent / "fixtures" / "keys" / "auth_token_key.test.bin"
+# What the broker pins: the public half only (a broker holding the private key is refused).
+TEE_PUBLIC_KEY_PATH = TEE_KEY_PATH.with_name("tee_jwt_public_key.test.pem")
 
 
 @pytest.fixture(scope="session")
@@ -173,7 +175,7 @@ async def make_broker(db_url: tuple[str, str | None], tee_key: rsa.RSAPrivateKey
 
     async def factory(env: dict[str, str] | None = None, clock: Callable[[], float] = time.time) -> BrokerHandle:
         url, schema = db_url
-        values = {"BROKER_DB_URL": url, "BROKER_TEE_JWT_PUBLIC_KEY": str(TEE_KEY_PATH), **(env or {})}
+        values = {"BROKER_DB_URL": url, "BROKER_TEE_JWT_PUBLIC_KEY": str(TEE_PUBLIC_KEY_PATH), **(env or {})}
         if schema is not None:
             values["BROKER_DB_SCHEMA"] = schema
         app = create_broker_app(broker_config_from_env(values), clock=clock)

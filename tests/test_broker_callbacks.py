@@ -889,19 +889,20 @@ async def test_a_refused_callback_writes_nothing_but_its_audit_row(
     assert await wallet_slots(broker, user_id) == [0]
 
 
-async def test_an_email_longer_than_64_bytes_is_one_user_for_login_and_get_account_user_id(
+async def test_identities_over_64_bytes_are_refused_so_two_cannot_share_one_account(
     make_broker: BrokerFactory, tee_key: rsa.RSAPrivateKey, http: aiohttp.ClientSession
 ) -> None:
-    """The worker truncates an e-mail handle to 64 bytes before hashing (`IdentityString::new`), so
-    a 72-byte address has ONE OmniAccount. `post_heima_login` keys the user row by the truncated
-    handle (`canonical_identity_value`) while `get_account_user_id` keys it by the whole address,
-    so the same identity gets two user rows with the same OmniAccount."""
+    """The worker cuts a handle to 64 bytes before hashing (`IdentityString::new`), so two e-mails
+    that share their first 64 bytes have ONE OmniAccount: whoever controls either inbox would log
+    in as both. The broker refuses such values on every callback instead of merging them."""
     broker = await make_broker()
-    email = "a" * 60 + "@example.com"
-    assert len(email.encode()) == 72
-    token = mint_tee_token(tee_key, email_account(email))
-    reply = await call(http, broker, LOGIN, token=token, json_body=login_body("email", email))
-    assert reply.status == 200, reply
-    login_user = reply.body["data"]["user_id"]
-    assert await email_user(http, broker, email) == login_user
-    assert await count_users(broker) == 1
+    victim = "a" * 40 + "@victim-corporation-international.com"
+    attacker = "a" * 40 + "@victim-corporation-internationa1.evil"
+    assert victim.encode()[:64] == attacker.encode()[:64] and len(victim.encode()) > 64
+    token = mint_tee_token(tee_key, email_account(victim))
+    reply = await call(http, broker, LOGIN, token=token, json_body=login_body("email", victim))
+    assert_refused(reply, 400, "malformed_body")
+    for email in (victim, attacker):
+        lookup = await call(http, broker, GET_USER_ID, method="GET", params={"email": email})
+        assert_refused(lookup, 400, "malformed_body")
+    assert await count_users(broker) == 0

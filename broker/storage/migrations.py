@@ -86,16 +86,20 @@ _NEXT_WALLET_SLOT = (
     "UPDATE users SET next_wallet_index = "
     "(SELECT COALESCE(MAX(wallet_index) + 1, 0) FROM wallets WHERE wallets.user_id = users.id)",
 )
+# v3: a stored bearer is a credential for whoever reads the database; only its SHA-256 is kept.
+_NO_STORED_BEARERS = ("ALTER TABLE tee_tokens DROP COLUMN token",)
 _V1 = "users, wallets, tee_tokens, grants, audit_log"
 
 SQLITE_MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, _V1, _schema_v1("INTEGER PRIMARY KEY AUTOINCREMENT")),
     Migration(2, "users.next_wallet_index", _NEXT_WALLET_SLOT),
+    Migration(3, "tee_tokens without the bearer", _NO_STORED_BEARERS),
 )
 
 POSTGRES_MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, _V1, _schema_v1("BIGSERIAL PRIMARY KEY")),
     Migration(2, "users.next_wallet_index", _NEXT_WALLET_SLOT),
+    Migration(3, "tee_tokens without the bearer", _NO_STORED_BEARERS),
 )
 
 SCHEMA_MIGRATIONS_TABLE = """CREATE TABLE IF NOT EXISTS schema_migrations (

@@ -26,9 +26,9 @@ def new_grant_id() -> str:
 
 
 _UPSERT_TOKEN = (
-    "INSERT INTO tee_tokens (omni_account, token_type, client_id, token, token_sha256, expires_at, "
-    "updated_at) VALUES (?, 'access', ?, ?, ?, ?, ?) ON CONFLICT (omni_account, token_type) DO UPDATE "
-    "SET client_id = excluded.client_id, token = excluded.token, token_sha256 = excluded.token_sha256, "
+    "INSERT INTO tee_tokens (omni_account, token_type, client_id, token_sha256, expires_at, "
+    "updated_at) VALUES (?, 'access', ?, ?, ?, ?) ON CONFLICT (omni_account, token_type) DO UPDATE "
+    "SET client_id = excluded.client_id, token_sha256 = excluded.token_sha256, "
     "expires_at = excluded.expires_at, updated_at = excluded.updated_at"
 )
 _INSERT_AUDIT = (
@@ -88,19 +88,19 @@ def record_login(
     identity_value: str,
     omni_account: str,
     pumpx_omni_for: Callable[[str], str],
-    token: str,
     token_sha256: str,
     token_expires_at: int,
     audit: AuditEvent,
 ) -> Operation[UserRecord]:
-    """`post_heima_login`: upsert the user, keep the access token, write the audit row.
+    """`post_heima_login`: upsert the user, record the access token (its SHA-256 and expiry: a
+    stored bearer would be a credential for anyone who reads the database), write the audit row.
 
     On PostgreSQL the three writes are one statement (data-modifying CTEs), atomic by itself and
     one round trip; SQLite runs them as three statements in one transaction."""
     now = audit.occurred_at
     uid = new_user_uid()
     user = _upsert_user(uid, client_id, identity_type, identity_value, omni_account, pumpx_omni_for(uid), now)
-    token_args = (omni_account, client_id, token, token_sha256, token_expires_at, now)
+    token_args = (omni_account, client_id, token_sha256, token_expires_at, now)
     audit_query = _audit(audit)
     if dialect == "postgresql":
         row = yield Query.only_statement(
@@ -229,11 +229,21 @@ def create_grant(
     scope: str,
     expires_at: int,
     audit: AuditEvent,
-) -> Operation[GrantRecord]:
-    grant_id = new_grant_id()
+) -> Operation[GrantRecord | None]:
+    """A new grant, or ``None`` when the pair already has an active one (one active grant per pair
+    keeps "revoke" meaning "unbound")."""
+    active = yield Query.one(
+        "SELECT grant_id FROM grants WHERE master_wallet = ? AND agent_wallet = ? AND revoked_at IS NULL "
+        "AND expires_at > ? LIMIT 1",
+        master_wallet.lower(),
+        agent_wallet.lower(),
+        audit.occurred_at,
+    )
+    if active is not None:
+        return None
     row = yield Query.one(
         f"INSERT INTO grants ({_GRANT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, NULL) RETURNING {_GRANT_COLUMNS}",
-        grant_id,
+        new_grant_id(),
         master_omni_account,
         master_wallet.lower(),
         agent_wallet.lower(),
@@ -247,17 +257,25 @@ def create_grant(
 
 def revoke_grant(*, grant_id: str, master_omni_account: str | None, audit: AuditEvent) -> Operation[str]:
     """Revoke now; returns ``revoked``, ``already_revoked`` or ``not_found`` (another master's
-    grant is ``not_found`` so ownership is not leaked). `master_omni_account=None`: operator."""
+    grant is ``not_found`` so ownership is not leaked). `master_omni_account=None`: operator.
+
+    One conditional UPDATE decides, so two concurrent revokes cannot both succeed; it also
+    revokes any other active grant of the same pair, so after a revoke the pair is unbound."""
     row = yield Query.one(f"SELECT {_GRANT_COLUMNS} FROM grants WHERE grant_id = ?", grant_id)
     if row is None or (master_omni_account is not None and row["master_omni_account"] != master_omni_account):
         return "not_found"
-    if row["revoked_at"] is not None:
-        return "already_revoked"
-    yield Query.run(
-        "UPDATE grants SET revoked_at = ? WHERE grant_id = ? AND revoked_at IS NULL",
-        audit.occurred_at,
-        grant_id,
+    revoked = yield Query.run(
+        "UPDATE grants SET revoked_at = ? WHERE grant_id = ? AND revoked_at IS NULL", audit.occurred_at, grant_id
     )
+    if revoked:
+        yield Query.run(
+            "UPDATE grants SET revoked_at = ? WHERE master_wallet = ? AND agent_wallet = ? AND revoked_at IS NULL",
+            audit.occurred_at,
+            row["master_wallet"],
+            row["agent_wallet"],
+        )
+    if not revoked:
+        return "already_revoked"
     yield _audit(audit)
     return "revoked"
 
