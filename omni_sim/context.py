@@ -34,8 +34,10 @@ class SimContext:
     journal: CallbackJournal
     outbox: Outbox
     backends: dict[BackendName, BackendApi]
-    codes: VerificationCodeStore = field(default_factory=VerificationCodeStore)
+    codes: VerificationCodeStore = field(default_factory=VerificationCodeStore)  # web3 sign-in codes
     jwts: HeimaJwtStore = field(default_factory=HeimaJwtStore)
+    #: the e-mail codes' store: `codes` itself upstream, a store of its own in the patch
+    email_codes: VerificationCodeStore | None = None
     _mailers: dict[str, Mailer] = field(default_factory=dict)
 
     @classmethod
@@ -54,9 +56,11 @@ class SimContext:
             BackendName.PUMPX: BackendApi("pumpx", config.pumpx_api_base_url, session, journal, timeout),
             BackendName.AGENTKEYS: BackendApi("agentkeys", config.agentkeys_api_base_url, session, journal, timeout),
         }
+        profile = profile_named(config.profile)
+        codes = VerificationCodeStore()
         return cls(
             config=config,
-            profile=profile_named(config.profile),
+            profile=profile,
             errors=catalog_for(config.error_era),
             clock=clock or SimClock(),
             jwt_key=key,
@@ -65,7 +69,13 @@ class SimContext:
             journal=journal,
             outbox=Outbox(),
             backends=backends,
+            codes=codes,
+            email_codes=VerificationCodeStore() if profile.separate_code_stores else codes,
         )
+
+    @property
+    def email_code_store(self) -> VerificationCodeStore:
+        return self.email_codes if self.email_codes is not None else self.codes
 
     def backend(self, name: BackendName) -> BackendApi:
         return self.backends[name]

@@ -15,7 +15,12 @@ callback goes to the pumpx API.
   OmniAccount of ``user_id`` under ``agentkeys`` and its ``aud`` must be ``agentkeys``. Upstream the
   subject is not compared with ``user_id`` (spec §5.3 observation), so any valid id token logs in as
   any identity; the broker cannot detect that from the callback, so the patch must close it.
-* ``wildmeta`` behaviour is unchanged, byte for byte.
+* web3 sign-in codes and e-mail codes live in separate stores. Upstream both live in one
+  `VerificationCodeStorage` under ``blake2_256(OmniAccount)`` (`request_email_verification_code.rs`,
+  `get_web3_sign_in_message.rs@05ff5857`), so `omni_getWeb3SignInMessage` for the OmniAccount of an
+  e-mail identity returns that e-mail's pending code, and anyone who asks can log in as the
+  mailbox owner without reading the mail. The patch must separate them, for every client;
+* ``wildmeta`` behaviour is otherwise unchanged, byte for byte.
 """
 
 from __future__ import annotations
@@ -49,6 +54,8 @@ class Profile:
     client_auth_variants: dict[str, tuple[Field, ...]] = field(default_factory=dict)
     #: client ids whose `auth_token` login must carry the subject of `user_id`.
     subject_bound_auth_token_clients: frozenset[str] = frozenset()
+    #: web3 sign-in codes and e-mail codes in separate stores (upstream: one store).
+    separate_code_stores: bool = False
 
     def backend_for_client(self, client_id: str) -> BackendName:
         return self.client_backends.get(client_id, BackendName.PUMPX)
@@ -72,6 +79,7 @@ AGENTKEYS_PATCH = Profile(
     client_backends={CLIENT_ID_AGENTKEYS: BackendName.AGENTKEYS},
     client_auth_variants={**CLIENT_AUTH_VARIANTS, **AGENTKEYS_BACKEND_VARIANT},
     subject_bound_auth_token_clients=frozenset({CLIENT_ID_AGENTKEYS}),
+    separate_code_stores=True,
 )
 
 PROFILES = {profile.name: profile for profile in (UPSTREAM, AGENTKEYS_PATCH)}

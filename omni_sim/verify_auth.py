@@ -53,12 +53,13 @@ def _verify_web3(ctx: SimContext, auth: Web3Auth) -> None:
 
 def _verify_email(ctx: SimContext, auth: EmailAuth) -> None:
     account = email_omni_account(auth.client_id, auth.email)
-    code = ctx.codes.get(account)
+    store = ctx.email_code_store
+    code = store.get(account)
     if code is None:
         raise AuthFailed("VerificationCodeNotFound")
     if code != auth.code:
         raise AuthFailed("InvalidVerificationCode")  # the stored code is kept
-    ctx.codes.remove(account)
+    store.remove(account)
 
 
 def verify_id_token(ctx: SimContext, token: str) -> AuthTokenClaims:

@@ -332,3 +332,36 @@ async def test_upstream_auth_token_login_does_not_compare_the_subject(
     assert claims_of(result["access_token"])["sub"] == omni_account_of(
         IdentityKind.EVM, "0x" + "00" * 19 + "01", "wildmeta"
     )
+
+
+async def test_upstream_discloses_a_pending_email_code_through_the_sign_in_message(
+    make_sim: SimFactory, http: aiohttp.ClientSession
+) -> None:
+    # One VerificationCodeStorage under blake2_256(OmniAccount) holds both kinds of code upstream.
+    sim = await make_sim(profile="upstream")
+    code = await email_code(http, sim, "wildmeta", "victim@example.com")
+    account = omni_account_of(IdentityKind.EMAIL, "victim@example.com", "wildmeta")
+    leaked = await rpc(http, sim.url, "omni_getWeb3SignInMessage", {"client_id": "wildmeta", "omni_account": account})
+    assert leaked["result"]["message_code"] == code
+    takeover = {
+        "user_id": {"type": "email", "value": "victim@example.com"},
+        "user_auth": {"type": "email", "value": leaked["result"]["message_code"]},
+        "client_id": "wildmeta",
+    }
+    assert "result" in await rpc(http, sim.url, "omni_userLogin", takeover)
+
+
+async def test_the_patch_keeps_email_codes_out_of_the_sign_in_message(
+    make_sim: SimFactory, http: aiohttp.ClientSession
+) -> None:
+    sim = await make_sim(profile="agentkeys-patch")
+    code = await email_code(http, sim, "agentkeys", "victim@example.com")
+    account = omni_account_of(IdentityKind.EMAIL, "victim@example.com", "agentkeys")
+    answer = await rpc(http, sim.url, "omni_getWeb3SignInMessage", {"client_id": "agentkeys", "omni_account": account})
+    assert len(answer["result"]["message_code"]) == 8 and answer["result"]["message_code"] != code
+    login = {
+        "user_id": {"type": "email", "value": "victim@example.com"},
+        "user_auth": {"type": "email", "value": code},
+        "client_id": "agentkeys",
+    }
+    assert "result" in await rpc(http, sim.url, "omni_userLogin", login)  # the mailed code still works

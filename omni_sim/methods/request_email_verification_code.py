@@ -33,7 +33,7 @@ async def request_email_verification_code(ctx: SimContext, params: Any, ext: obj
     if verdict is EmailVerdict.NO_TLD:
         raise ctx.errors.email_without_tld(email)
     code = generate_otp(EMAIL_CODE_DIGITS)
-    ctx.codes.insert(email_omni_account(client_id, email), code)
+    ctx.email_code_store.insert(email_omni_account(client_id, email), code)
     mailer = ctx.mailer_for(client_id)
     if mailer is None:
         raise ctx.errors.mailer_not_configured(client_id)
