@@ -12,6 +12,7 @@ import argparse
 import asyncio
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
@@ -51,19 +52,38 @@ def _target_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-k", dest="select", default=None, help="only cases whose id contains this text")
 
 
-def load_deviations(path: Path | None, tee: str, profile: str) -> tuple[dict[str, str], Path | None]:
+@dataclass(frozen=True, slots=True)
+class Deviations:
+    reasons: dict[str, str]
+    steps: dict[str, int]
+    path: Path | None
+
+
+def load_deviations(path: Path | None, tee: str, profile: str, known_cases: set[str]) -> Deviations:
+    """The target's known-deviation file: ``deviations: [{case, reason, step?}]``. Every listed
+    case must exist; `step` (1-based) pins where the case must fail."""
     if path is None:
         name = f"sim-{profile}.yaml" if tee == "sim" else f"worker-{profile}.yaml"
         path = DEVIATIONS_DIR / name
         if not path.exists():
-            return {}, None
-    document = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    entries = document.get("deviations", [])
-    return {str(entry["case"]): str(entry.get("reason", "")) for entry in entries}, path
+            return Deviations({}, {}, None)
+    try:
+        document = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        entries = document.get("deviations", [])
+        reasons = {str(entry["case"]): str(entry.get("reason", "")) for entry in entries}
+        steps = {str(entry["case"]): int(entry["step"]) for entry in entries if "step" in entry}
+    except (OSError, yaml.YAMLError, TypeError, KeyError, ValueError, AttributeError) as exc:
+        raise SuiteError(f"{path}: not a deviation file: {exc}") from None
+    unknown = sorted(set(reasons) - known_cases)
+    if unknown:
+        raise SuiteError(f"{path}: lists cases no suite has: {', '.join(unknown)}")
+    return Deviations(reasons, steps, path)
 
 
 async def execute(args: argparse.Namespace, tee_spec: str, profile: str, key: str | None) -> RunResult:
     suites = load_suites(args.suites)
+    # a deviation may name a case of a shipped suite that this run did not select
+    known = {case.id for suite in [*suites, *load_suites([SUITES_DIR])] for case in suite.cases}
     if args.select:
         suites = [
             type(suite)(
@@ -75,13 +95,13 @@ async def execute(args: argparse.Namespace, tee_spec: str, profile: str, key: st
             )
             for suite in suites
         ]
-    deviations, deviation_file = load_deviations(args.deviations, tee_spec, profile)
+    deviations = load_deviations(args.deviations, tee_spec, profile, known)
     tee = tee_target(tee_spec, profile, key)
     broker = broker_target(args.broker)
-    async with Harness(tee, broker, deviations) as harness:
+    async with Harness(tee, broker, deviations.reasons, deviations.steps) as harness:
         print(f"worker: {tee.label}   broker: {broker.label}")
-        if deviation_file is not None:
-            print(f"known deviations: {deviation_file} ({len(deviations)} cases)")
+        if deviations.path is not None:
+            print(f"known deviations: {deviations.path} ({len(deviations.reasons)} cases)")
         if tee.kind != "sim":
             print("configure the worker under test with:")
             for name, value in harness.addresses().items():

@@ -112,3 +112,69 @@ def test_diff_runs_the_suite_against_two_workers_and_writes_the_diff(tmp_path: P
     diff = (tmp_path / "d" / "diff.md").read_text(encoding="utf-8")
     assert "tiny.health" in diff and "tiny.agentkeys-login-refused-or-not" in diff
     assert "sim (upstream)" in diff and "sim (agentkeys-patch)" in diff
+
+
+def _deviation_file(tmp_path: Path, entry: dict[str, object]) -> Path:
+    path = tmp_path / "deviations.yaml"
+    path.write_text(yaml.safe_dump({"deviations": [entry]}), encoding="utf-8")
+    return path
+
+
+TWO_STEP_FAILING_AT_2 = {
+    "id": "tiny.fails-at-two",
+    "clause": "the second step fails",
+    "steps": [
+        {"rpc": {"method": "omni_getHealth"}, "expect": {"result": "OK"}},
+        {"rpc": {"method": "omni_getHealth"}, "expect": {"result": "NOT OK"}},
+    ],
+}
+
+
+def test_a_deviation_must_fail_at_the_step_it_names(tmp_path: Path) -> None:
+    suite = write_suite(tmp_path, TWO_STEP_FAILING_AT_2)
+    right = _deviation_file(tmp_path, {"case": "tiny.fails-at-two", "reason": "r", "step": 2})
+    assert main(["run", str(suite), "--deviations", str(right), "--report", str(tmp_path / "a")]) == 0
+    wrong = _deviation_file(tmp_path, {"case": "tiny.fails-at-two", "reason": "r", "step": 1})
+    assert main(["run", str(suite), "--deviations", str(wrong), "--report", str(tmp_path / "b")]) == 1
+    assert "expects a failure at step 1, not at step 2" in (tmp_path / "b" / "summary.txt").read_text()
+
+
+def test_a_deviation_never_excuses_a_suite_error(tmp_path: Path) -> None:
+    broken = {**HEALTH_CASE, "steps": [{"rpc": {"method": "${nobody}"}}]}
+    suite = write_suite(tmp_path, broken)
+    listed = _deviation_file(tmp_path, {"case": "tiny.health", "reason": "r"})
+    assert main(["run", str(suite), "--deviations", str(listed), "--report", str(tmp_path / "r")]) == 1
+    assert "ERROR tiny.health" in (tmp_path / "r" / "summary.txt").read_text()
+
+
+def test_a_deviation_for_a_case_no_suite_has_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    suite = write_suite(tmp_path, HEALTH_CASE)
+    ghost = _deviation_file(tmp_path, {"case": "tiny.ghost", "reason": "r"})
+    assert main(["run", str(suite), "--deviations", str(ghost), "--report", str(tmp_path / "r")]) == 2
+    assert "tiny.ghost" in capsys.readouterr().err
+
+
+async def test_a_worker_answering_null_fails_instead_of_skipping_checks(tmp_path: Path) -> None:
+    from aiohttp import web
+
+    from conformance.model import load_suite as load
+    from conformance.runner import Harness, Verdict
+    from conformance.targets import broker_target, tee_target
+    from omni_sim.server import ServedApp
+
+    async def null_worker(request: web.Request) -> web.Response:
+        return web.Response(text="null", content_type="application/json")
+
+    app = web.Application()
+    app.router.add_post("/", null_worker)
+    served = ServedApp()
+    await served.start(app)
+    try:
+        key = Path(__file__).parent.parent / "fixtures" / "keys" / "tee_jwt_public_key.test.pem"
+        tee = tee_target(served.url, "agentkeys-patch", str(key))
+        case = load(write_suite(tmp_path, HEALTH_CASE)).cases[0]
+        async with Harness(tee, broker_target("none")) as harness:
+            result = await harness.run_case(case)
+        assert result.verdict is Verdict.FAILED, result.reason
+    finally:
+        await served.close()

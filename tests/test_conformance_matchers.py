@@ -75,3 +75,8 @@ def test_unknown_variables_are_suite_errors(scope: Scope) -> None:
     with pytest.raises(ExprError, match="unknown variable"):
         scope.evaluate("${nobody.knows}")
     assert scope.evaluate("plain") == "plain"
+
+
+def test_numbers_keep_their_json_type() -> None:
+    assert problems({"code": 10000}, {"code": 10000.0}) == ["code: expected 10000, got 10000.0"]
+    assert problems({"code": 1}, {"code": True})
