@@ -20,6 +20,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 DEFAULT_DB_PATH = Path("~/.agentkeys/broker/broker.sqlite3")
 DEFAULT_PORT = 8091
@@ -84,6 +85,13 @@ def config_from_env(env: Mapping[str, str] | None = None, **overrides: object) -
     if env.get("BROKER_TEE_JWT_PUBLIC_KEY"):
         values["tee_jwt_public_key"] = Path(env["BROKER_TEE_JWT_PUBLIC_KEY"]).expanduser()
     if env.get("BROKER_TEE_JWT_PUBLIC_KEY_URL"):
+        url = urlsplit(env["BROKER_TEE_JWT_PUBLIC_KEY_URL"])
+        loopback = url.hostname in ("127.0.0.1", "::1", "localhost")
+        if url.scheme != "https" and not (url.scheme == "http" and loopback):
+            raise BrokerConfigError(
+                "BROKER_TEE_JWT_PUBLIC_KEY_URL must be https, or http on loopback (a development simulator): "
+                "a key fetched in clear could be anyone's"
+            )
         values["tee_jwt_public_key_url"] = env["BROKER_TEE_JWT_PUBLIC_KEY_URL"]
     if "BROKER_ACCEPTED_CLIENT_IDS" in env:
         ids = tuple(part.strip() for part in env["BROKER_ACCEPTED_CLIENT_IDS"].split(",") if part.strip())

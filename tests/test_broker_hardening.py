@@ -156,3 +156,10 @@ async def test_concurrent_revokes_succeed_once(
         *(call(http, broker, GRANT_REVOKE, token=token, json_body={"grant_id": grant_id}) for _ in range(8))
     )
     assert sorted(reply.status for reply in replies) == [200] + [409] * 7
+
+
+def test_the_development_key_url_must_not_travel_in_clear() -> None:
+    assert config_from_env({"BROKER_TEE_JWT_PUBLIC_KEY_URL": "http://127.0.0.1:2100/_sim/jwt-public-key"})
+    assert config_from_env({"BROKER_TEE_JWT_PUBLIC_KEY_URL": "https://tee.example/key.pem"})
+    with pytest.raises(BrokerConfigError, match="https"):
+        config_from_env({"BROKER_TEE_JWT_PUBLIC_KEY_URL": "http://tee.example/key.pem"})
