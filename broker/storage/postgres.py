@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import re
 import time
+from collections.abc import AsyncIterator
 from typing import Any, TypeVar
 
 import asyncpg
@@ -34,8 +37,11 @@ async def _no_reset(connection: asyncpg.Connection) -> None:
 class PostgresDatabase(Database):
     dialect = "postgresql"
 
-    def __init__(self, dsn: str, *, min_size: int = 2, max_size: int = 20, schema: str | None = None) -> None:
+    def __init__(self, dsn: str, *, min_size: int = 4, max_size: int = 20, schema: str | None = None) -> None:
         self.dsn = dsn
+        # Callers wait for a connection in arrival order: asyncpg's pool lets a newcomer take a
+        # connection released while older callers still wait, which stretches the latency tail.
+        self._turns = asyncio.Semaphore(max_size)
         self.schema = schema
         self._min_size = min_size
         self._max_size = max_size
@@ -81,10 +87,12 @@ class PostgresDatabase(Database):
                     int(time.time()),
                 )
 
-    def _acquire(self) -> Any:
+    @contextlib.asynccontextmanager
+    async def _acquire(self) -> AsyncIterator[asyncpg.Connection]:
         if self._pool is None:
             raise StorageError("PostgreSQL pool is not open")
-        return self._pool.acquire()
+        async with self._turns, self._pool.acquire() as connection:
+            yield connection
 
     async def close(self) -> None:
         if self._pool is not None:
