@@ -37,7 +37,7 @@ async def _no_reset(connection: asyncpg.Connection) -> None:
 class PostgresDatabase(Database):
     dialect = "postgresql"
 
-    def __init__(self, dsn: str, *, min_size: int = 4, max_size: int = 20, schema: str | None = None) -> None:
+    def __init__(self, dsn: str, *, min_size: int = 4, max_size: int = 8, schema: str | None = None) -> None:
         self.dsn = dsn
         # Callers wait for a connection in arrival order: asyncpg's pool lets a newcomer take a
         # connection released while older callers still wait, which stretches the latency tail.
