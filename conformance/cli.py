@@ -102,10 +102,10 @@ async def execute(args: argparse.Namespace, tee_spec: str, profile: str, key: st
         print(f"worker: {tee.label}   broker: {broker.label}")
         if deviations.path is not None:
             print(f"known deviations: {deviations.path} ({len(deviations.reasons)} cases)")
-        if tee.kind != "sim":
-            print("configure the worker under test with:")
-            for name, value in harness.addresses().items():
-                print(f"  {name}={value}")
+        print("the harness serves (a real worker under test is configured with these):" if tee.kind != "sim"
+              else "the harness serves:")  # fmt: skip
+        for name, value in harness.addresses().items():
+            print(f"  {name}={value}")
         return await harness.run(suites, on_result=_print_result)
 
 
