@@ -32,6 +32,7 @@ from protocol.hexcodec import hex_encode
 from protocol.identity import (
     ADDRESS_LENGTHS,
     IDENTITY_STRING_MAX_BYTES,
+    Identity,
     IdentityError,
     IdentityKind,
     email_omni_account,
@@ -78,13 +79,13 @@ def canonical_email(email: str) -> str:
         raise errors.malformed(f"e-mail addresses over {IDENTITY_STRING_MAX_BYTES} bytes are refused") from None
 
 
-def canonical_identity_value(user_id: UserId) -> str:
+def canonical_identity_value(user_id: UserId, identity: Identity | None = None) -> str:
     """The value the user row is keyed by: what the OmniAccount hashes, rendered canonically
     (lowercase ``0x`` hex or base58 for addresses, the handle, the lowercased e-mail).
 
     Handles over 64 bytes are refused: the worker cuts them to 64 bytes (an invalid UTF-8 cut
     hashes as ""), so two different long e-mails would share one OmniAccount and one user."""
-    identity = user_id.to_identity()
+    identity = identity or user_id.to_identity()
     if identity.kind in ADDRESS_LENGTHS:
         return identity.user_id_value()
     if len(user_id.value.encode("utf-8")) > IDENTITY_STRING_MAX_BYTES:
@@ -253,8 +254,9 @@ async def post_heima_login(request: web.Request, state: BrokerState, verified: V
     if client_id not in state.config.accepted_client_ids:
         raise errors.client_not_accepted(client_id)
     try:
-        account = hex_encode(user_id.omni_account(client_id))
-        identity_value = canonical_identity_value(user_id)
+        identity = user_id.to_identity()
+        account = hex_encode(identity.omni_account(client_id))
+        identity_value = canonical_identity_value(user_id, identity)
     except IdentityError as exc:
         raise errors.malformed(f"userId: {exc}") from None
     claims = verified.claims

@@ -24,10 +24,7 @@ _SUB_SHAPE = re.compile(r"0x[0-9a-f]{64}")
 class VerifiedBearer:
     claims: AuthTokenClaims
     token: str
-
-    @property
-    def sha256(self) -> str:
-        return bearer_sha256(self.token)
+    sha256: str  # what the audit log and the token record keep; computed once
 
 
 def bearer_sha256(token: str) -> str:
@@ -69,4 +66,4 @@ class TeeTokenVerifier:
             raise errors.invalid_token(str(exc)) from None
         if not _SUB_SHAPE.fullmatch(claims.sub):
             raise errors.invalid_token("sub is not 0x + 64 lowercase hex")
-        return VerifiedBearer(claims, token)
+        return VerifiedBearer(claims, token, bearer_sha256(token))
