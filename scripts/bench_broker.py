@@ -6,7 +6,7 @@ as the worker mints it) that the broker verifies, then the transaction of the us
 token row and the audit row. Targets at ``--concurrency`` (64) callers: >= 1000 callbacks/s on
 SQLite, >= 800/s on PostgreSQL, p99 latency < 50 ms on both, no failed callback.
 
-The broker runs in its own subprocess, as deployed: ``python -m broker.cli run --port P`` with
+The broker runs in its own subprocess, as deployed: ``python -m agentkeys_kit.broker.cli run --port P`` with
 ``BROKER_DB_URL`` (a fresh temporary SQLite file, or PostgreSQL with a fresh
 ``BROKER_DB_SCHEMA=bench_<random>`` that is dropped at the end) and
 ``BROKER_TEE_JWT_PUBLIC_KEY=fixtures/keys/tee_jwt_public_key.test.pem``; it is ready when
@@ -30,7 +30,7 @@ Run from the repository root:
 Before each database the script waits (``--wait-quiet``, at most 30 s) for the rest of the machine
 to go idle, and warns when other processes still used the CPUs during a window.
 
-``--profile PREFIX`` runs the broker as ``python -m cProfile -o PREFIX.<db>.prof -m broker.cli run
+``--profile PREFIX`` runs the broker as ``python -m cProfile -o PREFIX.<db>.prof -m agentkeys_kit.broker.cli run
 …``, stops it with SIGINT so that the profile is written, and prints where the broker's event-loop
 thread spends its time (cProfile sees only that thread; the split of CPU by thread covers the rest).
 
@@ -94,7 +94,7 @@ os.execv(sys.executable, [sys.executable, *sys.argv[1:]])
 
 
 class BrokerProcess(benchkit.ChildProcess):
-    """``python [-m cProfile -o FILE] -m broker.cli run --port P`` with the bench's BROKER_* env;
+    """``python [-m cProfile -o FILE] -m agentkeys_kit.broker.cli run --port P`` with the bench's BROKER_* env;
     stopped with SIGINT (aiohttp's graceful exit; cProfile writes its file after it), then SIGKILL."""
 
     stop_signal = signal.SIGINT
@@ -106,7 +106,7 @@ class BrokerProcess(benchkit.ChildProcess):
         self.url = f"http://{HOST}:{self.port}"
         self.profile_path = profile_path
         profiler = ["-m", "cProfile", "-o", profile_path] if profile_path else []
-        self.argv = [*profiler, "-m", "broker.cli", "run", "--port", str(self.port)]
+        self.argv = [*profiler, "-m", "agentkeys_kit.broker.cli", "run", "--port", str(self.port)]
         self._env = env
 
     @property
@@ -152,9 +152,9 @@ class Caller:
 
 def make_callers(count: int) -> list[Caller]:
     """`count` distinct random EVM identities, each with a TEE access token valid for 7 days."""
-    from omni_sim.keystore import load_pkcs1_der
-    from protocol.identity import IdentityKind, omni_account_of
-    from protocol.tee_jwt import AUTH_TOKEN_LIFETIME_SECONDS, AuthTokenClaims, encode_auth_token
+    from agentkeys_kit.omni_sim.keystore import load_pkcs1_der
+    from agentkeys_kit.protocol.identity import IdentityKind, omni_account_of
+    from agentkeys_kit.protocol.tee_jwt import AUTH_TOKEN_LIFETIME_SECONDS, AuthTokenClaims, encode_auth_token
 
     key = load_pkcs1_der(TEE_KEY_PATH)
     expires = int(time.time()) + AUTH_TOKEN_LIFETIME_SECONDS

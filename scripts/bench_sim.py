@@ -116,8 +116,8 @@ async def _serve(args: argparse.Namespace) -> None:
 
     guard = asyncio.create_task(watchdog())
     if args.serve == "sim":
-        from omni_sim.config import config_from_env
-        from omni_sim.server import SimServer
+        from agentkeys_kit.omni_sim.config import config_from_env
+        from agentkeys_kit.omni_sim.server import SimServer
 
         env = {
             "OE_PUMPX_API_BASE_URL": args.backend_url,
@@ -329,8 +329,8 @@ class EvmWallet:
 def make_wallets(count: int) -> list[EvmWallet]:
     from coincurve import PrivateKey
 
-    from protocol.identity import Identity, IdentityKind
-    from protocol.signatures import evm_address
+    from agentkeys_kit.protocol.identity import Identity, IdentityKind
+    from agentkeys_kit.protocol.signatures import evm_address
 
     wallets = []
     for _ in range(count):
@@ -344,8 +344,8 @@ def make_wallets(count: int) -> list[EvmWallet]:
 def login_op(session: aiohttp.ClientSession, url: str, wallets: Sequence[EvmWallet], concurrency: int) -> Operation:
     """Worker `w` cycles through wallets w, w+N, w+2N…: no two workers share a wallet, so no
     login consumes the sign-in code of another worker's pending login."""
-    from protocol.signatures import sign_evm_personal
-    from protocol.web3_message import HeimaMessagePayload
+    from agentkeys_kit.protocol.signatures import sign_evm_personal
+    from agentkeys_kit.protocol.web3_message import HeimaMessagePayload
 
     if len(wallets) < concurrency:
         raise ValueError("need at least one wallet per worker")

@@ -60,10 +60,9 @@ def main() -> int:
     if command == "e2e":
         # Every suite against the patched simulator (all must pass), then against today's
         # worker, where exactly the patch clauses listed as known deviations must fail.
-        patched = run(str(PYTHON), "-m", "conformance.cli", "run", "--tee", "sim", "--tee-profile", "agentkeys-patch",
-                      "--broker", "local", "--report", "reports/agentkeys-patch", *rest)  # fmt: skip
-        upstream = run(str(PYTHON), "-m", "conformance.cli", "run", "--tee", "sim", "--tee-profile", "upstream",
-                       "--broker", "local", "--report", "reports/upstream", *rest)  # fmt: skip
+        conformance = [str(PYTHON), "-m", "agentkeys_kit.conformance.cli", "run", "--tee", "sim", "--broker", "local"]
+        patched = run(*conformance, "--tee-profile", "agentkeys-patch", "--report", "reports/agentkeys-patch", *rest)
+        upstream = run(*conformance, "--tee-profile", "upstream", "--report", "reports/upstream", *rest)
         print("\nreports: reports/agentkeys-patch/report.md, reports/upstream/report.md (what the patch must do)")
         return patched or upstream
     if command == "bench":

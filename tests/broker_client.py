@@ -11,8 +11,8 @@ import aiohttp
 from conftest import BrokerHandle, mint_tee_token
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from broker.storage import store
-from protocol.identity import IdentityKind, omni_account_of
+from agentkeys_kit.broker.storage import store
+from agentkeys_kit.protocol.identity import IdentityKind, omni_account_of
 
 CLIENT = "agentkeys"
 LOGIN = "v3/account/post_heima_login"

@@ -16,14 +16,14 @@ import pytest
 from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from broker.app import create_app as create_broker_app
-from broker.config import config_from_env as broker_config_from_env
-from broker.state import STATE, BrokerState
+from agentkeys_kit.broker.app import create_app as create_broker_app
+from agentkeys_kit.broker.config import config_from_env as broker_config_from_env
+from agentkeys_kit.broker.state import STATE, BrokerState
+from agentkeys_kit.omni_sim.config import SimConfig, config_from_env
+from agentkeys_kit.omni_sim.keystore import load_auth_token_key, load_pkcs1_der, load_shielding_key
+from agentkeys_kit.omni_sim.server import ServedApp, SimServer
+from agentkeys_kit.protocol.tee_jwt import AuthTokenClaims, encode_auth_token
 from fixtures.recording_backend import RecordingBackend
-from omni_sim.config import SimConfig, config_from_env
-from omni_sim.keystore import load_auth_token_key, load_pkcs1_der, load_shielding_key
-from omni_sim.server import ServedApp, SimServer
-from protocol.tee_jwt import AuthTokenClaims, encode_auth_token
 
 
 @pytest.fixture(scope="session")

@@ -7,10 +7,10 @@ from typing import Any
 import aiohttp
 from conftest import rpc
 
+from agentkeys_kit.protocol.identity import IdentityKind, omni_account_of
+from agentkeys_kit.protocol.signatures import sign_evm_personal
+from agentkeys_kit.protocol.web3_message import HeimaMessagePayload
 from fixtures.wallets import evm_user_id_value
-from protocol.identity import IdentityKind, omni_account_of
-from protocol.signatures import sign_evm_personal
-from protocol.web3_message import HeimaMessagePayload
 
 
 async def sign_in_message(http: aiohttp.ClientSession, url: str, client_id: str, account: str) -> HeimaMessagePayload:

@@ -41,12 +41,12 @@ from conftest import BrokerFactory, BrokerHandle, mint_tee_token
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from broker.storage import store
-from broker.storage.base import Operation, Query
-from broker.storage.migrations import LATEST_SCHEMA_VERSION
-from broker.totp import totp
-from protocol.identity import IdentityKind, pumpx_omni_account
-from protocol.tee_jwt import AuthTokenClaims, encode_auth_token
+from agentkeys_kit.broker.storage import store
+from agentkeys_kit.broker.storage.base import Operation, Query
+from agentkeys_kit.broker.storage.migrations import LATEST_SCHEMA_VERSION
+from agentkeys_kit.broker.totp import totp
+from agentkeys_kit.protocol.identity import IdentityKind, pumpx_omni_account
+from agentkeys_kit.protocol.tee_jwt import AuthTokenClaims, encode_auth_token
 
 TOTP_SECRET = "JBSWY3DPEHPK3PXP"
 NOT_LOOPBACK = {"BROKER_CALLBACK_ALLOW_CIDRS": "10.0.0.0/8"}

@@ -26,7 +26,7 @@ from broker_client import (
 from conftest import BrokerFactory, mint_tee_token
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from broker.storage.migrations import LATEST_SCHEMA_VERSION
+from agentkeys_kit.broker.storage.migrations import LATEST_SCHEMA_VERSION
 
 MASTER = "0x" + "5a" * 20
 AGENT = "0x" + "6b" * 20

@@ -27,9 +27,9 @@ from broker_client import (
 from conftest import BrokerFactory, BrokerHandle, mint_tee_token
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from broker import cli
-from broker.storage import store
-from protocol.identity import IdentityKind
+from agentkeys_kit.broker import cli
+from agentkeys_kit.broker.storage import store
+from agentkeys_kit.protocol.identity import IdentityKind
 
 HOUR = 3600
 

@@ -24,11 +24,11 @@ from broker_client import (
 from conftest import TEE_KEY_PATH, BrokerFactory, mint_tee_token
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from broker.config import BrokerConfigError, config_from_env
-from broker.storage import store
-from broker.storage.base import Operation, Query
-from broker.tee_keys import TeeKeyError, load_public_key_file
-from protocol.identity import IdentityKind, omni_account_of, pumpx_omni_account
+from agentkeys_kit.broker.config import BrokerConfigError, config_from_env
+from agentkeys_kit.broker.storage import store
+from agentkeys_kit.broker.storage.base import Operation, Query
+from agentkeys_kit.broker.tee_keys import TeeKeyError, load_public_key_file
+from agentkeys_kit.protocol.identity import IdentityKind, omni_account_of, pumpx_omni_account
 
 MASTER = "0x" + "a7" * 20
 AGENT = "0x" + "b8" * 20

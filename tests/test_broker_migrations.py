@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from broker.storage import migrations as m
-from broker.storage import open_database, store
-from broker.storage.base import Operation, Query
-from broker.storage.records import AuditEvent, UserRecord
+from agentkeys_kit.broker.storage import migrations as m
+from agentkeys_kit.broker.storage import open_database, store
+from agentkeys_kit.broker.storage.base import Operation, Query
+from agentkeys_kit.broker.storage.records import AuditEvent, UserRecord
 
 
 def _insert_v1_user_with_wallets(slots: int) -> Operation[None]:
@@ -28,7 +28,8 @@ async def test_v1_database_is_migrated_and_the_next_wallet_slot_follows_the_stor
     full = getattr(m, dialect_list)
     with monkeypatch.context() as patch:  # a broker of the first release
         patch.setattr(
-            f"broker.storage.{'postgres' if 'POSTGRES' in dialect_list else 'sqlite'}.{dialect_list}", full[:1]
+            f"agentkeys_kit.broker.storage.{'postgres' if 'POSTGRES' in dialect_list else 'sqlite'}.{dialect_list}",
+            full[:1],
         )
         old = open_database(url, schema=schema)
         await old.open()

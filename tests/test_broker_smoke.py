@@ -6,7 +6,7 @@ import aiohttp
 from conftest import BrokerFactory, mint_tee_token
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from protocol.identity import IdentityKind, omni_account_of
+from agentkeys_kit.protocol.identity import IdentityKind, omni_account_of
 
 ADDRESS = "0x" + "ab" * 20
 

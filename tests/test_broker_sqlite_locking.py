@@ -7,8 +7,8 @@ import sqlite3
 import time
 from pathlib import Path
 
-from broker.storage import open_database, store
-from broker.storage.records import AuditEvent
+from agentkeys_kit.broker.storage import open_database, store
+from agentkeys_kit.broker.storage.records import AuditEvent
 
 
 async def test_operation_waits_for_a_foreign_write_lock_on_the_thread_not_the_loop(tmp_path: Path) -> None:

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conformance.cli import DEVIATIONS_DIR, SUITES_DIR, main
-from conformance.model import SCHEMA_PATH, SuiteError, load_suite, load_suites, published_schema
+from agentkeys_kit.conformance.cli import DEVIATIONS_DIR, SUITES_DIR, main
+from agentkeys_kit.conformance.model import SCHEMA_PATH, SuiteError, load_suite, load_suites, published_schema
 
 HEALTH_CASE = {
     "id": "tiny.health",
@@ -157,10 +157,10 @@ def test_a_deviation_for_a_case_no_suite_has_is_refused(tmp_path: Path, capsys: 
 async def test_a_worker_answering_null_fails_instead_of_skipping_checks(tmp_path: Path) -> None:
     from aiohttp import web
 
-    from conformance.model import load_suite as load
-    from conformance.runner import Harness, Verdict
-    from conformance.targets import broker_target, tee_target
-    from omni_sim.server import ServedApp
+    from agentkeys_kit.conformance.model import load_suite as load
+    from agentkeys_kit.conformance.runner import Harness, Verdict
+    from agentkeys_kit.conformance.targets import broker_target, tee_target
+    from agentkeys_kit.omni_sim.server import ServedApp
 
     async def null_worker(request: web.Request) -> web.Response:
         return web.Response(text="null", content_type="application/json")

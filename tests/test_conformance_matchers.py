@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from conformance.expr import ExprError, Keys, Scope
-from conformance.matchers import match
-from omni_sim.keystore import load_pkcs1_der
+from agentkeys_kit.conformance.expr import ExprError, Keys, Scope
+from agentkeys_kit.conformance.matchers import match
+from agentkeys_kit.omni_sim.keystore import load_pkcs1_der
 
 KEY = load_pkcs1_der(Path(__file__).parent.parent / "fixtures" / "keys" / "auth_token_key.test.bin")
 

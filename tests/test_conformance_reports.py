@@ -17,11 +17,11 @@ from typing import Any
 
 import pytest
 
-from conformance.diff import compare, normalise_value, write_diff
-from conformance.model import Case, Step, load_suite
-from conformance.reports import junit_xml, markdown_report, mermaid_label, sequence_diagram, write_reports
-from conformance.runner import CaseResult, Exchange, Harness, RunResult, StepResult, Verdict
-from conformance.targets import KIT_VERSION, broker_target, tee_target
+from agentkeys_kit.conformance.diff import compare, normalise_value, write_diff
+from agentkeys_kit.conformance.model import Case, Step, load_suite
+from agentkeys_kit.conformance.reports import junit_xml, markdown_report, mermaid_label, sequence_diagram, write_reports
+from agentkeys_kit.conformance.runner import CaseResult, Exchange, Harness, RunResult, StepResult, Verdict
+from agentkeys_kit.conformance.targets import KIT_VERSION, broker_target, tee_target
 
 STARTED = 1_767_225_600.0  # 2026-01-01 00:00:00 UTC
 

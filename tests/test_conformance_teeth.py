@@ -13,18 +13,18 @@ from typing import Any
 
 import pytest
 
-import broker.callbacks as broker_callbacks
-import broker.errors as broker_errors
-from conformance.model import load_suites
-from conformance.pytest_plugin import SUITES_DIR
-from conformance.runner import Harness, Verdict
-from conformance.targets import broker_target, tee_target
-from omni_sim.backend_api import BackendApi
-from omni_sim.context import SimContext
-from omni_sim.stores import VerificationCodeStore
+import agentkeys_kit.broker.callbacks as broker_callbacks
+import agentkeys_kit.broker.errors as broker_errors
+from agentkeys_kit.conformance.model import load_suites
+from agentkeys_kit.conformance.pytest_plugin import SUITES_DIR
+from agentkeys_kit.conformance.runner import Harness, Verdict
+from agentkeys_kit.conformance.targets import broker_target, tee_target
+from agentkeys_kit.omni_sim.backend_api import BackendApi
+from agentkeys_kit.omni_sim.context import SimContext
+from agentkeys_kit.omni_sim.stores import VerificationCodeStore
 
 # `omni_sim.methods` re-exports the method functions under the module names, so fetch the module itself.
-user_login = importlib.import_module("omni_sim.methods.user_login")
+user_login = importlib.import_module("agentkeys_kit.omni_sim.methods.user_login")
 
 
 def _snake_case_body(user_id: Any, client_id: str, client_auth: Any) -> dict[str, Any]:

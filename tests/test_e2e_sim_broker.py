@@ -10,12 +10,12 @@ import aiohttp
 from conftest import BrokerFactory, BrokerHandle, SimFactory
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from broker.storage import store
-from conformance.worker_client import WorkerClient
+from agentkeys_kit.broker.storage import store
+from agentkeys_kit.conformance.worker_client import WorkerClient
+from agentkeys_kit.omni_sim.server import SimServer
+from agentkeys_kit.protocol.identity import IdentityKind, omni_account_of, pumpx_omni_account
+from agentkeys_kit.protocol.tee_jwt import unverified_claims
 from fixtures.wallets import EVM_ALICE_KEY, evm_user_id_value
-from omni_sim.server import SimServer
-from protocol.identity import IdentityKind, omni_account_of, pumpx_omni_account
-from protocol.tee_jwt import unverified_claims
 
 
 async def start_pair(

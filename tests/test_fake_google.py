@@ -14,7 +14,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 from multidict import CIMultiDictProxy
 
-from fixtures.fake_google import FakeGoogle, at_hash, default_sub, make_pkce, pkce_challenge
+from agentkeys_kit.conformance.fake_google import FakeGoogle, at_hash, default_sub, make_pkce, pkce_challenge
 
 CLIENT_ID = "heima-test.apps.googleusercontent.com"
 CLIENT_SECRET = "GOCSPX-test-secret"

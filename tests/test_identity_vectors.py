@@ -6,8 +6,8 @@ import hashlib
 
 import pytest
 
-from protocol.auth import UserId
-from protocol.identity import Identity, IdentityError, IdentityKind, omni_account_of
+from agentkeys_kit.protocol.auth import UserId
+from agentkeys_kit.protocol.identity import Identity, IdentityError, IdentityKind, omni_account_of
 
 EMAIL_VECTOR = "0x5a0194d421e69bb2fb2fa9659628258d1d9d4f42d12ca74354819e65a14f8fae"
 
@@ -88,7 +88,7 @@ def test_hex_without_prefix_and_mixed_case_is_accepted() -> None:
 
 
 def test_sign_in_message_is_compact_json_in_declaration_order() -> None:
-    from protocol.web3_message import HeimaMessagePayload
+    from agentkeys_kit.protocol.web3_message import HeimaMessagePayload
 
     payload = HeimaMessagePayload("wildmeta", EMAIL_VECTOR, "00123456")
     assert payload.signing_bytes() == (

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from protocol.auth import (
+from agentkeys_kit.protocol.auth import (
     AGENTKEYS_BACKEND_VARIANT,
     CLIENT_AUTH_VARIANTS,
     AuthTokenAuth,
@@ -27,11 +27,11 @@ from protocol.auth import (
     to_omni_auth,
     user_auth_to_json,
 )
-from protocol.email_rules import EmailVerdict, validate_email
-from protocol.errors import NO_DATA, ErrorCatalog, LegacyErrorCatalog, RpcError, catalog_for
-from protocol.identity import IdentityError, IdentityKind
-from protocol.serde_rules import Field, SerdeError, parse_struct, string, u32
-from protocol.signatures import SignatureScheme, Web3Signature
+from agentkeys_kit.protocol.email_rules import EmailVerdict, validate_email
+from agentkeys_kit.protocol.errors import NO_DATA, ErrorCatalog, LegacyErrorCatalog, RpcError, catalog_for
+from agentkeys_kit.protocol.identity import IdentityError, IdentityKind
+from agentkeys_kit.protocol.serde_rules import Field, SerdeError, parse_struct, string, u32
+from agentkeys_kit.protocol.signatures import SignatureScheme, Web3Signature
 
 ALL_USER_ID_TAGS = (
     "pumpx",

@@ -11,8 +11,8 @@ from eth_hash.auto import keccak
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from protocol.identity import Identity, IdentityKind
-from protocol.signatures import (
+from agentkeys_kit.protocol.identity import Identity, IdentityKind
+from agentkeys_kit.protocol.signatures import (
     SIGNATURE_LENGTHS,
     SignatureScheme,
     Web3Signature,

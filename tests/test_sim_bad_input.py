@@ -29,9 +29,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from scalecodec.utils.ss58 import ss58_encode
 
+from agentkeys_kit.omni_sim.config import config_from_env
+from agentkeys_kit.omni_sim.server import SimServer
 from fixtures.recording_backend import RecordingBackend
-from omni_sim.config import config_from_env
-from omni_sim.server import SimServer
 
 TIMEOUT = 10
 TEN_MIB = 10 * 1024 * 1024

@@ -9,7 +9,7 @@ import jwt
 from conftest import SimFactory, rpc
 from cryptography.hazmat.primitives import serialization
 
-from conformance.worker_client import WorkerClient
+from agentkeys_kit.conformance.worker_client import WorkerClient
 from fixtures.recording_backend import RecordingBackend
 from fixtures.wallets import EVM_ALICE_KEY
 

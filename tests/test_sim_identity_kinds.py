@@ -10,11 +10,11 @@ import pytest
 from conftest import SimFactory, rpc
 from flows import evm_login, sign_in_message
 
+from agentkeys_kit.protocol.hexcodec import encode_base58
+from agentkeys_kit.protocol.identity import IdentityKind, omni_account_of
+from agentkeys_kit.protocol.signatures import SignatureScheme, sign_bitcoin, sign_solana, sign_substrate
 from fixtures.recording_backend import RecordingBackend
 from fixtures.wallets import BITCOIN_KEY, EVM_ALICE_KEY, SOLANA_SEED, SUBSTRATE_SEED
-from protocol.hexcodec import encode_base58
-from protocol.identity import IdentityKind, omni_account_of
-from protocol.signatures import SignatureScheme, sign_bitcoin, sign_solana, sign_substrate
 
 # Each wallet: (user_id, signer(message) -> user_auth)
 Wallet = tuple[dict[str, str], Callable[[bytes], dict[str, Any]]]

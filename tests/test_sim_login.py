@@ -10,11 +10,11 @@ import pytest
 from conftest import SimFactory, rpc
 from flows import evm_login, evm_login_params, sign_in_message
 
+from agentkeys_kit.omni_sim.clock import SimClock
+from agentkeys_kit.protocol.identity import IdentityKind, omni_account_of
+from agentkeys_kit.protocol.tee_jwt import AUTH_TOKEN_LIFETIME_SECONDS
 from fixtures.recording_backend import RecordingBackend, ScriptedReply
 from fixtures.wallets import EVM_ALICE_KEY, EVM_BOB_KEY, evm_user_id_value
-from omni_sim.clock import SimClock
-from protocol.identity import IdentityKind, omni_account_of
-from protocol.tee_jwt import AUTH_TOKEN_LIFETIME_SECONDS
 
 NOW = 1_767_225_600
 WILDMETA_AUTH = {"type": "wildmeta", "value": {"google_code": "", "invite_code": ""}}
@@ -76,7 +76,7 @@ async def test_login_over_websocket_produces_the_same_callback(
             }
         )
         message = (await ws.receive_json())["result"]
-        from protocol.web3_message import HeimaMessagePayload
+        from agentkeys_kit.protocol.web3_message import HeimaMessagePayload
 
         params = evm_login_params(EVM_BOB_KEY, "wildmeta", HeimaMessagePayload(**message))
         await ws.send_json({"jsonrpc": "2.0", "id": "login", "method": "omni_userLogin", "params": params})

@@ -17,9 +17,9 @@ from aiosmtpd.controller import Controller
 from conftest import SimFactory, rpc
 from cryptography.hazmat.primitives import serialization
 
-from omni_sim.config import ConfigError, config_from_env
-from omni_sim.keystore import KeystoreError, load_auth_token_key
-from protocol.tee_jwt import AuthTokenClaims, encode_auth_token
+from agentkeys_kit.omni_sim.config import ConfigError, config_from_env
+from agentkeys_kit.omni_sim.keystore import KeystoreError, load_auth_token_key
+from agentkeys_kit.protocol.tee_jwt import AuthTokenClaims, encode_auth_token
 
 ROOT = Path(__file__).parent.parent
 
@@ -211,7 +211,7 @@ def test_bad_configuration_is_refused_with_a_message(env: dict[str, str]) -> Non
 
 def test_cli_reports_configuration_errors(tmp_path: Path) -> None:
     bad = subprocess.run(
-        [sys.executable, "-m", "omni_sim.cli", "run", "--local-dir", str(tmp_path)],
+        [sys.executable, "-m", "agentkeys_kit.omni_sim.cli", "run", "--local-dir", str(tmp_path)],
         env={**os.environ, "PYTHONPATH": str(ROOT), "OE_SIM_ERROR_ERA": "bronze"},
         capture_output=True,
         text=True,
@@ -224,7 +224,7 @@ def test_cli_reports_configuration_errors(tmp_path: Path) -> None:
 async def test_cli_serves_json_rpc_and_the_sim_endpoints(tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "omni_sim.cli", "run", "--port", "0", "--local-dir", str(tmp_path),
+        sys.executable, "-m", "agentkeys_kit.omni_sim.cli", "run", "--port", "0", "--local-dir", str(tmp_path),
         "--profile", "agentkeys-patch", env=env, stdout=asyncio.subprocess.PIPE,
     )  # fmt: skip
     try:

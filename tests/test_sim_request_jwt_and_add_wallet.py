@@ -8,11 +8,11 @@ from conftest import SimFactory, rpc
 from flows import evm_login
 from test_sim_login import claims_of
 
+from agentkeys_kit.omni_sim.server import SimServer
+from agentkeys_kit.protocol.identity import IdentityKind, omni_account_of, pumpx_omni_account
+from agentkeys_kit.protocol.tee_jwt import AUTH_TOKEN_LIFETIME_SECONDS
 from fixtures.recording_backend import RecordingBackend, ScriptedReply
 from fixtures.wallets import EVM_ALICE_KEY
-from omni_sim.server import SimServer
-from protocol.identity import IdentityKind, omni_account_of, pumpx_omni_account
-from protocol.tee_jwt import AUTH_TOKEN_LIFETIME_SECONDS
 
 EMAIL = "Alice@Example.com"
 

@@ -12,8 +12,8 @@ import pytest
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-from omni_sim.keystore import load_pkcs1_der
-from protocol.tee_jwt import (
+from agentkeys_kit.omni_sim.keystore import load_pkcs1_der
+from agentkeys_kit.protocol.tee_jwt import (
     UPSTREAM_AUDIENCES,
     AuthTokenClaims,
     TokenRejected,

@@ -1,0 +1,146 @@
+"""`agentkeys-broker run --host --port` and the operator command `agentkeys-broker grants …`.
+
+Both read the `BROKER_*` variables (see `broker.config`); flags win. The grants command works on
+the database directly (`BROKER_DB_URL`) and writes the same audit rows as the HTTP API, with
+``remote_addr = "operator"``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from aiohttp import web
+
+from agentkeys_kit.broker.app import create_app
+from agentkeys_kit.broker.config import BrokerConfig, BrokerConfigError, config_from_env
+from agentkeys_kit.broker.errors import BrokerError
+from agentkeys_kit.broker.grants import validate_grant_request
+from agentkeys_kit.broker.storage import AuditEvent, StorageError, open_database, store
+from agentkeys_kit.broker.tee_keys import TeeKeyError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="agentkeys-broker", description="AgentKeys credential broker")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="serve the callbacks, grants and health endpoints")
+    run.add_argument("--host", default=None)
+    run.add_argument("--port", type=int, default=None)
+    run.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+
+    grants = sub.add_parser("grants", help="operator access to grants (works on BROKER_DB_URL)")
+    gsub = grants.add_subparsers(dest="grants_command", required=True)
+    listing = gsub.add_parser("list", help="list grants as JSON lines")
+    listing.add_argument("--master-account", default=None, help="only this master's OmniAccount")
+    create = gsub.add_parser("create", help="create a grant for a master that has logged in")
+    create.add_argument("--master-wallet", required=True, help="the master's EVM address")
+    create.add_argument("--agent-wallet", required=True)
+    create.add_argument("--scope", required=True)
+    when = create.add_mutually_exclusive_group(required=True)
+    when.add_argument("--expires-at", type=int, help="unix seconds")
+    when.add_argument("--ttl", type=int, help="seconds from now")
+    revoke = gsub.add_parser("revoke", help="revoke a grant now")
+    revoke.add_argument("grant_id")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "run":
+        logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        try:
+            config = config_from_env(host=args.host, port=args.port)
+        except BrokerConfigError as exc:
+            print(f"agentkeys-broker: configuration error: {exc}", file=sys.stderr)
+            return 2
+        return serve(config)
+    db_url = os.environ.get("BROKER_DB_URL", BrokerConfig().db_url)
+    schema = os.environ.get("BROKER_DB_SCHEMA") or None
+    try:
+        return asyncio.run(grants_command(db_url, schema, args))
+    except (StorageError, BrokerConfigError) as exc:
+        print(f"agentkeys-broker: {exc}", file=sys.stderr)
+        return 1
+
+
+def serve(config: BrokerConfig) -> int:
+    try:
+        web.run_app(
+            create_app(config),
+            host=config.host,
+            port=config.port,
+            access_log=None,
+            print=lambda _: print(f"agentkeys-broker listening on http://{config.host}:{config.port}/", flush=True),
+        )
+    except (TeeKeyError, StorageError) as exc:
+        print(f"agentkeys-broker: cannot start: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"agentkeys-broker: cannot listen on {config.host}:{config.port}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+async def grants_command(db_url: str, schema: str | None, args: argparse.Namespace) -> int:
+    db = open_database(db_url, schema=schema)
+    await db.open()
+    try:
+        now = int(time.time())
+        if args.grants_command == "list":
+            for grant in await db.run(store.list_grants, args.master_account):
+                print(json.dumps(grant.to_json(now)))
+            return 0
+        if args.grants_command == "revoke":
+            audit = _operator_audit("grant_revoke", now, args.grant_id)
+            outcome = await db.run(
+                lambda: store.revoke_grant(grant_id=args.grant_id, master_omni_account=None, audit=audit)
+            )
+            print(outcome)
+            return 0 if outcome == "revoked" else 1
+        return await _create(db, args, now)
+    finally:
+        await db.close()
+
+
+async def _create(db: Any, args: argparse.Namespace, now: int) -> int:
+    expires_at = args.expires_at if args.expires_at is not None else now + args.ttl
+    master_wallet = args.master_wallet.lower()
+    master = await db.run(store.find_user_by_identity, "evm", master_wallet)
+    if master is None:
+        print(f"agentkeys-broker: no user has logged in with wallet {master_wallet}", file=sys.stderr)
+        return 1
+    try:  # the same rules as POST /v1/grant/create
+        agent, scope, expires_at = validate_grant_request(
+            {"agent_wallet": args.agent_wallet, "scope": args.scope, "expires_at": expires_at}, master_wallet, now
+        )
+    except BrokerError as exc:
+        print(f"agentkeys-broker: {exc.message}", file=sys.stderr)
+        return 2
+    audit = _operator_audit("grant_create", now, f"{master_wallet}->{agent}")
+    grant = await db.run(
+        lambda: store.create_grant(
+            master_omni_account=master.omni_account,
+            master_wallet=master_wallet,
+            agent_wallet=agent,
+            scope=scope,
+            expires_at=expires_at,
+            audit=audit,
+        )
+    )
+    print(json.dumps(grant.to_json(now)))
+    return 0
+
+
+def _operator_audit(event: str, now: int, detail: str) -> AuditEvent:
+    return AuditEvent(event=event, outcome="ok", occurred_at=now, remote_addr="operator", detail=detail)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,115 @@
+"""Grants: a master wallet lets an agent wallet act for it in a scope until an expiry.
+
+`check_hyper_agent_address` answers ``isBound`` from this table: true only for an active grant
+(not revoked, ``expires_at`` in the future) whose master and agent match, case-insensitively.
+Revocation is one row update and takes effect on the next callback.
+
+HTTP (authenticated by the master's TEE *access* token; the master is the user that token names,
+and it must have logged in with an EVM wallet):
+
+* ``POST /v1/grant/create`` ``{agent_wallet, scope, expires_at}`` → ``data.grant`` (409 if the pair
+  already has an active grant);
+* ``POST /v1/grant/revoke`` ``{grant_id}`` → ``data.grant`` (404 for an unknown *or another
+  master's* grant, so ownership is not leaked; 409 if already revoked); revoking unbinds the pair,
+  whatever other grant it may have;
+* ``GET /v1/grant/list`` → ``data.grants`` (only the caller's).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from aiohttp import web
+
+from agentkeys_kit.broker import errors
+from agentkeys_kit.broker.callbacks import _audit, callback, json_body, require_fields
+from agentkeys_kit.broker.state import BrokerState
+from agentkeys_kit.broker.storage import GrantRecord, UserRecord, store
+from agentkeys_kit.broker.tokens import VerifiedBearer
+
+_EVM_ADDRESS = re.compile(r"0x[0-9a-fA-F]{40}")
+MAX_SCOPE = 256
+MAX_GRANT_SECONDS = 10 * 365 * 24 * 3600
+
+
+async def master_of(state: BrokerState, verified: VerifiedBearer) -> UserRecord:
+    user: UserRecord | None = await state.db.run(store.find_user_by_account, verified.claims.sub)
+    if user is None or user.client_id != verified.claims.aud:
+        raise errors.unknown_user()
+    if user.identity_type != "evm":
+        raise errors.not_a_wallet_identity()
+    return user
+
+
+def validate_grant_request(body: Any, master_wallet: str, now: int) -> tuple[str, str, int]:
+    fields = require_fields(body, {"agent_wallet": str, "scope": str, "expires_at": int}, "GrantCreate")
+    agent = fields["agent_wallet"]
+    if not _EVM_ADDRESS.fullmatch(agent):
+        raise errors.malformed("agent_wallet must be 0x + 40 hex digits")
+    if agent.lower() == master_wallet.lower():
+        raise errors.malformed("a wallet cannot be its own agent")
+    scope = fields["scope"].strip()
+    if not scope or len(scope) > MAX_SCOPE:
+        raise errors.malformed(f"scope must be 1 to {MAX_SCOPE} characters")
+    if fields["expires_at"] <= now:
+        raise errors.malformed("expires_at must be in the future (unix seconds)")
+    if fields["expires_at"] > now + MAX_GRANT_SECONDS:
+        raise errors.malformed("expires_at may be at most ten years ahead")
+    return agent.lower(), scope, fields["expires_at"]
+
+
+@callback("grant_create", bearer=True)
+async def grant_create(request: web.Request, state: BrokerState, verified: VerifiedBearer | None) -> web.Response:
+    assert verified is not None
+    master = await master_of(state, verified)
+    agent, scope, expires_at = validate_grant_request(await json_body(request), master.identity_value, state.now())
+    grant: GrantRecord | None = await state.db.run(
+        lambda: store.create_grant(
+            master_omni_account=master.omni_account,
+            master_wallet=master.identity_value,
+            agent_wallet=agent,
+            scope=scope,
+            expires_at=expires_at,
+            audit=_audit(state, request, "grant_create", verified, detail=f"{master.identity_value}->{agent}"),
+        )
+    )
+    if grant is None:
+        raise errors.grant_exists()
+    return errors.ok({"grant": grant.to_json(state.now())})
+
+
+@callback("grant_revoke", bearer=True)
+async def grant_revoke(request: web.Request, state: BrokerState, verified: VerifiedBearer | None) -> web.Response:
+    assert verified is not None
+    master = await master_of(state, verified)
+    grant_id = require_fields(await json_body(request), {"grant_id": str}, "GrantRevoke")["grant_id"]
+    outcome = await state.db.run(
+        lambda: store.revoke_grant(
+            grant_id=grant_id,
+            master_omni_account=master.omni_account,
+            audit=_audit(state, request, "grant_revoke", verified, detail=grant_id),
+        )
+    )
+    if outcome == "not_found":
+        raise errors.unknown_grant()
+    if outcome == "already_revoked":
+        raise errors.already_revoked()
+    grants = await state.db.run(store.list_grants, master.omni_account)
+    [grant] = [g for g in grants if g.grant_id == grant_id]
+    return errors.ok({"grant": grant.to_json(state.now())})
+
+
+@callback("grant_list", bearer=True)
+async def grant_list(request: web.Request, state: BrokerState, verified: VerifiedBearer | None) -> web.Response:
+    assert verified is not None
+    master = await master_of(state, verified)
+    grants = await state.db.run(store.list_grants, master.omni_account)
+    now = state.now()
+    return errors.ok({"grants": [grant.to_json(now) for grant in grants]})
+
+
+def add_grant_routes(app: web.Application) -> None:
+    app.router.add_post("/v1/grant/create", grant_create)
+    app.router.add_post("/v1/grant/revoke", grant_revoke)
+    app.router.add_get("/v1/grant/list", grant_list)

@@ -1,0 +1,31 @@
+"""Broker storage: one interface (`Database` running `store` operations), SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from agentkeys_kit.broker.config import sqlite_path
+from agentkeys_kit.broker.storage.base import Database, StorageError, UniqueViolation
+from agentkeys_kit.broker.storage.records import AuditEvent, GrantRecord, UserRecord, WalletRecord
+
+
+def open_database(db_url: str, *, schema: str | None = None) -> Database:
+    """A driver for `db_url` (not yet opened): ``sqlite:///PATH`` or ``postgresql://…``;
+    `schema` (PostgreSQL only) keeps the tables in that schema, for isolated test runs."""
+    if db_url.startswith(("postgresql://", "postgres://")):
+        from agentkeys_kit.broker.storage.postgres import PostgresDatabase
+
+        return PostgresDatabase(db_url, schema=schema)
+    from agentkeys_kit.broker.storage.sqlite import SqliteDatabase
+
+    return SqliteDatabase(sqlite_path(db_url))
+
+
+__all__ = [
+    "AuditEvent",
+    "Database",
+    "GrantRecord",
+    "StorageError",
+    "UniqueViolation",
+    "UserRecord",
+    "WalletRecord",
+    "open_database",
+]

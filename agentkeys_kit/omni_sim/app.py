@@ -1,0 +1,249 @@
+"""The aiohttp application: JSON-RPC over HTTP POST and WebSocket on one port (jsonrpsee's
+default), plus simulator-only endpoints under `/_sim/` that the worker does not have.
+
+HTTP framing follows jsonrpsee 0.24 (`server/src/transport/http.rs`): POST with a JSON content
+type (``application/json`` or ``application/json-rpc``, optionally ``; charset=utf-8``) on any
+path; another content type is 415, another method 405 (both plain text); a body above
+`max_request_body_size` (10 MiB) is 413 with the JSON-RPC error -32007; JSON-RPC errors are
+HTTP 200. A WebSocket takes its ``Authorization`` header from the upgrade request, for every call
+on that connection (jsonrpsee PR #1389).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import jwt
+from aiohttp import web
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from agentkeys_kit.omni_sim.clock import SimClock
+from agentkeys_kit.omni_sim.config import SimConfig
+from agentkeys_kit.omni_sim.context import SimContext
+from agentkeys_kit.omni_sim.keystore import public_key_pem
+from agentkeys_kit.omni_sim.methods import METHODS
+from agentkeys_kit.omni_sim.rpc import RpcDispatcher, encode, failure
+
+log = logging.getLogger(__name__)
+
+SIM_CONTEXT = web.AppKey("sim_context", SimContext)
+DISPATCHER = web.AppKey("dispatcher", RpcDispatcher)
+CONFIG = web.AppKey("config", SimConfig)
+
+JSON_CONTENT_TYPES = frozenset(
+    {
+        "application/json",
+        "application/json; charset=utf-8",
+        "application/json;charset=utf-8",
+        "application/json-rpc",
+        "application/json-rpc;charset=utf-8",
+        "application/json-rpc; charset=utf-8",
+    }
+)
+_JSON_HEADERS = {"Content-Type": "application/json; charset=utf-8"}
+_METHOD_NOT_ALLOWED = "Used HTTP Method is not allowed. POST is required\n"
+_UNSUPPORTED_CONTENT_TYPE = "Supplied content type is not allowed. Content-Type: application/json is required\n"
+
+
+def create_app(
+    config: SimConfig,
+    *,
+    clock: SimClock | None = None,
+    jwt_key: rsa.RSAPrivateKey | None = None,
+) -> web.Application:
+    app = web.Application(client_max_size=config.max_request_body_size + 1)
+    app[CONFIG] = config
+
+    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300)
+        async with aiohttp.ClientSession(connector=connector, skip_auto_headers=("User-Agent",)) as session:
+            ctx = SimContext.create(config, session, clock=clock, jwt_key=jwt_key)
+            app[SIM_CONTEXT] = ctx
+            app[DISPATCHER] = RpcDispatcher(ctx, METHODS)
+            yield
+
+    app.cleanup_ctx.append(lifecycle)
+    app.router.add_get("/_sim/info", sim_info)
+    app.router.add_get("/_sim/jwt-public-key", sim_public_key_pem)
+    app.router.add_get("/_sim/jwt-public-key.pem", sim_public_key_pem)
+    app.router.add_get("/_sim/jwt-public-key.jwk", sim_public_key_jwk)
+    app.router.add_get("/_sim/outbox", sim_outbox)
+    app.router.add_delete("/_sim/outbox", sim_outbox_clear)
+    app.router.add_get("/_sim/callbacks", sim_callbacks)
+    app.router.add_delete("/_sim/callbacks", sim_callbacks_clear)
+    app.router.add_get("/_sim/clock", sim_clock)
+    app.router.add_post("/_sim/clock", sim_clock_move)
+    app.router.add_route("*", "/_sim/{tail:.*}", sim_not_found)
+    app.router.add_route("*", "/{tail:.*}", rpc_endpoint)
+    return app
+
+
+# --------------------------------------------------------------------------- JSON-RPC endpoint
+
+
+async def rpc_endpoint(request: web.Request) -> web.StreamResponse:
+    if request.method == "GET" and request.headers.get("Upgrade", "").lower() == "websocket":
+        return await rpc_websocket(request)
+    if request.method != "POST":
+        return web.Response(status=405, text=_METHOD_NOT_ALLOWED)
+    if request.headers.get("Content-Type", "").lower() not in JSON_CONTENT_TYPES:
+        return web.Response(status=415, text=_UNSUPPORTED_CONTENT_TYPE)
+    dispatcher = request.app[DISPATCHER]
+    limit = request.app[CONFIG].max_request_body_size
+    body = await _read_limited(request, limit)
+    if body is None:
+        error = request.app[SIM_CONTEXT].errors.oversized_request(limit)
+        return web.Response(status=413, body=encode(failure(None, error)), headers=_JSON_HEADERS)
+    reply = await dispatcher.handle_body(body, request.headers.get("Authorization"))
+    return web.Response(status=reply.http_status, body=reply.body or b"", headers=_JSON_HEADERS)
+
+
+async def _read_limited(request: web.Request, limit: int) -> bytes | None:
+    if request.content_length is not None and request.content_length > limit:
+        return None
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.content.iter_chunked(64 * 1024):
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def rpc_websocket(request: web.Request) -> web.WebSocketResponse:
+    dispatcher = request.app[DISPATCHER]
+    limit = request.app[CONFIG].max_request_body_size
+    ws = web.WebSocketResponse(max_msg_size=limit + 1)
+    await ws.prepare(request)
+    authorization = request.headers.get("Authorization")
+    pending: set[asyncio.Task[None]] = set()
+
+    async def answer(body: bytes) -> None:
+        if len(body) > limit:
+            error = request.app[SIM_CONTEXT].errors.oversized_request(limit)
+            reply: bytes | None = encode(failure(None, error))
+        else:
+            reply = (await dispatcher.handle_body(body, authorization)).body
+        if reply is not None and not ws.closed:
+            await ws.send_str(reply.decode("utf-8"))
+
+    async for message in ws:
+        if message.type in (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY):
+            data = message.data if isinstance(message.data, bytes) else message.data.encode("utf-8")
+            task = asyncio.create_task(answer(data))
+            pending.add(task)
+            task.add_done_callback(pending.discard)
+        elif message.type is aiohttp.WSMsgType.ERROR:
+            log.debug("websocket closed with %s", ws.exception())
+    if pending:
+        await asyncio.gather(*pending, return_exceptions=True)
+    return ws
+
+
+# --------------------------------------------------------------------------- /_sim/ endpoints
+
+
+def _sim_error(status: int, error: str, message: str) -> web.Response:
+    return web.json_response({"error": error, "message": message}, status=status)
+
+
+async def sim_not_found(request: web.Request) -> web.Response:
+    return _sim_error(404, "not_found", f"no simulator endpoint {request.method} {request.path}")
+
+
+async def sim_info(request: web.Request) -> web.Response:
+    ctx = request.app[SIM_CONTEXT]
+    config = ctx.config
+    return web.json_response(
+        {
+            "simulator": "omni_sim",
+            "profile": ctx.profile.name.value,
+            "error_era": ctx.errors.era.value,
+            "audiences": list(ctx.profile.audiences),
+            "methods": request.app[DISPATCHER].method_names,
+            "backends": {name.value: api.base_url for name, api in ctx.backends.items()},
+            "mailers": {key: mailer.type.value for key, mailer in config.mailers.items()},
+            "jwt_key_sha256": _key_fingerprint(ctx.jwt_public_key),
+            "clock": {
+                "now": ctx.clock.now(),
+                "offset": ctx.clock.offset,
+                "frozen": ctx.clock.frozen,
+            },
+        }
+    )
+
+
+def _key_fingerprint(key: rsa.RSAPublicKey) -> str:
+    from cryptography.hazmat.primitives import serialization
+
+    der = key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.PKCS1)
+    return hashlib.sha256(der).hexdigest()
+
+
+async def sim_public_key_pem(request: web.Request) -> web.Response:
+    ctx = request.app[SIM_CONTEXT]
+    return web.Response(text=public_key_pem(ctx.jwt_key), content_type="application/x-pem-file")
+
+
+async def sim_public_key_jwk(request: web.Request) -> web.Response:
+    ctx = request.app[SIM_CONTEXT]
+    jwk: dict[str, Any] = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(ctx.jwt_public_key))
+    jwk.update({"alg": "RS256", "use": "sig", "kid": _key_fingerprint(ctx.jwt_public_key)[:16]})
+    return web.json_response(jwk)
+
+
+async def sim_outbox(request: web.Request) -> web.Response:
+    mails = request.app[SIM_CONTEXT].outbox.list(request.query.get("to"))
+    return web.json_response({"messages": [mail.to_json() for mail in mails]})
+
+
+async def sim_outbox_clear(request: web.Request) -> web.Response:
+    request.app[SIM_CONTEXT].outbox.clear()
+    return web.json_response({"cleared": True})
+
+
+async def sim_callbacks(request: web.Request) -> web.Response:
+    try:
+        since = int(request.query.get("since", "0"))
+    except ValueError:
+        return _sim_error(400, "bad_request", "since must be an integer")
+    entries = request.app[SIM_CONTEXT].journal.since(since)
+    return web.json_response({"callbacks": [entry.to_json() for entry in entries]})
+
+
+async def sim_callbacks_clear(request: web.Request) -> web.Response:
+    request.app[SIM_CONTEXT].journal.clear()
+    return web.json_response({"cleared": True})
+
+
+async def sim_clock(request: web.Request) -> web.Response:
+    clock = request.app[SIM_CONTEXT].clock
+    return web.json_response({"now": clock.now(), "offset": clock.offset, "frozen": clock.frozen})
+
+
+async def sim_clock_move(request: web.Request) -> web.Response:
+    clock = request.app[SIM_CONTEXT].clock
+    try:
+        body = await request.json()
+    except ValueError:
+        return _sim_error(400, "bad_request", "body must be JSON")
+    if not isinstance(body, dict) or not body.keys() <= {"advance", "freeze"} or not body:
+        return _sim_error(400, "bad_request", 'expected {"advance": seconds} or {"freeze": unix|null}')
+    if "advance" in body:
+        seconds = body["advance"]
+        if isinstance(seconds, bool) or not isinstance(seconds, int) or seconds < 0:
+            return _sim_error(400, "bad_request", "advance must be a non-negative integer")
+        clock.advance(seconds)
+    if "freeze" in body:
+        at = body["freeze"]
+        if at is not None and (isinstance(at, bool) or not isinstance(at, int) or at < 0):
+            return _sim_error(400, "bad_request", "freeze must be a unix time or null")
+        clock.freeze(at)
+    return await sim_clock(request)

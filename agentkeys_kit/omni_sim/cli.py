@@ -1,0 +1,75 @@
+"""`omni-sim run --host --port --profile --error-era --local-dir`.
+
+Configuration comes from the worker's own `OE_*` variables (see `omni_sim.config`); flags win.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Sequence
+
+from agentkeys_kit.omni_sim.config import ConfigError, SimConfig, config_from_env
+from agentkeys_kit.omni_sim.keystore import KeystoreError
+from agentkeys_kit.omni_sim.server import SimServer
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="omni-sim", description="Simulator of the Heima omni-executor JSON-RPC")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="serve JSON-RPC over HTTP and WebSocket on one port")
+    run.add_argument("--host", default=None, help="bind address (default 127.0.0.1)")
+    run.add_argument("--port", type=int, default=None, help="port (default: OE_PUMPX_WORKER_URL's, else 2100)")
+    run.add_argument("--profile", choices=["upstream", "agentkeys-patch"], default=None)
+    run.add_argument("--error-era", choices=["current", "legacy"], default=None)
+    run.add_argument("--local-dir", default=None, help="worker local directory (keystore/ lives here)")
+    run.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        config = config_from_env(
+            host=args.host,
+            port=args.port,
+            profile=args.profile,
+            error_era=args.error_era,
+            local_dir=args.local_dir,
+        )
+    except ConfigError as exc:
+        print(f"omni-sim: configuration error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        asyncio.run(_serve(config))
+    except KeystoreError as exc:
+        print(f"omni-sim: keystore error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"omni-sim: cannot listen on {config.host}:{config.port}: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+async def _serve(config: SimConfig) -> None:
+    async with SimServer(config) as sim:
+        ctx = sim.context
+        print(
+            f"omni-sim listening on {sim.url} (ws: {sim.ws_url})\n"
+            f"  profile={ctx.profile.name} error-era={ctx.errors.era}"
+            f" local-dir={config.local_dir}\n"
+            f"  pumpx API={config.pumpx_api_base_url}"
+            f" agentkeys API={config.agentkeys_api_base_url}\n"
+            f"  JWT public key: {sim.url}_sim/jwt-public-key",
+            flush=True,
+        )
+        await asyncio.Event().wait()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

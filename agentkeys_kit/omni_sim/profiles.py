@@ -1,0 +1,89 @@
+"""The two behaviours the simulator can play.
+
+`upstream` is today's worker: only `wildmeta` logs in (`user_login.rs`: any other client id gets
+-32602 after authentication), the audience allow-list is ``heima, pumpx, wildmeta``, and every
+callback goes to the pumpx API.
+
+`agentkeys-patch` is the executable specification of the Rust patch (DESIGN.md):
+
+* ``CLIENT_ID_AGENTKEYS = "agentkeys"``; `omni_userLogin` for it calls `post_heima_login` on the
+  agentkeys API with the pumpx path, body and envelope;
+* the audience allow-list gains ``agentkeys``;
+* `omni_addWallet` and `omni_requestJwt` call the API of the token's / the request's client;
+* `ClientAuth` gains ``agentkeys_backend {signature}``;
+* `auth_token` login for ``agentkeys`` is bound to its subject: the id token's ``sub`` must be the
+  OmniAccount of ``user_id`` under ``agentkeys`` and its ``aud`` must be ``agentkeys``. Upstream the
+  subject is not compared with ``user_id`` (spec §5.3 observation), so any valid id token logs in as
+  any identity; the broker cannot detect that from the callback, so the patch must close it.
+* web3 sign-in codes and e-mail codes live in separate stores. Upstream both live in one
+  `VerificationCodeStorage` under ``blake2_256(OmniAccount)`` (`request_email_verification_code.rs`,
+  `get_web3_sign_in_message.rs@05ff5857`), so `omni_getWeb3SignInMessage` for the OmniAccount of an
+  e-mail identity returns that e-mail's pending code, and anyone who asks can log in as the
+  mailbox owner without reading the mail. The patch must separate them, for every client;
+* ``wildmeta`` behaviour is otherwise unchanged, byte for byte.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from agentkeys_kit.protocol.auth import AGENTKEYS_BACKEND_VARIANT, CLIENT_AUTH_VARIANTS
+from agentkeys_kit.protocol.serde_rules import Field
+from agentkeys_kit.protocol.tee_jwt import CLIENT_ID_AGENTKEYS, CLIENT_ID_WILDMETA, UPSTREAM_AUDIENCES
+
+
+class ProfileName(StrEnum):
+    UPSTREAM = "upstream"
+    AGENTKEYS_PATCH = "agentkeys-patch"
+
+
+class BackendName(StrEnum):
+    PUMPX = "pumpx"
+    AGENTKEYS = "agentkeys"
+
+
+@dataclass(frozen=True, slots=True)
+class Profile:
+    name: ProfileName
+    audiences: tuple[str, ...]
+    #: client id → API that `omni_userLogin` calls `post_heima_login` on; others get -32602.
+    login_backends: dict[str, BackendName]
+    #: client id → API for `omni_addWallet` / `omni_requestJwt`; unlisted ids use pumpx.
+    client_backends: dict[str, BackendName]
+    client_auth_variants: dict[str, tuple[Field, ...]] = field(default_factory=dict)
+    #: client ids whose `auth_token` login must carry the subject of `user_id`.
+    subject_bound_auth_token_clients: frozenset[str] = frozenset()
+    #: web3 sign-in codes and e-mail codes in separate stores (upstream: one store).
+    separate_code_stores: bool = False
+
+    def backend_for_client(self, client_id: str) -> BackendName:
+        return self.client_backends.get(client_id, BackendName.PUMPX)
+
+
+UPSTREAM = Profile(
+    name=ProfileName.UPSTREAM,
+    audiences=UPSTREAM_AUDIENCES,
+    login_backends={CLIENT_ID_WILDMETA: BackendName.PUMPX},
+    client_backends={},
+    client_auth_variants=CLIENT_AUTH_VARIANTS,
+)
+
+AGENTKEYS_PATCH = Profile(
+    name=ProfileName.AGENTKEYS_PATCH,
+    audiences=(*UPSTREAM_AUDIENCES, CLIENT_ID_AGENTKEYS),
+    login_backends={
+        CLIENT_ID_WILDMETA: BackendName.PUMPX,
+        CLIENT_ID_AGENTKEYS: BackendName.AGENTKEYS,
+    },
+    client_backends={CLIENT_ID_AGENTKEYS: BackendName.AGENTKEYS},
+    client_auth_variants={**CLIENT_AUTH_VARIANTS, **AGENTKEYS_BACKEND_VARIANT},
+    subject_bound_auth_token_clients=frozenset({CLIENT_ID_AGENTKEYS}),
+    separate_code_stores=True,
+)
+
+PROFILES = {profile.name: profile for profile in (UPSTREAM, AGENTKEYS_PATCH)}
+
+
+def profile_named(name: str) -> Profile:
+    return PROFILES[ProfileName(name)]
