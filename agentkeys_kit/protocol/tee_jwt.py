@@ -65,7 +65,21 @@ def encode_auth_token(claims: AuthTokenClaims, key: rsa.RSAPrivateKey) -> str:
 
 
 class TokenRejected(ValueError):
-    """The token fails the worker's validation; `reason` says which rule."""
+    """The token fails the worker's validation; the message says which rule, `kind` is the
+    jsonwebtoken `ErrorKind` the worker reports (``Auth token error: JwtError(<kind>)``)."""
+
+    def __init__(self, message: str, kind: str = "InvalidToken") -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+_PYJWT_KINDS = {
+    "InvalidAudienceError": "InvalidAudience",
+    "InvalidSignatureError": "InvalidSignature",
+    "InvalidAlgorithmError": "InvalidAlgorithm",
+    "ImmatureSignatureError": "ImmatureSignature",
+}
+_I64_MAX = 2**63 - 1
 
 
 def verify_auth_token(
@@ -76,8 +90,17 @@ def verify_auth_token(
     audiences: Collection[str],
     now: int,
     leeway: int = JWT_LEEWAY_SECONDS,
+    worker_exp_rules: bool = False,
 ) -> AuthTokenClaims:
-    """Validate a TEE token as `verify_auth_token_authentication` does; raise `TokenRejected`."""
+    """Validate a TEE token as `verify_auth_token_authentication` does; raise `TokenRejected`.
+
+    `worker_exp_rules` (the simulator only) reproduces how jsonwebtoken 10 and the worker's
+    ``exp: i64`` treat odd expiries: a negative ``exp`` cannot be read as a number by
+    `Validation::validate` (``numeric_type``), so it is not checked and the token never expires;
+    an ``exp`` above ``i64::MAX`` fails to decode into `AuthTokenClaims` and is refused
+    (`core/src/auth/auth_token.rs@c7751f89`). Verifiers of this kit (the broker) keep the strict
+    default: any ``exp`` in the past is expired.
+    """
     try:
         payload: dict[str, Any] = jwt.decode(
             token,
@@ -92,14 +115,18 @@ def verify_auth_token(
             },
         )
     except jwt.PyJWTError as exc:
-        raise TokenRejected(f"{type(exc).__name__}: {exc}") from exc
+        kind = _PYJWT_KINDS.get(type(exc).__name__, "InvalidToken")
+        raise TokenRejected(f"{type(exc).__name__}: {exc}", kind) from exc
     sub, typ, exp, aud = (payload.get(k) for k in ("sub", "typ", "exp", "aud"))
     if not isinstance(sub, str) or not isinstance(typ, str) or not isinstance(aud, str):
-        raise TokenRejected("claims do not deserialize into AuthTokenClaims")
+        raise TokenRejected("claims do not deserialize into AuthTokenClaims", "Json")
     if isinstance(exp, bool) or not isinstance(exp, int):
-        raise TokenRejected("exp is not an integer")
-    if exp < now - leeway:
-        raise TokenRejected("ExpiredSignature")
+        raise TokenRejected("exp is not an integer", "Json")
+    if worker_exp_rules and exp > _I64_MAX:
+        raise TokenRejected("exp does not fit AuthTokenClaims.exp (i64)", "Json")
+    expiry_checked = exp >= 0 or not worker_exp_rules
+    if expiry_checked and exp < now - leeway:
+        raise TokenRejected("ExpiredSignature", "ExpiredSignature")
     if typ != expected_type:
         raise TokenRejected(f"token type {typ!r} is not {expected_type!r}")
     return AuthTokenClaims(sub=sub, typ=typ, exp=exp, aud=aud)
