@@ -28,7 +28,7 @@ import yaml
 
 SCHEMA_PATH = Path(__file__).with_name("suite.schema.json")
 STEP_KINDS = ("let", "rpc", "raw", "broker", "callback", "email", "clock", "fuzz")
-CAPABILITIES = ("sim-clock", "smtp", "tee-signing-key", "broker", "broker-clock", "sim-internals")
+CAPABILITIES = ("sim-clock", "smtp", "tee-signing-key", "broker", "broker-clock", "sim-internals", "oauth2-provider")
 PROFILES = ("upstream", "agentkeys-patch")
 
 _ANY: dict[str, Any] = {}

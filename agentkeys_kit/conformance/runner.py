@@ -239,6 +239,11 @@ class Harness:
             "fake Google issuer": self.google.issuer,
             "OE_GOOGLE_CLIENT_ID_AGENTKEYS": "agentkeys-conformance",
             "OE_GOOGLE_CLIENT_SECRET_AGENTKEYS": "agentkeys-secret",
+            "OE_GOOGLE_CLIENT_ID_WILDMETA": "wildmeta-conformance",
+            "OE_GOOGLE_CLIENT_SECRET_WILDMETA": "wildmeta-secret",
+            "OAuth2 redirect_uri the cases use": self.receiver.url + "oauth2/callback",
+            "OE_WILDMETA_BACKEND_ECDSA_PUBKEY": self.keys.backend_pubkey_hex,
+            "OE_AGENTKEYS_BACKEND_ECDSA_PUBKEY": self.keys.backend_pubkey_hex,
         }
 
     # ------------------------------------------------------------------ running
@@ -318,7 +323,7 @@ class _CaseRun:
     def __init__(self, harness: Harness, case: Case) -> None:
         self.h = harness
         self.case = case
-        self.scope = Scope(harness.keys)
+        self.scope = Scope(harness.keys, google=harness.google)
         self.steps: list[StepResult] = []
         self.exchanges: list[Exchange] = []
         self.verdict = Verdict.PASSED
@@ -339,7 +344,9 @@ class _CaseRun:
         if "broker" in self.case.needs:  # only cases that say so get a broker (and pay its start)
             self.broker = await start_broker(self.h.broker, self.h._key_file)
         self.h.receiver.broker_url = self.broker.url if self.broker else None
-        self.tee = await start_tee(self.h.tee, self.h.receiver, self.h.sink)
+        self.tee = await start_tee(
+            self.h.tee, self.h.receiver, self.h.sink, self.h.google, self.h.keys.backend_pubkey_hex
+        )
         self.scope.values.update(
             {
                 "tee": {**self.tee.info(), "profile": self.h.tee.profile},

@@ -11,7 +11,9 @@
 Capabilities decide which cases apply: ``sim-clock`` (the harness can move the worker's clock),
 ``smtp`` (the worker mails codes to the harness's sink), ``tee-signing-key`` (the harness holds
 the TEE private key), ``broker`` (a broker is configured), ``broker-clock`` (the local broker,
-whose clock the harness moves), ``sim-internals``.
+whose clock the harness moves), ``sim-internals``, ``oauth2-provider`` (the worker exchanges
+OAuth2 codes at the harness's fake Google: the simulator only, since the worker compiles in
+Google's and Apple's token endpoints).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from agentkeys_kit.broker.app import create_app as create_broker_app
 from agentkeys_kit.broker.config import config_from_env as broker_config
 from agentkeys_kit.broker.tee_keys import TeeKeyError, parse_public_key
+from agentkeys_kit.conformance.fake_google import FakeGoogle
 from agentkeys_kit.conformance.mail_sink import MailSink
 from agentkeys_kit.conformance.receiver import CallbackReceiver
 from agentkeys_kit.omni_sim.config import config_from_env as sim_config
@@ -71,7 +74,7 @@ def tee_target(spec: str, profile: str, key_file: str | None) -> TeeTarget:
             private.public_key(),
             private,
             local,
-            {"sim-clock", "smtp", "tee-signing-key", "sim-internals"},
+            {"sim-clock", "smtp", "tee-signing-key", "sim-internals", "oauth2-provider"},
         )
     if not spec.startswith(("http://", "https://")):
         raise TargetError(f"--tee must be 'sim' or an http(s) URL, not {spec!r}")
@@ -109,18 +112,29 @@ class TeeSession:
         return {"url": self.url, "ws_url": self.ws_url}
 
 
-async def start_tee(target: TeeTarget, receiver: CallbackReceiver, sink: MailSink) -> TeeSession:
+async def start_tee(
+    target: TeeTarget,
+    receiver: CallbackReceiver,
+    sink: MailSink,
+    google: FakeGoogle | None = None,
+    backend_pubkey: str | None = None,
+) -> TeeSession:
     if target.kind == "url":
         assert target.url is not None
         return TeeSession(target.url, "ws" + target.url[4:])
-    env = sim_env(receiver, sink)
+    env = sim_env(receiver, sink, google, backend_pubkey)
     config = sim_config(env, host="127.0.0.1", port=0, profile=target.profile, local_dir=target.local_dir)
     sim = SimServer(config, jwt_key=target.private_key)
     await sim.start()
     return TeeSession(sim.url, sim.ws_url, sim)
 
 
-def sim_env(receiver: CallbackReceiver, sink: MailSink) -> dict[str, str]:
+def sim_env(
+    receiver: CallbackReceiver,
+    sink: MailSink,
+    google: FakeGoogle | None = None,
+    backend_pubkey: str | None = None,
+) -> dict[str, str]:
     """What a worker under test must be configured with to call the harness."""
     env = {
         "OE_PUMPX_API_BASE_URL": receiver.api_url("pumpx"),
@@ -131,6 +145,17 @@ def sim_env(receiver: CallbackReceiver, sink: MailSink) -> dict[str, str]:
     for client in ("WILDMETA", "AGENTKEYS"):
         env[f"OE_MAILER_TYPE_{client}"] = "smtp"
         env[f"OE_MAILER_SMTP_URL_{client}"] = sink.url
+        # OAuth2 clients registered at the fake Google (`Harness.__aenter__`); Apple's token
+        # endpoint is pointed at the same provider, which issues the claims Apple's IdToken needs.
+        for provider in ("GOOGLE", "APPLE"):
+            env[f"OE_{provider}_CLIENT_ID_{client}"] = f"{client.lower()}-conformance"
+            env[f"OE_{provider}_CLIENT_SECRET_{client}"] = f"{client.lower()}-secret"
+        if backend_pubkey is not None:
+            env[f"OE_{client}_BACKEND_ECDSA_PUBKEY"] = backend_pubkey
+    if google is not None:
+        for provider in ("GOOGLE", "APPLE"):
+            env[f"OE_SIM_{provider}_AUTHORIZE_URL"] = google.authorization_endpoint
+            env[f"OE_SIM_{provider}_TOKEN_URL"] = google.token_endpoint
     return env
 
 
