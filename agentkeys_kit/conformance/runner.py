@@ -352,6 +352,12 @@ class _CaseRun:
                 "tee": {**self.tee.info(), "profile": self.h.tee.profile},
                 "broker": {"url": self.broker.url if self.broker else None},
                 "case": {"id": self.case.id},
+                # the OAuth2 clients registered at the fake Google for each worker client
+                "oauth2": {
+                    "redirect_uri": self.h.receiver.url + "oauth2/callback",
+                    "wildmeta": "wildmeta-conformance",
+                    "agentkeys": "agentkeys-conformance",
+                },
             }
         )
 
