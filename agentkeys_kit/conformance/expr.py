@@ -118,7 +118,12 @@ class Scope:
             if len(value) == 1:
                 ((key, argument),) = value.items()
                 if isinstance(key, str) and key in FUNCTIONS:
-                    return FUNCTIONS[key](self, self.evaluate(argument))
+                    try:
+                        return FUNCTIONS[key](self, self.evaluate(argument))
+                    except ExprError:
+                        raise
+                    except (ValueError, KeyError, TypeError, IndexError) as exc:
+                        raise ExprError(f"{key}: {type(exc).__name__}: {exc}") from None
             return {key: self.evaluate(item) for key, item in value.items()}
         return value
 

@@ -16,9 +16,9 @@ from typing import Any
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+from fido2 import cbor
 from fido2.cose import ES256
 from fido2.webauthn import (
-    AttestationObject,
     AttestedCredentialData,
     AuthenticatorData,
     CollectedClientData,
@@ -83,10 +83,13 @@ class SoftCredential:
             self.credential_id,
             ES256.from_cryptography_key(self.private_key.public_key()),  # type: ignore[no-untyped-call]
         )
-        auth_data = AuthenticatorData.create(_rp_hash(rp_id), flags_from(flags, UP | UV | AT), 0, credential)
-        attestation = AttestationObject.create("none", auth_data, {})
+        auth_data = bytearray(AuthenticatorData.create(_rp_hash(rp_id), UP | UV | AT, 0, credential))
+        # The flags byte is set afterwards so that negative cases (no AT, no UP…) can be built:
+        # fido2's AuthenticatorData refuses credential data without the AT flag.
+        auth_data[32] = int(flags_from(flags, UP | UV | AT))
+        attestation = cbor.encode({"fmt": "none", "attStmt": {}, "authData": bytes(auth_data)})
         return {
-            "attestation_object": base64url.encode(bytes(attestation)),
+            "attestation_object": base64url.encode(attestation),
             "client_data_json": base64url.encode(bytes(client_data)),
             "credential_id": base64url.encode(self.credential_id),
         }
