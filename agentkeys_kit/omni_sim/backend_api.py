@@ -246,6 +246,8 @@ class BackendApi:
                 data=payload,
                 timeout=self._timeout,
                 allow_redirects=True,
+                # aiohttp would add `Content-Type: application/octet-stream` to a bodiless POST
+                skip_auto_headers=("Content-Type",) if payload is None else (),
             ) as response:
                 entry.status = response.status
                 raw = await response.read()

@@ -301,6 +301,7 @@ class RpcDispatcher:
                 expected_type=token_type_for_method(method),
                 audiences=ctx.profile.audiences,
                 now=ctx.clock.now(),
+                worker_exp_rules=True,
             )
         except TokenRejected as exc:
             log.debug("protected method %s: token refused (%s)", method, exc)
