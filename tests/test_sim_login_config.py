@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
-import pytest
+import json
 
+import aiohttp
+import pytest
+from conftest import SimFactory
+
+from agentkeys_kit.omni_sim.cli import login_summary
 from agentkeys_kit.omni_sim.config import DEFAULT_ENTRY_POINT_ADDRESS, ConfigError, config_from_env
 from agentkeys_kit.omni_sim.login_config import (
     APPLE_TOKEN_URL,
@@ -84,3 +89,33 @@ def test_bad_entry_point_address_is_a_config_error(value: str) -> None:
 def test_bad_backend_pubkey_is_a_config_error(var: str) -> None:
     with pytest.raises(ConfigError, match=var):
         config_from_env({var: "0x1234"})
+
+
+def test_start_banner_and_info_show_the_login_configuration_without_secrets() -> None:
+    env = {
+        "OE_GOOGLE_CLIENT_ID_WILDMETA": "g-id",
+        "OE_GOOGLE_CLIENT_SECRET_WILDMETA": "very-secret",
+        "OE_SIM_GOOGLE_TOKEN_URL": "http://127.0.0.1:1/token",
+        "OE_SIM_PASSKEY_RP_ID_AGENTKEYS": "agentkeys.example",
+    }
+    summary = login_summary(config_from_env(env))
+    assert "wildmeta:google" in summary and "google=http://127.0.0.1:1/token" in summary
+    assert "agentkeys: rp_id=agentkeys.example origins=http://localhost:3000" in summary
+    assert "EntryPoint=0x5ff137d4b0fdcd49dca30c7cf57e578a026d2789" in summary
+    assert "very-secret" not in summary and "g-id" not in summary
+
+
+async def test_sim_info_lists_the_login_configuration(make_sim: SimFactory, http: aiohttp.ClientSession) -> None:
+    sim = await make_sim(
+        env={
+            "OE_GOOGLE_CLIENT_ID_WILDMETA": "g",
+            "OE_GOOGLE_CLIENT_SECRET_WILDMETA": "s",
+            "OE_SIM_PASSKEY_RP_ID_X": "x",
+        }
+    )
+    async with http.get(sim.url + "_sim/info") as response:
+        info = await response.json()
+    assert info["oauth2_clients"] == {"wildmeta": ["google"]}
+    assert info["passkey_overrides"] == {"x": {"rp_id": "x", "allowed_origins": ["http://localhost:3000"]}}
+    assert info["entry_point"] == "0x5ff137d4b0fdcd49dca30c7cf57e578a026d2789"
+    assert "s" not in json.dumps(info["oauth2_clients"])

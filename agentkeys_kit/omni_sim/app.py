@@ -196,6 +196,16 @@ async def sim_info(request: web.Request) -> web.Response:
             "backends": {name.value: api.base_url for name, api in ctx.backends.items()},
             "mailers": {key: mailer.type.value for key, mailer in config.mailers.items()},
             "jwt_key_sha256": _key_fingerprint(ctx.jwt_public_key),
+            "oauth2_clients": {
+                client: sorted(provider.value for provider in providers)
+                for client, providers in sorted(config.oauth2_clients.items())
+            },
+            "oauth2_token_urls": {provider.value: ep.token_url for provider, ep in config.oauth2_providers.items()},
+            "passkey_overrides": {
+                client: {"rp_id": pk.rp_id, "allowed_origins": list(pk.allowed_origins)}
+                for client, pk in sorted(config.passkey_overrides.items())
+            },
+            "entry_point": "0x" + config.entry_point_address.hex(),
             "clock": {
                 "now": ctx.clock.now(),
                 "offset": ctx.clock.offset,
