@@ -165,3 +165,23 @@ def test_checksum_address_is_eip55() -> None:
     assert checksum_address(bytes.fromhex("5aaeb6053f3e94c9b9a09f33669435e7ef1beaed")) == (
         "0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAed"
     )
+
+
+def test_the_harness_hashes_user_operations_with_eth_account_alone() -> None:
+    """`$user_op_hash` (the harness) does not use `protocol.user_operation`; both agree with viem."""
+    from agentkeys_kit.conformance.expr import eip712_user_op_hash
+
+    op = {
+        "sender": "0x" + SENDER.hex(),
+        "nonce": 0,
+        "init_code": "0x",
+        "call_data": "0x",
+        "account_gas_limits": "0x" + _packed(GAS, GAS).hex(),
+        "pre_verification_gas": GAS,
+        "gas_fees": "0x" + _packed(69, 69420).hex(),
+        "paymaster_and_data": "0x",
+    }
+    expected = "a2224e732a1d4e2f923c7c05d586a0aa6cbc42172ec02f31d35fa9a2b8ba9208"
+    assert eip712_user_op_hash(op, ENTRY_POINT_V08, 1).hex() == expected
+    packed = to_packed_user_operation(parse_user_operation(op))
+    assert user_operation_hash(packed, ENTRY_POINT_V08, 1).hex() == expected

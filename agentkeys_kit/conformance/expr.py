@@ -28,7 +28,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from eth_abi.abi import encode as abi_encode
 from eth_abi.grammar import ABIType, BasicType, TupleType, parse
+from eth_account.messages import encode_typed_data
 from eth_hash.auto import keccak
+from eth_utils.address import to_checksum_address
 
 from agentkeys_kit.conformance.fake_google import FakeGoogle
 from agentkeys_kit.conformance.soft_authenticator import SoftCredential
@@ -42,14 +44,7 @@ from agentkeys_kit.protocol.signatures import (
     sign_solana,
     sign_substrate,
 )
-from agentkeys_kit.protocol.user_operation import (
-    DEFAULT_ENTRY_POINT_ADDRESS,
-    backend_digest,
-    checksum_address,
-    parse_user_operation,
-    to_packed_user_operation,
-    user_operation_hash,
-)
+from agentkeys_kit.protocol.user_operation import DEFAULT_ENTRY_POINT_ADDRESS
 
 _WHOLE = re.compile(r"^\$\{([^{}]+)\}$")
 _INNER = re.compile(r"\$\{([^{}]+)\}")
@@ -342,12 +337,69 @@ def b64url(scope: Scope, argument: Any) -> str:
 # --------------------------------------------------------------------------- user operations
 
 
+_USER_OP_TYPES = {
+    "EIP712Domain": [
+        {"name": "name", "type": "string"},
+        {"name": "version", "type": "string"},
+        {"name": "chainId", "type": "uint256"},
+        {"name": "verifyingContract", "type": "address"},
+    ],
+    "PackedUserOperation": [
+        {"name": "sender", "type": "address"},
+        {"name": "nonce", "type": "uint256"},
+        {"name": "initCode", "type": "bytes"},
+        {"name": "callData", "type": "bytes"},
+        {"name": "accountGasLimits", "type": "bytes32"},
+        {"name": "preVerificationGas", "type": "uint256"},
+        {"name": "gasFees", "type": "bytes32"},
+        {"name": "paymasterAndData", "type": "bytes"},
+    ],
+}
+
+
+def eip712_user_op_hash(op: Mapping[str, Any], entry_point: bytes, chain_id: int) -> bytes:
+    """The EntryPoint v0.8 userOpHash (EIP-712, domain ``ERC4337``/``1``) of a user operation in the
+    worker's JSON form, computed with eth-account's typed-data encoder: independent of
+    `protocol.user_operation`, which the simulator uses."""
+    message = {
+        "sender": to_checksum_address(_hex_bytes(str(op["sender"]))),
+        "nonce": int(op["nonce"]),
+        "initCode": _hex_bytes(str(op["init_code"])),
+        "callData": _hex_bytes(str(op["call_data"])),
+        "accountGasLimits": _hex_bytes(str(op["account_gas_limits"])),
+        "preVerificationGas": int(op["pre_verification_gas"]),
+        "gasFees": _hex_bytes(str(op["gas_fees"])),
+        "paymasterAndData": _hex_bytes(str(op["paymaster_and_data"])),
+    }
+    domain = {
+        "name": "ERC4337",
+        "version": "1",
+        "chainId": chain_id,
+        "verifyingContract": to_checksum_address(entry_point),
+    }
+    signable = encode_typed_data(
+        full_message={
+            "types": _USER_OP_TYPES,
+            "primaryType": "PackedUserOperation",
+            "domain": domain,
+            "message": message,
+        }
+    )
+    return keccak(b"\x19" + signable.version + signable.header + signable.body)
+
+
+def _user_op_hashes(args: Mapping[str, Any], operations: list[Any]) -> list[bytes]:
+    entry_point = _hex_bytes(str(args.get("entry_point", DEFAULT_ENTRY_POINT_ADDRESS)))
+    try:
+        return [eip712_user_op_hash(op, entry_point, int(args["chain_id"])) for op in operations]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ExprError(f"not a user operation the harness can hash: {exc}") from None
+
+
 def user_op_hash(scope: Scope, argument: Any) -> str:
     """``{user_operation, chain_id, entry_point?}`` → the EntryPoint's EIP-712 userOpHash."""
     args = _args(argument, "$user_op_hash", "user_operation", "chain_id")
-    entry_point = _hex_bytes(str(args.get("entry_point", DEFAULT_ENTRY_POINT_ADDRESS)))
-    operation = to_packed_user_operation(parse_user_operation(args["user_operation"]))
-    return "0x" + user_operation_hash(operation, entry_point, int(args["chain_id"])).hex()
+    return "0x" + _user_op_hashes(args, [args["user_operation"]])[0].hex()
 
 
 def backend_signature(scope: Scope, argument: Any) -> str:
@@ -355,12 +407,8 @@ def backend_signature(scope: Scope, argument: Any) -> str:
     signature over keccak256 of the operations' hashes, ``r ‖ s ‖ v`` with v 0/1 (plus
     `v_offset`, e.g. 27 for the Ethereum form the worker refuses)."""
     args = _args(argument, "$backend_signature", "user_operations", "chain_id")
-    entry_point = _hex_bytes(str(args.get("entry_point", DEFAULT_ENTRY_POINT_ADDRESS)))
-    hashes = [
-        user_operation_hash(to_packed_user_operation(parse_user_operation(op)), entry_point, int(args["chain_id"]))
-        for op in args["user_operations"]
-    ]
-    signature = scope.keys.backend.sign_recoverable(backend_digest(hashes), hasher=None)
+    digest = keccak(b"".join(_user_op_hashes(args, list(args["user_operations"]))))
+    signature = scope.keys.backend.sign_recoverable(digest, hasher=None)
     return "0x" + (signature[:64] + bytes([signature[64] + int(args.get("v_offset", 0))])).hex()
 
 
@@ -390,7 +438,7 @@ def abi_call(scope: Scope, argument: Any) -> str:
 
 def checksum(scope: Scope, argument: Any) -> str:
     """EIP-55 form of an EVM address (as the worker's Debug prints `Address`)."""
-    return checksum_address(_hex_bytes(str(argument)))
+    return str(to_checksum_address(_hex_bytes(str(argument))))
 
 
 # --------------------------------------------------------------------------- the fake Google
