@@ -273,10 +273,12 @@ def mint_jwt(scope: Scope, argument: Any) -> str:
 
 
 def upper(scope: Scope, argument: Any) -> str:
+    """A text in upper case (Unicode rules)."""
     return str(argument).upper()
 
 
 def lower(scope: Scope, argument: Any) -> str:
+    """A text in lower case (Unicode rules)."""
     return str(argument).lower()
 
 
@@ -294,6 +296,7 @@ def jwt_claims(scope: Scope, argument: Any) -> dict[str, Any]:
 
 
 def sha256_hex(scope: Scope, argument: Any) -> str:
+    """Lowercase hex SHA-256 of a text's UTF-8."""
     return hashlib.sha256(str(argument).encode()).hexdigest()
 
 
@@ -507,3 +510,12 @@ FUNCTIONS: dict[str, Callable[[Scope, Any], Any]] = {
     "$google_id_token": google_id_token,
     "$google_sub": google_sub,
 }
+
+
+def function_reference() -> dict[str, str]:
+    """Each function's name and the first paragraph of its docstring (published in the schema)."""
+    reference = {}
+    for name, function in FUNCTIONS.items():
+        first = (function.__doc__ or "").strip().split("\n\n")[0]
+        reference[name] = " ".join(first.split())
+    return reference

@@ -26,6 +26,8 @@ from typing import Any
 import jsonschema
 import yaml
 
+from agentkeys_kit.conformance.expr import function_reference
+
 SCHEMA_PATH = Path(__file__).with_name("suite.schema.json")
 STEP_KINDS = ("let", "rpc", "raw", "broker", "callback", "email", "clock", "fuzz")
 CAPABILITIES = ("sim-clock", "smtp", "tee-signing-key", "broker", "broker-clock", "sim-internals", "oauth2-provider")
@@ -279,6 +281,24 @@ class Suite:
     description: str = ""
     raw: dict[str, Any] = field(default_factory=dict)
 
+
+SCHEMA["$defs"] = {
+    "function_call": {
+        "description": (
+            "Anywhere a value is expected, a mapping with one key that starts with `$` calls a harness "
+            "function (agentkeys_kit/conformance/expr.py); `${path}` refers to a variable or capture."
+        ),
+        "oneOf": [
+            {
+                "type": "object",
+                "additionalProperties": False,
+                "required": [name],
+                "properties": {name: {"description": doc}},
+            }
+            for name, doc in function_reference().items()
+        ],
+    }
+}
 
 _validator = jsonschema.Draft202012Validator(SCHEMA)
 
