@@ -67,7 +67,6 @@ from benchkit import verdict as _verdict
 CLIENT_ID = "agentkeys"
 CALLBACK_PATH = "/v3/account/post_heima_login"
 TEE_KEY_PATH = ROOT / "fixtures" / "keys" / "auth_token_key.test.bin"
-DEFAULT_PG_DSN = os.environ.get("BROKER_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/test")
 DATABASES = ("sqlite", "postgresql")
 RATE_TARGETS = {"sqlite": 1000.0, "postgresql": 800.0}
 P99_TARGET_MS = 50.0
@@ -693,7 +692,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--concurrency", type=int, default=64, help="concurrent callers (64)")
     parser.add_argument("--identities", type=int, default=2000, help="EVM identities, one token each (2000)")
     parser.add_argument("--only", choices=DATABASES, default=None, help="run one database only")
-    parser.add_argument("--pg-dsn", default=DEFAULT_PG_DSN, help=f"PostgreSQL DSN ({DEFAULT_PG_DSN})")
+    parser.add_argument(
+        "--pg-dsn",
+        default=None,
+        help="PostgreSQL DSN (default: BROKER_TEST_PG_DSN, else 127.0.0.1:5432, else a throwaway server of our own)",
+    )
     parser.add_argument("--max-ops", type=int, default=2_000_000, help="cap on callbacks per database")
     parser.add_argument("--request-timeout", type=float, default=10.0, help="per request, s (10)")
     parser.add_argument(
@@ -736,7 +739,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return await bench(args)
 
     try:
-        figures = asyncio.run(bounded())
+        with contextlib.ExitStack() as stack:
+            if args.only != "sqlite":  # the PostgreSQL of this machine, or one of our own for the run
+                args.pg_dsn = stack.enter_context(benchkit.postgres(args.pg_dsn))
+            figures = asyncio.run(bounded())
     except (SetupError, OSError, TimeoutError) as exc:
         print(f"bench_broker: setup failed: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2
