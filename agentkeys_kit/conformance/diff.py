@@ -87,7 +87,9 @@ def normalise_value(value: Any) -> Any:
                 "claims": normalise_value({k: v for k, v in claims.items() if k not in VOLATILE_CLAIMS}),
                 "claims_order": list(claims),
             }
-            return {"$bearer": {"$jwt": decoded}} if prefix else {"$jwt": decoded}
+            if prefix == "Bearer ":
+                return {"$bearer": {"$jwt": decoded}}
+            return {"$prefix": prefix, "$jwt": decoded} if prefix else {"$jwt": decoded}
         token = _TOKEN.match(value)
         if token is not None:
             return f"{token.group(1) or ''}<token>"
@@ -111,7 +113,7 @@ def normalise_exchange(exchange: Exchange) -> dict[str, Any]:
         response = {key: value for key, value in response.items() if key != "id"}  # the harness's counter
     if exchange.leg == "client→worker" and isinstance(request, dict) and isinstance(request.get("json"), dict):
         request = {**request, "json": {k: v for k, v in request["json"].items() if k != "id"}}
-    if exchange.leg.startswith("worker→harness (smtp") and isinstance(response, dict):
+    if exchange.leg.startswith(("worker→harness (smtp", "worker→harness (sendgrid")) and isinstance(response, dict):
         response = {key: value for key, value in response.items() if key != "at"}
     return {
         "leg": exchange.leg,

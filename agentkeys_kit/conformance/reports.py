@@ -56,7 +56,8 @@ ICONS = {
 # Headers every HTTP client adds; they say nothing about the contract.
 NOISE_HEADERS = frozenset({"host", "accept", "accept-encoding", "content-length", "user-agent", "connection", "date"})
 
-_JWT = re.compile(r"^(Bearer )?([A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*)$")
+# "Bearer Bearer <jwt>" and "bearer <jwt>" too: the bearer-stripping cases send odd schemes on purpose
+_JWT = re.compile(r"^((?:(?i:bearer) )*)([A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*)$")
 _XML_ILLEGAL = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
 _CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _MERMAID_UNSAFE = re.compile(r"[^A-Za-z0-9 _./@=,()+\-]+")
@@ -438,7 +439,7 @@ def mermaid_lines(exchange: Exchange) -> list[str]:
             f"Harness->>Broker: {mermaid_label(exchange.summary + suffix)}",
             f"Broker-->>Harness: {mermaid_label(_http_reply_label(exchange.response))}",
         ]
-    if leg.startswith("worker→harness (smtp"):
+    if leg.startswith(("worker→harness (smtp", "worker→harness (sendgrid")):
         return [f"Worker->>Harness: {mermaid_label('mail ' + exchange.summary.removeprefix('mail '))}"]
     return [f"Note over Client,Broker: {mermaid_label(leg + ' ' + exchange.summary)}"]
 
