@@ -253,6 +253,8 @@ class RunDiff:
 def _stamp_json(run: RunResult) -> dict[str, Any]:
     return {
         "tee": run.tee,
+        "deviations": run.deviations,
+        "declared": run.declared,
         "tee_version": run.tee_version,
         "broker": run.broker,
         "started_at": run.started_at,
@@ -332,6 +334,11 @@ def diff_markdown(result: RunDiff) -> str:
         f"| **Worker (TEE)** | {_cell(a.tee)} | {_cell(b.tee)} |",
         f"| **Worker version** | {_cell(a.tee_version)} | {_cell(b.tee_version)} |",
         f"| **Broker** | {_cell(a.broker)} | {_cell(b.broker)} |",
+        f"| **Known deviations** | {_cell(a.deviations)} | {_cell(b.deviations)} |",
+        *(
+            f"| **{_cell(name)}** | {_cell(a.declared.get(name, '—'))} | {_cell(b.declared.get(name, '—'))} |"
+            for name in dict.fromkeys([*a.declared, *b.declared])
+        ),
         f"| **Date** | {run_date(a)} | {run_date(b)} |",
         f"| **Cases** | {len(a.results)}: {_cell(counts_text(a))} | {len(b.results)}: {_cell(counts_text(b))} |",
         f"| **Verdict** | {_cell(overall_verdict(a))} | {_cell(overall_verdict(b))} |",
