@@ -117,7 +117,7 @@ async def run_preflight(h: Harness, health: Any) -> list[Check]:
 
 def failure_message(url: str, checks: list[Check]) -> str:
     lines = [f"preflight failed: the worker at {url} is not configured for this harness; no case ran."]
-    lines += [check.line for check in checks if not check.ok]
+    lines += [check.line for check in checks if not check.ok and check.fatal]
     return "\n".join(lines)
 
 
@@ -155,7 +155,7 @@ async def _login_checks(h: Harness, url: str, client: str, api: str, variable: s
     code = error.get("code") if isinstance(error, dict) else None
     if client == "agentkeys" and code == -32602:
         note = "the worker refuses client agentkeys (-32602, today's upstream behaviour): the patch clauses will fail"
-        return [Check(name, True, note, fatal=False)]
+        return [Check(name, False, note, fatal=False)]
     if code in _BACKEND_FAILURES:
         return [Check(name, False, f"the worker could not call post_heima_login for {client} ({_short(error)}): {fix}")]
     return [Check(name, False, f"the {client} login made no callback and answered {_short(answer)}")]

@@ -76,7 +76,7 @@ def load_tee_key(path: str | Path) -> TeeKey:
             continue
     if loaded is not None:
         if not isinstance(loaded, rsa.RSAPrivateKey):
-            raise TargetError(f"--tee-key {source}: a {type(loaded).__name__}, not the worker's RSA key")
+            raise TargetError(f"--tee-key {source}: not the worker's RSA key but {type(loaded).__name__}")
         return TeeKey(_sized(loaded.public_key(), source), loaded, source)
     for load_public in (serialization.load_der_public_key, serialization.load_pem_public_key):
         try:
@@ -90,7 +90,7 @@ def load_tee_key(path: str | Path) -> TeeKey:
             "or a PEM/DER RSA private or public key)"
         )
     if not isinstance(loaded, rsa.RSAPublicKey):
-        raise TargetError(f"--tee-key {source}: a {type(loaded).__name__}, not the worker's RSA key")
+        raise TargetError(f"--tee-key {source}: not the worker's RSA key but {type(loaded).__name__}")
     return TeeKey(_sized(loaded, source), None, source)
 
 
