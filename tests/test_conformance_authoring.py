@@ -41,9 +41,9 @@ def refusal(path: Path) -> str:
 
 def readme_suite() -> str:
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    section = readme.split("Writing a case", 1)[1]
+    section = readme.split("Writing a suite: a whole file", 1)[1]
     found = re.search(r"```yaml\n(.*?)```", section, re.S)
-    assert found is not None, "the README has a YAML example after 'Writing a case'"
+    assert found is not None, "the README has a YAML example after 'Writing a suite'"
     return found.group(1)
 
 

@@ -53,7 +53,7 @@ class TeeKey:
 
     @property
     def kind(self) -> str:
-        return "private key (the harness can sign as the worker)" if self.private else "public key only"
+        return "private key: the harness can sign as the worker" if self.private else "public key only"
 
 
 def load_tee_key(path: str | Path) -> TeeKey:
