@@ -374,6 +374,15 @@ def test_the_report_never_claims_what_a_url_worker_was_configured_with() -> None
     assert "http://10.0.0.1:8701/" in section and "`X` = `y`" in section
 
 
+def test_the_report_says_up_front_which_cases_a_public_key_could_not_run() -> None:
+    run = make_run()
+    reason = "needs the worker's private key (--tee-key auth_token_key.bin): the case signs tokens as the worker"
+    run.results.append(CaseResult(case("broker.token.expired", suite="broker"), Verdict.NOT_APPLICABLE, reason))
+    header = markdown_report(run).split("## What the agentkeys patch must do")[0]
+    assert "With the worker's public key only, 1 case(s) could not run" in header and "`broker.token.expired`" in header
+    assert "could not run" not in markdown_report(make_run()).split("## What the agentkeys patch must do")[0]
+
+
 def test_extra_sections_follow_the_patch_section() -> None:
     report = markdown_report(make_run(), extra_sections=[lambda run: ["## Reviewers' findings", "", "none", ""]])
     headings = [line for line in report.splitlines() if line.startswith("## ")]

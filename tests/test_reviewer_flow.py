@@ -124,6 +124,13 @@ worker2:
     assert patched.returncode == 0, patched.stdout + patched.stderr
     counts = assert_nothing_failed(tmp_path / "patched")
     assert counts.get("passed", 0) > 100 and "expected_failure" not in counts
+    transcript = json.loads((tmp_path / "patched" / "transcript.json").read_text(encoding="utf-8"))
+    assert transcript["tee_kind"] == "url" and transcript["declared"]["mailer"] == "sendgrid"
+    assert {check["name"] for check in transcript["preflight"] if check["ok"]} >= {
+        "health",
+        "JWT key",
+        "mail (agentkeys)",
+    }
 
     # 4. run, patched profile, public key only: the signing cases are not applicable, with the reason
     public = tmp_path / "patched-public.pem"

@@ -110,7 +110,13 @@ def transcript(run: RunResult) -> dict[str, object]:
         "started_at": run.started_at,
         "duration_s": round(run.duration, 3),
         "ok": run.ok,
+        "tee_kind": run.tee_kind,
+        "profile": run.profile,
+        "declared": run.declared,
+        "deviations": run.deviations,
+        "served": run.served,
         "environment": run.environment,
+        "preflight": run.preflight,
         "cases": [result.to_json() for result in run.results],
     }
 
@@ -578,6 +584,20 @@ def _verdict_section(run: RunResult) -> list[str]:
         "",
         "Full evidence is in `transcript.json`, CI results in `junit.xml` next to this file; "
         "[how to read this report](#how-to-read-this) is at the end.",
+        "",
+        *_key_note(run),
+    ]
+
+
+def _key_note(run: RunResult) -> list[str]:
+    """With the worker's public key only, say at once which cases that left out."""
+    unsigned = [r.case.id for r in run.results if r.verdict is Verdict.NOT_APPLICABLE and "private key" in r.reason]
+    if not unsigned:
+        return []
+    listed = ", ".join(f"`{case_id}`" for case_id in unsigned)
+    return [
+        f"With the worker's public key only, {len(unsigned)} case(s) could not run: they sign tokens as the "
+        f"worker and need its `auth_token_key.bin` as `--tee-key`: {listed}.",
         "",
     ]
 
