@@ -5,7 +5,11 @@ Legs recorded (the transcript and the sequence diagrams come from them):
 * ``client→worker`` — a JSON-RPC call the harness makes as the client (HTTP or WebSocket);
 * ``worker→harness`` — a callback the worker made, with the harness's scripted reply, or
   ``worker→broker`` when the harness forwarded it to the broker and relayed the broker's reply;
-* ``harness→broker`` — an HTTP call to the broker, or a callback sent as the worker would.
+* ``harness→broker`` — an HTTP call to the broker, or a callback sent as the worker would;
+* ``worker→harness (sendgrid)`` / ``(smtp)`` — a verification mail the worker sent to the harness.
+
+Cases run one after the other; against a URL target they share the one worker, which is why
+suites use fresh wallets and addresses in every case.
 """
 
 from __future__ import annotations
@@ -29,10 +33,11 @@ from cryptography.hazmat.primitives import serialization
 
 from agentkeys_kit.conformance.expr import ExprError, Keys, Scope
 from agentkeys_kit.conformance.fuzz import EDGE_PAYLOADS, generate_payloads
+from agentkeys_kit.conformance.mail_sink import Mailbox
 from agentkeys_kit.conformance.matchers import Mismatch, match
 from agentkeys_kit.conformance.model import Case, Step, Suite
 from agentkeys_kit.conformance.parties import Parties, PartyAddresses
-from agentkeys_kit.conformance.receiver import BROKER_PATHS, CallbackScript
+from agentkeys_kit.conformance.receiver import BROKER_PATHS, CallbackReceiver, CallbackScript
 from agentkeys_kit.conformance.targets import (
     BrokerSession,
     BrokerTarget,
@@ -224,11 +229,11 @@ class Harness:
         self._brokers = itertools.count(1)
 
     @property
-    def receiver(self) -> Any:
+    def receiver(self) -> CallbackReceiver:
         return self.parties.receiver
 
     @property
-    def mailbox(self) -> Any:
+    def mailbox(self) -> Mailbox:
         return self.parties.mailbox
 
     @property
