@@ -63,12 +63,12 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run suites against a worker and a broker")
     _suite_args(run)
     _target_args(run)
-    run.add_argument("--report", default="reports", help="directory for every report (default: reports)")
+    run.add_argument("--report", metavar="DIR", default="reports", help="directory for every report (default: reports)")
     diff = sub.add_parser("diff", help="run suites against two workers and diff every leg")
     _suite_args(diff)
     _target_args(diff)
     _worker_args(diff, "tee2", "the second worker")
-    diff.add_argument("--report", default="reports")
+    diff.add_argument("--report", metavar="DIR", default="reports", help="directory for diff.md and diff.json")
     serve = sub.add_parser("serve", help="start the parties, print the worker's OE_* lines, wait for it, preflight")
     _target_args(serve, suites=False)
     serve.add_argument("--wait", type=float, default=300.0, help="seconds to wait for the worker (default 300)")
@@ -86,16 +86,29 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _suite_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("suites", nargs="*", type=Path, default=[SUITES_DIR], help="suite files or directories")
-    parser.add_argument("-k", dest="select", default=None, help="only cases whose id contains this text")
+    parser.add_argument(
+        "-k", dest="select", metavar="TEXT", default=None, help="only cases whose id contains this text"
+    )
 
 
 def _target_args(parser: argparse.ArgumentParser, *, suites: bool = True) -> None:
-    parser.add_argument("--target", type=Path, default=None, help="target file: parties' addresses and the worker")
+    parser.add_argument(
+        "--target", type=Path, metavar="FILE", default=None, help="target file: parties' addresses and the worker"
+    )
     _worker_args(parser, "tee", "the worker: 'sim' (in-process) or its URL")
-    parser.add_argument("--broker", default=None, help="'local' (in-process, default), 'none' or the broker's URL")
-    parser.add_argument("--listen", default=None, help="address the parties bind (default 127.0.0.1)")
-    parser.add_argument("--advertise", default=None, help="host the worker reaches the parties at (default: --listen)")
-    parser.add_argument("--port-base", type=int, default=None, help="parties on PORT..PORT+3 (default 8701..8704)")
+    parser.add_argument(
+        "--broker",
+        metavar="local|none|URL",
+        default=None,
+        help="'local' (in-process, default), 'none' or the broker's URL",
+    )
+    parser.add_argument("--listen", metavar="HOST", default=None, help="address the parties bind (default 127.0.0.1)")
+    parser.add_argument(
+        "--advertise", metavar="HOST", default=None, help="host the worker reaches the parties at (default: --listen)"
+    )
+    parser.add_argument(
+        "--port-base", type=int, metavar="N", default=None, help="parties on PORT..PORT+3 (default 8701..8704)"
+    )
     if suites:
         parser.add_argument(
             "--wait-for-worker", type=float, default=0.0, metavar="S", help="wait up to S seconds for a URL worker"
@@ -104,15 +117,23 @@ def _target_args(parser: argparse.ArgumentParser, *, suites: bool = True) -> Non
 
 def _worker_args(parser: argparse.ArgumentParser, prefix: str, what: str) -> None:
     flag = f"--{prefix}"
-    parser.add_argument(flag, default=None, help=what)
-    parser.add_argument(f"{flag}-profile", default=None, choices=["upstream", "agentkeys-patch"])
-    parser.add_argument(f"{flag}-key", default=None, help="auth_token_key.bin (private) or the JWT public key")
+    parser.add_argument(flag, metavar="sim|URL", default=None, help=what)
+    parser.add_argument(
+        f"{flag}-profile", default=None, choices=["upstream", "agentkeys-patch"], help="default agentkeys-patch"
+    )
+    parser.add_argument(
+        f"{flag}-key", metavar="FILE", default=None, help="auth_token_key.bin (private) or the JWT public key"
+    )
     parser.add_argument(f"{flag}-mailer", default=None, choices=list(MAILERS), help="declared mailer of a URL worker")
     parser.add_argument(f"{flag}-clock", default=None, choices=["sim", "none"], help="sim: its /_sim/clock may move")
     parser.add_argument(f"{flag}-sim-endpoints", action="store_true", default=None, help="it serves /_sim/ endpoints")
     deviations = "--deviations" if prefix == "tee" else f"{flag}-deviations"
     parser.add_argument(
-        deviations, dest=f"{prefix}_deviations", default=None, help="deviation file, shipped name or none"
+        deviations,
+        dest=f"{prefix}_deviations",
+        metavar="NAME|FILE|none",
+        default=None,
+        help="deviation file, shipped name or none",
     )
 
 
