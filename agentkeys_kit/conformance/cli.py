@@ -25,11 +25,10 @@ import argparse
 import asyncio
 import signal
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from types import FrameType
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 
@@ -52,6 +51,7 @@ SUITES_DIR = Path(__file__).with_name("suites")
 __all__ = ["DEVIATIONS_DIR", "SUITES_DIR", "main"]
 
 EXIT_OK, EXIT_CASES, EXIT_USAGE, EXIT_WORKER = 0, 1, 2, 3
+T = TypeVar("T")
 
 
 # ---------------------------------------------------------------------------------------------- arguments
@@ -372,7 +372,7 @@ def run_command(args: argparse.Namespace, target: TargetFile) -> int:
     worker = _choose(args, "tee", target.worker, None)
     parties = _parties(args, target, worker)
     broker = args.broker or target.broker
-    result = asyncio.run(execute(worker, broker, parties, suites, known, args.wait_for_worker))
+    result = _run(execute(worker, broker, parties, suites, known, args.wait_for_worker))
     paths = write_reports(result, Path(args.report))
     _print(console_summary(result))
     _print("reports: " + ", ".join(str(p) for p in paths))
@@ -391,7 +391,7 @@ def diff_command(args: argparse.Namespace, target: TargetFile) -> int:
     runs = []
     for label, worker in (("A", first), ("B", second)):
         _print(f"\n=== {label}: {worker.spec} ({worker.profile}) ===")
-        runs.append(asyncio.run(execute(worker, broker, parties, suites, known, args.wait_for_worker)))
+        runs.append(_run(execute(worker, broker, parties, suites, known, args.wait_for_worker)))
         _print(console_summary(runs[-1]))
     path = write_diff(runs[0], runs[1], Path(args.report))
     compared = compare(runs[0], runs[1])
@@ -409,10 +409,25 @@ def diff_command(args: argparse.Namespace, target: TargetFile) -> int:
 # ---------------------------------------------------------------------------------------------- main
 
 
-def _terminate_like_interrupt(signum: int, frame: FrameType | None) -> None:
-    # SIGTERM (CI timeouts, `kill`) unwinds like Ctrl-C, so every `async with` closes and the
-    # harness removes its temporary directory (and the simulator's keys in it).
-    raise KeyboardInterrupt
+def _run(work: Coroutine[Any, Any, T]) -> T:
+    """`asyncio.run`, where SIGTERM (CI timeouts, `kill`) stops the work as Ctrl-C does: by cancelling
+    it, so every `async with` closes and the harness removes its temporary directory (and the
+    simulator's keys in it) before the process ends."""
+
+    async def guarded() -> T:
+        task = asyncio.current_task()
+        assert task is not None
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, task.cancel)
+        try:
+            return await work
+        finally:
+            loop.remove_signal_handler(signal.SIGTERM)
+
+    try:
+        return asyncio.run(guarded())
+    except asyncio.CancelledError:
+        raise KeyboardInterrupt from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -420,7 +435,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "schema":
         sys.stdout.write(published_schema())
         return EXIT_OK
-    previous = signal.signal(signal.SIGTERM, _terminate_like_interrupt)
     commands: dict[str, Callable[[], int]] = {
         "list": lambda: list_cases(args),
         "check": lambda: check_files(args),
@@ -432,7 +446,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "env":
             return env_lines(args, target)
         if args.command == "serve":
-            return asyncio.run(serve(args, target))
+            return _run(serve(args, target))
         if args.command == "run":
             return run_command(args, target)
         return diff_command(args, target)
@@ -445,8 +459,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("conformance: interrupted", file=sys.stderr)
         return 130
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":
