@@ -487,3 +487,19 @@ def test_an_interrupted_run_leaves_no_temporary_files(tmp_path: Path, signum: in
     assert run.returncode == 130, out
     assert "conformance: interrupted" in out
     assert list(tmp.iterdir()) == []
+
+
+def test_a_declared_clock_is_checked_and_a_moved_one_refused(
+    tmp_path: Path, sims: list[SimProcess], capsys: pytest.CaptureFixture[str]
+) -> None:
+    base = free_port_base()
+    assert main(["env", "--tee", "http://w/", "--port-base", str(base)]) == 0
+    sim = start_sim(sims, tmp_path, parse_env_lines(capsys.readouterr().out))
+    moves = {"id": "tiny.moves-the-clock", "clause": "the worker's clock moves", "needs": ["sim-clock"]}
+    suite = write_suite(tmp_path, {**moves, "steps": [{"clock": {"advance": 60}}]})
+    key = str(sim.local_dir / "keystore" / "auth_token_key.bin")
+    args = ["run", str(suite), "--tee", sim.url, "--tee-key", key, "--tee-clock", "sim", "--port-base", str(base)]
+    assert main([*args, "--deviations", "none", "--report", str(tmp_path / "first")]) == 0
+    assert "ok   clock:" in capsys.readouterr().out
+    assert main([*args, "--deviations", "none", "--report", str(tmp_path / "second")]) == 3
+    assert "clock: the worker's clock was moved before this run (offset 60 s" in capsys.readouterr().err

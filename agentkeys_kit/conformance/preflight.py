@@ -15,7 +15,8 @@ each with "the worker made 0 calls"; one clear message instead is the point of t
      clauses test;
    * *mail (<client>)*, when a mailer that reaches the harness is declared — a code requested for
      each client must arrive at the SendGrid stand-in (or SMTP sink);
-   * *clock* and *simulator endpoints*, when declared — the simulator's ``/_sim/`` answers.
+   * *clock* and *simulator endpoints*, when declared — the simulator's ``/_sim/`` answers, and its
+     clock has not been moved yet (it only moves forward: one run per omni-sim started);
 
    A failed fatal check stops the run before any case, with every problem and the variable that
    fixes it (`PreflightFailed`).
@@ -109,7 +110,7 @@ async def run_preflight(h: Harness, health: Any) -> list[Check]:
         for client in ("wildmeta", "agentkeys"):
             checks.append(await _mail_check(h, url, client))
     if h.tee.clock:
-        checks.append(await _sim_endpoint_check(h, url, "_sim/clock", "clock"))
+        checks.append(await _clock_check(h, url))
     if h.tee.sim_endpoints:
         checks.append(await _sim_endpoint_check(h, url, "_sim/info", "simulator endpoints"))
     return checks
@@ -215,6 +216,25 @@ async def _sim_endpoint_check(h: Harness, url: str, path: str, name: str) -> Che
             name, False, f"GET {url}{path} answered HTTP {status}: declared, but the worker is not an omni-sim"
         )
     return Check(name, True, f"{url}{path} answers")
+
+
+async def _clock_check(h: Harness, url: str) -> Check:
+    """A declared clock must be the wall clock: the simulator's clock only moves forward, so a worker
+    an earlier run moved (expiry cases advance it by days) would fail every case that checks a
+    token's lifetime against the harness's own clock."""
+    endpoint = await _sim_endpoint_check(h, url, "_sim/clock", "clock")
+    if not endpoint.ok:
+        return endpoint
+    async with h.http.get(url + "_sim/clock") as response:
+        clock = await response.json(content_type=None)
+    offset = clock.get("offset") if isinstance(clock, dict) else None
+    frozen = clock.get("frozen") if isinstance(clock, dict) else None
+    if offset != 0 or frozen:
+        detail = (
+            f"the worker's clock was moved before this run (offset {offset} s, frozen {frozen}): restart the omni-sim"
+        )
+        return Check("clock", False, detail)
+    return Check("clock", True, f"{url}_sim/clock answers and is the wall clock; the expiry cases will move it")
 
 
 def _calls(calls: list[ObservedCallback]) -> str:
