@@ -65,7 +65,9 @@ async def _serve(config: SimConfig) -> None:
             f" local-dir={config.local_dir}\n"
             f"  pumpx API={config.pumpx_api_base_url}"
             f" agentkeys API={config.agentkeys_api_base_url}\n"
-            f"  JWT public key: {sim.url}_sim/jwt-public-key",
+            f"  JWT public key: {sim.url}_sim/jwt-public-key\n"
+            + "".join(f"  mailer {mailer.describe()}\n" for mailer in config.mailers.values()),
+            end="",
             flush=True,
         )
         await asyncio.Event().wait()

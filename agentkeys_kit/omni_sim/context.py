@@ -39,6 +39,7 @@ class SimContext:
     #: the e-mail codes' store: `codes` itself upstream, a store of its own in the patch
     email_codes: VerificationCodeStore | None = None
     _mailers: dict[str, Mailer] = field(default_factory=dict)
+    http: aiohttp.ClientSession | None = None  # the outbound client (the SendGrid mailer posts with it)
 
     @classmethod
     def create(
@@ -71,6 +72,7 @@ class SimContext:
             backends=backends,
             codes=codes,
             email_codes=VerificationCodeStore() if profile.separate_code_stores else codes,
+            http=session,
         )
 
     @property
@@ -88,7 +90,7 @@ class SimContext:
             mailer_config = self.config.mailer_for(client_id)
             if mailer_config is None:
                 return None
-            mailer = build_mailer(mailer_config, self.outbox)
+            mailer = build_mailer(mailer_config, self.outbox, self.http, self.config.callback_timeout)
             self._mailers[cache_key] = mailer
         return mailer
 
