@@ -18,10 +18,11 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from agentkeys_kit.broker.app import create_app as create_broker_app
 from agentkeys_kit.broker.config import config_from_env as broker_config_from_env
+from agentkeys_kit.broker.server import BrokerServer
 from agentkeys_kit.broker.state import STATE, BrokerState
 from agentkeys_kit.omni_sim.config import SimConfig, config_from_env
 from agentkeys_kit.omni_sim.keystore import load_auth_token_key, load_pkcs1_der, load_shielding_key
-from agentkeys_kit.omni_sim.server import ServedApp, SimServer
+from agentkeys_kit.omni_sim.server import SimServer
 from agentkeys_kit.protocol.tee_jwt import AuthTokenClaims, encode_auth_token
 from fixtures.recording_backend import RecordingBackend
 
@@ -153,7 +154,7 @@ async def _drop_schema(schema: str) -> None:
 class BrokerHandle:
     """A running broker on a free loopback port, with the state tests inspect."""
 
-    def __init__(self, app: web.Application, served: ServedApp) -> None:
+    def __init__(self, app: web.Application, served: BrokerServer) -> None:
         self.app = app
         self.served = served
         self.url = served.url
@@ -178,8 +179,9 @@ async def make_broker(db_url: tuple[str, str | None], tee_key: rsa.RSAPrivateKey
         values = {"BROKER_DB_URL": url, "BROKER_TEE_JWT_PUBLIC_KEY": str(TEE_PUBLIC_KEY_PATH), **(env or {})}
         if schema is not None:
             values["BROKER_DB_SCHEMA"] = schema
-        app = create_broker_app(broker_config_from_env(values), clock=clock)
-        served = ServedApp()
+        config = broker_config_from_env(values)
+        app = create_broker_app(config, clock=clock)
+        served = BrokerServer(config, port=0)  # the server `agentkeys-broker run` uses, limits included
         await served.start(app)
         handle = BrokerHandle(app, served)
         started.append(handle)
