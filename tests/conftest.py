@@ -174,13 +174,20 @@ BrokerFactory = Callable[..., Awaitable[BrokerHandle]]
 async def make_broker(db_url: tuple[str, str | None], tee_key: rsa.RSAPrivateKey) -> AsyncIterator[BrokerFactory]:
     started: list[BrokerHandle] = []
 
-    async def factory(env: dict[str, str] | None = None, clock: Callable[[], float] = time.time) -> BrokerHandle:
+    async def factory(
+        env: dict[str, str] | None = None,
+        clock: Callable[[], float] = time.time,
+        routes: list[tuple[str, str, Any]] | None = None,
+    ) -> BrokerHandle:
+        """A broker on a free port; `routes` adds test-only handlers (method, path, handler)."""
         url, schema = db_url
         values = {"BROKER_DB_URL": url, "BROKER_TEE_JWT_PUBLIC_KEY": str(TEE_PUBLIC_KEY_PATH), **(env or {})}
         if schema is not None:
             values["BROKER_DB_SCHEMA"] = schema
         config = broker_config_from_env(values)
         app = create_broker_app(config, clock=clock)
+        for method, path, handler in routes or []:
+            app.router.add_route(method, path, handler)
         served = BrokerServer(config, port=0)  # the server `agentkeys-broker run` uses, limits included
         await served.start(app)
         handle = BrokerHandle(app, served)
