@@ -48,6 +48,9 @@ log = logging.getLogger("agentkeys_kit.broker.server")
 
 #: File descriptors kept for the database, log files and listening sockets beyond connections.
 FD_RESERVE = 64
+#: The listen backlog; asyncio accepts up to this many sockets in one go before the cap can close
+#: any, so the cap leaves that many descriptors free too (else accept() fails with EMFILE).
+ACCEPT_BACKLOG = 128
 #: A wanted open-file limit when the hard limit is unlimited (the kernel's usual `nr_open`).
 FD_WANTED = 1 << 20
 LOG_EVERY_SECONDS = 10.0
@@ -84,10 +87,10 @@ def raise_open_file_limit() -> tuple[int, int]:
 
 
 def connection_limit(configured: int, open_files: int) -> int:
-    """The cap that fits the open-file limit with `FD_RESERVE` to spare (at least 1)."""
+    """The cap that fits the open-file limit with `FD_RESERVE` and `ACCEPT_BACKLOG` to spare (at least 1)."""
     if open_files == resource.RLIM_INFINITY:
         return configured
-    return max(1, min(configured, open_files - FD_RESERVE))
+    return max(1, min(configured, open_files - FD_RESERVE - ACCEPT_BACKLOG))
 
 
 # --------------------------------------------------------------------------- rate-limited warnings
@@ -346,7 +349,7 @@ class BrokerServer:
         runner = BrokerRunner(app, self.config, self.connection_cap)
         await runner.setup()
         try:
-            await web.TCPSite(runner, self.host, self.port, reuse_address=True).start()
+            await web.TCPSite(runner, self.host, self.port, reuse_address=True, backlog=ACCEPT_BACKLOG).start()
         except BaseException:
             await runner.cleanup()
             raise
