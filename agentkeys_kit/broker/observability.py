@@ -42,8 +42,9 @@ from aiohttp.abc import AbstractAccessLogger
 from aiohttp.web_request import BaseRequest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.exposition import choose_encoder
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
@@ -223,9 +224,6 @@ class BrokerMetrics:
             if refusal.error == "storage_unavailable":
                 self.database_errors.inc()
 
-    def exposition(self) -> bytes:
-        return generate_latest(self.registry)
-
 
 class _PoolCollector(Collector):
     """Database connections, read when scraped. PostgreSQL: asyncpg's pool (public `get_size`,
@@ -251,8 +249,11 @@ class _PoolCollector(Collector):
 METRICS = web.AppKey("broker_metrics", BrokerMetrics)
 
 
-def metrics_response(metrics: BrokerMetrics) -> web.Response:
-    return web.Response(body=metrics.exposition(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+def metrics_response(metrics: BrokerMetrics, accept: str) -> web.Response:
+    """The exposition the scraper asked for (`Accept`): Prometheus text 0.0.4 unless it asks for
+    OpenMetrics or a newer text version (prometheus_client's own negotiation)."""
+    encoder, content_type = choose_encoder(accept)
+    return web.Response(body=encoder(metrics.registry), headers={"Content-Type": content_type})
 
 
 # --------------------------------------------------------------------------- access log
