@@ -198,3 +198,40 @@ async def _flood_then_call(url: str, connections: int) -> int:
     for _, writer in held:
         writer.close()
     return served
+
+
+def _rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+def test_held_bodies_cost_a_bounded_amount_and_are_given_back(sqlite_db: tuple[str, None], tmp_path: Path) -> None:
+    broker = BrokerProcess(sqlite_db, tmp_path, env={"BROKER_LOG_LEVEL": "WARNING"}).start()
+    assert broker.process is not None
+    pid = broker.process.pid
+    try:
+        before = _rss_bytes(pid)
+        held, after = asyncio.run(_hold_bodies(broker.url, pid, connections=400))
+    finally:
+        broker.stop()
+    rise = held - before
+    assert rise < 400 * 150_000, f"{rise / 400:.0f} bytes per held 60 KiB body"
+    assert after - before < rise * 0.4, (before, held, after)
+
+
+async def _hold_bodies(url: str, pid: int, connections: int) -> tuple[int, int]:
+    body = b"{" + b"x" * (60 * 1024)
+    head = f"POST /{CHECK_AGENT} HTTP/1.1\r\nHost: b\r\nContent-Length: 65000\r\n\r\n".encode()
+    held = []
+    for _ in range(connections):
+        _reader, writer = await asyncio.open_connection(*address(url))
+        writer.write(head + body)
+        held.append(writer)
+    await asyncio.sleep(2)
+    during = _rss_bytes(pid)
+    for writer in held:
+        writer.close()
+    await asyncio.sleep(3)  # the broker gives freed memory back a second after a flood ebbs
+    return during, _rss_bytes(pid)

@@ -29,6 +29,7 @@ Every error the broker sends is this envelope, the HTTP parser's own refusals in
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
@@ -52,14 +53,23 @@ class BrokerError(Exception):
 
     def response(self) -> web.Response:
         response = web.json_response(self.envelope(), status=self.status)
-        response[REFUSAL] = self  # what the access log and the metrics report for this request
+        # What the access log and the metrics report; a plain value, not the exception (whose
+        # traceback would keep the request and its body alive).
+        response[REFUSAL] = Refusal(self.error, self.details.get("reason"))
         if self.close_connection:
             response.force_close()
         return response
 
 
-#: The refusal a response carries (set by `BrokerError.response`), read by the access log.
-REFUSAL = web.ResponseKey("broker_refusal", BrokerError)
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """The refusal a response carries (`REFUSAL`): its `data.error` and `data.reason`."""
+
+    error: str
+    reason: Any = None
+
+
+REFUSAL = web.ResponseKey("broker_refusal", Refusal)
 
 
 def ok(data: Any) -> web.Response:

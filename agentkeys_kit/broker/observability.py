@@ -49,7 +49,7 @@ from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
 from agentkeys_kit.broker.config import BrokerConfig
-from agentkeys_kit.broker.errors import REFUSAL, BrokerError
+from agentkeys_kit.broker.errors import REFUSAL, Refusal
 from agentkeys_kit.broker.storage import Database
 
 ACCESS_LOG = logging.getLogger("agentkeys_kit.broker.access")
@@ -216,7 +216,7 @@ class BrokerMetrics:
         ProcessCollector(registry=registry)
         registry.register(_PoolCollector(database))
 
-    def observe(self, route: str, method: str, status: int, seconds: float, refusal: BrokerError | None) -> None:
+    def observe(self, route: str, method: str, status: int, seconds: float, refusal: Refusal | None) -> None:
         self.requests.labels(route, method if method in _METHODS else "other", str(status)).inc()
         self.latency.labels(route).observe(seconds)
         if refusal is not None:
@@ -291,7 +291,7 @@ class AccessLog(AbstractAccessLogger):
                 duration_ms=round(time * 1000, 3),
                 remote=request.remote,
                 refusal=refusal.error if refusal else None,
-                reason=refusal.details.get("reason") if refusal else None,
+                reason=refusal.reason if refusal else None,
                 omni_account=account,
             ),
         )

@@ -19,12 +19,18 @@ timer, which a client defeats by sending a header byte now and then):
   request in plain text and logs it with a traceback and the offending line (a bearer included);
   here it is the JSON envelope naming only the parser's rule, and one access-log line;
 * **one line for "accept() out of resources"**, at most every 10 s, instead of asyncio's traceback
-  per attempt.
+  per attempt;
+* **memory given back after a flood**: a held body costs about 90 KB until its deadline; once
+  the connections fall to half their peak, cyclic garbage is collected and glibc's free heap
+  returned (`give_back_freed_memory`), so the RSS does not stay at the flood's peak.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import ctypes.util
+import gc
 import json
 import logging
 import resource
@@ -134,6 +140,33 @@ def quiet_accept_errors(loop: asyncio.AbstractEventLoop) -> None:
     loop.set_exception_handler(handle)
 
 
+# --------------------------------------------------------------------------- memory
+
+
+def _load_malloc_trim() -> Callable[[int], int] | None:
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        trim: Callable[[int], int] = libc.malloc_trim
+    except (OSError, AttributeError):  # not glibc
+        return None
+    return trim
+
+
+_MALLOC_TRIM = _load_malloc_trim()
+#: Give freed heap back once the connections fall to half a peak of at least this many.
+TRIM_AFTER_PEAK = 64
+
+
+def give_back_freed_memory() -> None:
+    """After a flood of held bodies the RSS would stay at its peak: a connection cut mid-body
+    leaves its buffers in reference cycles (an asyncio future holding the exception whose
+    traceback holds the future) that only the cyclic collector frees, and glibc keeps freed
+    64 KiB blocks (below its mmap threshold) in its heap. Collect, then `malloc_trim(0)`."""
+    gc.collect()
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
+
+
 # --------------------------------------------------------------------------- connections
 
 
@@ -158,6 +191,8 @@ class ConnectionGuard:
         self._busy_reply = _canned(errors.too_many_connections(limit))
         self._timeout_reply = _canned(errors.request_timeout("headers", header_timeout))
         self._over_limit = RateLimitedLog(f"connection limit {limit} reached: refusing new connections")
+        self._peak = 0  # most connections open since memory was last given back
+        self._trimmed_at = float("-inf")
 
     @property
     def open_connections(self) -> int:
@@ -170,12 +205,24 @@ class ConnectionGuard:
             handler.refuse(self._busy_reply)
             return False
         self._open[handler] = None
+        self._peak = max(self._peak, len(self._open))
         self.metrics.connections_open.set(len(self._open))
         return True
 
     def release(self, handler: GuardedRequestHandler) -> None:
         if self._open.pop(handler, False) is None:
             self.metrics.connections_open.set(len(self._open))
+            self._maybe_give_back_memory()
+
+    def _maybe_give_back_memory(self) -> None:
+        """After a flood ebbs (half the peak gone), at most every `LOG_EVERY_SECONDS`; a second
+        later, once the closed connections' handlers have dropped their buffers."""
+        now = time.monotonic()
+        ebbed = self._peak >= TRIM_AFTER_PEAK and len(self._open) <= self._peak // 2
+        if ebbed and now - self._trimmed_at >= LOG_EVERY_SECONDS:
+            self._trimmed_at = now
+            self._peak = len(self._open)
+            asyncio.get_running_loop().call_later(1.0, give_back_freed_memory)
 
     def _evict_one(self) -> bool:
         """Close the oldest connection waiting for its client's headers, else the oldest waiting
