@@ -410,3 +410,16 @@ def test_broker_errors_carry_their_refusal_to_the_access_log() -> None:
     error = BrokerError(403, 40300, "identity_mismatch", "no", reason="r")
     response = error.response()
     assert json.loads(response.body)["data"] == {"error": "identity_mismatch", "reason": "r"}  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("path", ["/%ED%A0%80", "/%FF%FE", "/%00", "/v1/%2e%2e/grant", "/" + "a" * 5000, "/\u00e9"])
+async def test_odd_bytes_in_the_path_are_a_404_envelope_and_one_line(
+    make_broker: BrokerFactory, broker_logs: pytest.LogCaptureFixture, path: str
+) -> None:
+    broker = await make_broker()
+    broker_logs.clear()
+    reply = await exchange(broker.url, request_bytes("GET", path))  # a non-ASCII path goes as UTF-8
+    assert 400 <= reply.status < 500 and isinstance(reply.body, dict), reply.raw[:300]
+    assert not [record for record in broker_logs.records if record.levelno >= logging.WARNING]
+    [access] = access_records(broker_logs.records)
+    JsonLinesFormatter().format(access)  # a lone surrogate in the path is escaped, not a crash
