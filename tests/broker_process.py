@@ -42,6 +42,7 @@ class BrokerProcess:
         log_dir: Path,
         env: dict[str, str] | None = None,
         preexec: Callable[[], None] | None = None,
+        flags: list[str] | None = None,
     ) -> None:
         url, schema = db
         self.port = free_port()
@@ -57,12 +58,13 @@ class BrokerProcess:
         self.stderr_path = log_dir / f"broker-{self.port}.err"
         self._env = {**os.environ, **values}
         self._preexec = preexec
+        self._flags = flags or []
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self, within: float = 20.0) -> BrokerProcess:
         with self.stdout_path.open("wb") as out, self.stderr_path.open("wb") as err:
             self.process = subprocess.Popen(
-                [BROKER_COMMAND, "run"], env=self._env, stdout=out, stderr=err, preexec_fn=self._preexec
+                [BROKER_COMMAND, "run", *self._flags], env=self._env, stdout=out, stderr=err, preexec_fn=self._preexec
             )
         deadline = time.monotonic() + within
         while b"listening on" not in self.stdout_path.read_bytes():

@@ -115,6 +115,10 @@ def test_log_level_and_format_come_from_variables_and_flags(tmp_path: Path, tee_
     assert any(f"INFO agentkeys_kit.broker: agentkeys-broker {version()} starting" in line for line in lines)
     assert any(" status=401 " in line and 'refusal="invalid_token"' in line for line in lines)
     assert not any(line.startswith("{") for line in lines)
+    flagged = BrokerProcess(db, tmp_path, env={"BROKER_LOG_FORMAT": "text"}, flags=["--log-format", "json"]).start()
+    asyncio.run(_operator_session(flagged.url, tee_key))
+    assert flagged.stop() == 0
+    assert flagged.log_lines()[0]["msg"] == f"agentkeys-broker {version()} starting"  # the flag won
 
 
 @pytest.mark.parametrize(
