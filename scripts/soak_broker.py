@@ -65,6 +65,9 @@ LOGIN_PATH = "/v3/account/post_heima_login"
 REFUSAL_PATH = "/v3/account/add_wallet"
 P99_TARGET_MS = 100.0
 HANG_AFTER_S = 20.0  # longer than the broker's header and body deadlines (10 s) with room to spare
+#: A hang is a request the broker did not answer within HANG_AFTER_S of receiving it; time spent
+#: waiting for a free client connection is the load generator's queue, not the broker's.
+ANSWER_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=HANG_AFTER_S, sock_read=HANG_AFTER_S)
 KILL_AFTER_S = 1.0  # the kill -9 comes this long after the measured window, with logins in flight
 BEARER = "eyJ0eXAiOiJKV1QiLCJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJzb2FrIn0.c29hay1zZWNyZXQtc2lnbmF0dXJl"
 MALFORMED = [
@@ -212,7 +215,7 @@ class ValidLoad:
 
 async def valid_logins(url: str, callers: list[Caller], rate: float, until: float, load: ValidLoad) -> None:
     """One login of a new identity every 1/`rate` s (open loop) until `until`; a 200 is acknowledged."""
-    timeout = aiohttp.ClientTimeout(total=HANG_AFTER_S)
+    timeout = ANSWER_TIMEOUT
     connector = aiohttp.TCPConnector(limit=64)
     async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
         tasks: list[asyncio.Task[None]] = []
@@ -253,6 +256,7 @@ class FloodReport:
     errors: Counter[str] = field(default_factory=Counter)
     closed_by_broker: int = 0
     leaked_bearer: int = 0
+    unsent: int = 0  # still queued in the flood client when the window closed (the broker fell behind)
 
 
 async def flood(url: str, duration: float, args: argparse.Namespace) -> FloodReport:
@@ -263,10 +267,10 @@ async def flood(url: str, duration: float, args: argparse.Namespace) -> FloodRep
     print("flooding", flush=True)
     host, port = url.removeprefix("http://").split(":")
     target = (host, int(port))
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=HANG_AFTER_S)) as session:
+    async with aiohttp.ClientSession(timeout=ANSWER_TIMEOUT, connector=aiohttp.TCPConnector(limit=256)) as session:
         jobs: list[Awaitable[None]] = [
-            _at_rate(args.refusal_rate, until, lambda: _refusal(session, url, report)),
-            _at_rate(args.malformed_rate, until, lambda: _malformed(target, report)),
+            _at_rate(args.refusal_rate, until, lambda: _refusal(session, url, report), report),
+            _at_rate(args.malformed_rate, until, lambda: _malformed(target, report), report),
         ]
         jobs += [_slow_client(target, until, report, body=n % 2 == 1) for n in range(args.slow_clients)]
         jobs += [_idle_client(target, until, report) for _ in range(args.idle_connections)]
@@ -274,7 +278,11 @@ async def flood(url: str, duration: float, args: argparse.Namespace) -> FloodRep
     return report
 
 
-async def _at_rate(rate: float, until: float, make: Callable[[], Coroutine[Any, Any, None]]) -> None:
+async def _at_rate(
+    rate: float, until: float, make: Callable[[], Coroutine[Any, Any, None]], report: FloodReport
+) -> None:
+    """Start `make()` `rate` times a second until `until`; then give what was sent `HANG_AFTER_S`
+    to be answered and drop what is still queued in this client (counted as ``unsent``)."""
     if rate <= 0:
         return
     tasks: set[asyncio.Task[None]] = set()
@@ -285,7 +293,12 @@ async def _at_rate(rate: float, until: float, make: Callable[[], Coroutine[Any, 
         tasks.add(task)
         task.add_done_callback(tasks.discard)
         next_at += 1 / rate
-    await asyncio.gather(*tasks, return_exceptions=True)
+    if tasks:
+        _, queued = await asyncio.wait(tasks, timeout=HANG_AFTER_S + 5)
+        report.unsent += len(queued)
+        for task in queued:
+            task.cancel()
+        await asyncio.gather(*queued, return_exceptions=True)
 
 
 async def _refusal(session: aiohttp.ClientSession, url: str, report: FloodReport) -> None:
@@ -332,7 +345,7 @@ async def _slow_client(target: tuple[str, int], until: float, report: FloodRepor
             continue
         opened = time.monotonic()
         head = b"POST /v1/account/check_hyper_agent_address HTTP/1.1\r\nHost: soak\r\n"
-        writer.write(head + (b"Content-Length: 100000\r\n\r\n{" if body else b""))
+        writer.write(head + (b"Content-Length: 60000\r\n\r\n{" if body else b""))
         try:
             while not reader.at_eof() and time.monotonic() < until:
                 if time.monotonic() - opened > HANG_AFTER_S:
@@ -457,7 +470,7 @@ def _start_flood(url: str, args: argparse.Namespace) -> subprocess.Popen[bytes]:
 
 
 def _finish_flood(process: subprocess.Popen[bytes]) -> dict[str, Any]:
-    out, _ = process.communicate(timeout=HANG_AFTER_S * 3)
+    out, _ = process.communicate(timeout=HANG_AFTER_S * 4)
     try:
         report: dict[str, Any] = json.loads(out.decode().strip().splitlines()[-1])
     except (ValueError, IndexError):
@@ -515,7 +528,8 @@ def render(results: list[SoakResult], args: argparse.Namespace) -> str:
         lines.append(f"flood answers: {json.dumps(flood.get('statuses', {}), sort_keys=True)}")
         lines.append(
             f"slow/idle connections closed by the broker: {flood.get('closed_by_broker', 0)}; "
-            f"bearer echoed: {flood.get('leaked_bearer', 0)}; client errors: {json.dumps(flood.get('errors', {}))}"
+            f"bearer echoed: {flood.get('leaked_bearer', 0)}; flood requests left unsent (the broker fell behind): "
+            f"{flood.get('unsent', 0)}; client errors: {json.dumps(flood.get('errors', {}))}"
         )
     return "\n".join(lines)
 

@@ -43,8 +43,8 @@ async def test_a_slowloris_client_gets_408_and_is_closed(make_broker: BrokerFact
     reply = parse_reply(await _until_closed(reader, 5))
     writer.close()
     assert_envelope(reply, 408, "request_timeout")
-    # The deadline counts from the connection's start: the drips did not move it (else >= 1.8 s).
-    assert 0.9 < time.monotonic() - started < 1.7
+    # The deadline (80-100 % of 1 s) counts from the connection's start: the drips did not move it.
+    assert 0.75 < time.monotonic() - started < 1.7
 
 
 async def test_a_silent_connection_is_closed_after_the_header_timeout(make_broker: BrokerFactory) -> None:
@@ -53,7 +53,7 @@ async def test_a_silent_connection_is_closed_after_the_header_timeout(make_broke
     started = time.monotonic()
     assert await _until_closed(reader, 5) == b""
     writer.close()
-    assert 0.4 < time.monotonic() - started < 2.5
+    assert 0.35 < time.monotonic() - started < 2.5
 
 
 async def test_the_header_deadline_applies_to_every_request_on_a_kept_alive_connection(

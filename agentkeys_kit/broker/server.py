@@ -13,8 +13,9 @@ timer, which a client defeats by sending a header byte now and then):
   connection that is waiting on its client (idle, still sending headers, or sending a body), so
   slow or idle clients cannot lock others out; if every connection is running a handler, the
   new one gets a 503 ``too_many_connections`` envelope and is closed;
-* **a header deadline** (`BROKER_HEADER_TIMEOUT_SECONDS`) from the connection's start or the
-  first byte of each further request: a slowloris client gets a 408 envelope and is closed;
+* **a header deadline** (`BROKER_HEADER_TIMEOUT_SECONDS`, each connection's at a random 80–100 %
+  of it) from the connection's start or the first byte of each further request: a slowloris
+  client gets a 408 envelope and is closed;
 * **the envelope for aiohttp's own refusals**: `RequestHandler.handle_error` answers a malformed
   request in plain text and logs it with a traceback and the offending line (a bearer included);
   here it is the JSON envelope naming only the parser's rule, and one access-log line;
@@ -33,6 +34,7 @@ import ctypes.util
 import gc
 import json
 import logging
+import random
 import resource
 import signal
 import time
@@ -290,7 +292,10 @@ class GuardedRequestHandler(RequestHandler):
         self.force_close()
 
     def _arm_header_timer(self) -> None:
-        self._header_timer = self._loop.call_later(self._guard.header_timeout, self._header_deadline)
+        # 80–100 % of the limit: connections opened in one burst (a flood, its reconnections) do
+        # not all expire in the same instant, which paused the loop for everyone else.
+        delay = self._guard.header_timeout * (0.8 + 0.2 * random.random())
+        self._header_timer = self._loop.call_later(delay, self._header_deadline)
 
     def _disarm_header_timer(self) -> None:
         if self._header_timer is not None:
@@ -442,6 +447,11 @@ async def serve_until_stopped(
         loop.add_signal_handler(sig, stop, sig)
     started = time.monotonic()
     await server.start(app)  # the app's start lines (version, database, key, clients, networks)
+    # Everything loaded so far lives as long as the process: keep it out of the cyclic collector's
+    # way, so that a collection (`give_back_freed_memory`) walks only what requests created
+    # (2 ms instead of 45 ms; a pause that long showed in the p99 under a flood).
+    gc.collect()
+    gc.freeze()
     try:
         _log_limits(config, server.connection_cap, before, open_files)
         log.info("listening on %s", server.url, extra=fields(host=server.host, port=server.port))
