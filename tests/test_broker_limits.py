@@ -18,7 +18,7 @@ from conftest import BrokerFactory
 from raw_http import address, exchange, parse_reply, read_reply, request_bytes
 from test_broker_request_layer import assert_envelope
 
-from agentkeys_kit.broker.server import ACCEPT_BACKLOG, FD_RESERVE, connection_limit
+from agentkeys_kit.broker.server import connection_limit, listen_backlog
 
 FAST = {
     "BROKER_HEADER_TIMEOUT_SECONDS": "0.5",
@@ -148,7 +148,9 @@ async def _metric(http: aiohttp.ClientSession, url: str, line_prefix: str) -> fl
 
 def test_the_cap_fits_the_open_file_limit() -> None:
     assert connection_limit(1000, 1 << 20) == 1000
-    assert connection_limit(1000, 256) == 256 - FD_RESERVE - ACCEPT_BACKLOG == 64
+    assert (listen_backlog(256), listen_backlog(1024), listen_backlog(1 << 20)) == (16, 64, 128)
+    assert connection_limit(1000, 256) == 256 - 64 - 3 * 16 == 144
+    assert connection_limit(1000, 1024) == 1024 - 64 - 3 * 64 == 768
     assert connection_limit(1000, 10) == 1
 
 
@@ -172,13 +174,13 @@ def test_a_flood_of_idle_connections_under_a_low_ulimit_neither_locks_out_nor_fl
 ) -> None:
     broker = BrokerProcess(sqlite_db, tmp_path, preexec=open_file_limit(256, 256)).start()
     try:
-        served = asyncio.run(_flood_then_call(broker.url, connections=600))
+        served = asyncio.run(_flood_then_call(broker.url, connections=300))
     finally:
         code = broker.stop()
     assert code == 0
     assert served == 20
     lines = broker.log_lines()  # every line is JSON: no traceback, no plain-text aiohttp error
-    assert any("lowered to 64" in line["msg"] for line in lines)
+    assert any("lowered to 144" in line["msg"] for line in lines)
     assert not [line for line in lines if "accept()" in line["msg"] or line["level"] == "ERROR"]
     assert len(broker.stderr()) < 200_000
 

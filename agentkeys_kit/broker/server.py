@@ -56,9 +56,12 @@ log = logging.getLogger("agentkeys_kit.broker.server")
 
 #: File descriptors kept for the database, log files and listening sockets beyond connections.
 FD_RESERVE = 64
-#: The listen backlog; asyncio accepts up to this many sockets in one go before the cap can close
-#: any, so the cap leaves that many descriptors free too (else accept() fails with EMFILE).
+#: The listen backlog at most. asyncio accepts up to the backlog's worth of sockets per loop turn,
+#: and a socket the cap refuses or displaces is closed about three turns later (transport, then
+#: `connection_made`, then `connection_lost`): the cap leaves three backlogs of descriptors free,
+#: else accept() fails with EMFILE and asyncio stops accepting for a second.
 ACCEPT_BACKLOG = 128
+ACCEPT_TURNS = 3
 #: A wanted open-file limit when the hard limit is unlimited (the kernel's usual `nr_open`).
 FD_WANTED = 1 << 20
 LOG_EVERY_SECONDS = 10.0
@@ -94,11 +97,20 @@ def raise_open_file_limit() -> tuple[int, int]:
     return soft, soft
 
 
+def listen_backlog(open_files: int) -> int:
+    """`ACCEPT_BACKLOG`, smaller under a low open-file limit (a sixteenth of it, 16 at least)."""
+    if open_files == resource.RLIM_INFINITY:
+        return ACCEPT_BACKLOG
+    return max(16, min(ACCEPT_BACKLOG, open_files // 16))
+
+
 def connection_limit(configured: int, open_files: int) -> int:
-    """The cap that fits the open-file limit with `FD_RESERVE` and `ACCEPT_BACKLOG` to spare (at least 1)."""
+    """The cap that fits the open-file limit with `FD_RESERVE` and `ACCEPT_TURNS` backlogs to
+    spare (at least 1)."""
     if open_files == resource.RLIM_INFINITY:
         return configured
-    return max(1, min(configured, open_files - FD_RESERVE - ACCEPT_BACKLOG))
+    spare = FD_RESERVE + ACCEPT_TURNS * listen_backlog(open_files)
+    return max(1, min(configured, open_files - spare))
 
 
 # --------------------------------------------------------------------------- rate-limited warnings
@@ -395,13 +407,14 @@ class BrokerServer:
         self.host = config.host if host is None else host
         self.port = config.port if port is None else port
         self.connection_cap = config.max_connections
+        self.backlog = ACCEPT_BACKLOG
         self._runner: BrokerRunner | None = None
 
     async def start(self, app: web.Application) -> int:
         runner = BrokerRunner(app, self.config, self.connection_cap)
         await runner.setup()
         try:
-            await web.TCPSite(runner, self.host, self.port, reuse_address=True, backlog=ACCEPT_BACKLOG).start()
+            await web.TCPSite(runner, self.host, self.port, reuse_address=True, backlog=self.backlog).start()
         except BaseException:
             await runner.cleanup()
             raise
@@ -436,6 +449,7 @@ async def serve_until_stopped(
     before, open_files = raise_open_file_limit()
     server = BrokerServer(config)
     server.connection_cap = connection_limit(config.max_connections, open_files)
+    server.backlog = listen_backlog(open_files)
     stopped = asyncio.Event()
     received: list[str] = []
 
