@@ -17,10 +17,11 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from agentkeys_kit.broker.app import create_app as create_broker_app
 from agentkeys_kit.broker.config import config_from_env as broker_config_from_env
+from agentkeys_kit.broker.server import BrokerServer
 from agentkeys_kit.broker.state import STATE, BrokerState
 from agentkeys_kit.omni_sim.config import SimConfig, config_from_env
 from agentkeys_kit.omni_sim.keystore import load_auth_token_key, load_pkcs1_der, load_shielding_key
-from agentkeys_kit.omni_sim.server import ServedApp, SimServer
+from agentkeys_kit.omni_sim.server import SimServer
 from agentkeys_kit.protocol.tee_jwt import AuthTokenClaims, encode_auth_token
 from fixtures.postgres import Postgres, PostgresUnavailable
 from fixtures.postgres import provide as provide_postgres
@@ -189,7 +190,7 @@ async def _drop_schema(dsn: str, schema: str) -> None:
 class BrokerHandle:
     """A running broker on a free loopback port, with the state tests inspect."""
 
-    def __init__(self, app: web.Application, served: ServedApp) -> None:
+    def __init__(self, app: web.Application, served: BrokerServer) -> None:
         self.app = app
         self.served = served
         self.url = served.url
@@ -209,13 +210,21 @@ BrokerFactory = Callable[..., Awaitable[BrokerHandle]]
 async def make_broker(db_url: tuple[str, str | None], tee_key: rsa.RSAPrivateKey) -> AsyncIterator[BrokerFactory]:
     started: list[BrokerHandle] = []
 
-    async def factory(env: dict[str, str] | None = None, clock: Callable[[], float] = time.time) -> BrokerHandle:
+    async def factory(
+        env: dict[str, str] | None = None,
+        clock: Callable[[], float] = time.time,
+        routes: list[tuple[str, str, Any]] | None = None,
+    ) -> BrokerHandle:
+        """A broker on a free port; `routes` adds test-only handlers (method, path, handler)."""
         url, schema = db_url
         values = {"BROKER_DB_URL": url, "BROKER_TEE_JWT_PUBLIC_KEY": str(TEE_PUBLIC_KEY_PATH), **(env or {})}
         if schema is not None:
             values["BROKER_DB_SCHEMA"] = schema
-        app = create_broker_app(broker_config_from_env(values), clock=clock)
-        served = ServedApp()
+        config = broker_config_from_env(values)
+        app = create_broker_app(config, clock=clock)
+        for method, path, handler in routes or []:
+            app.router.add_route(method, path, handler)
+        served = BrokerServer(config, port=0)  # the server `agentkeys-broker run` uses, limits included
         await served.start(app)
         handle = BrokerHandle(app, served)
         started.append(handle)

@@ -10,19 +10,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import logging
 import os
 import sys
 import time
 from collections.abc import Sequence
 from typing import Any
 
-from aiohttp import web
-
 from agentkeys_kit.broker.app import create_app
-from agentkeys_kit.broker.config import BrokerConfig, BrokerConfigError, config_from_env
+from agentkeys_kit.broker.config import LOG_FORMATS, LOG_LEVELS, BrokerConfig, BrokerConfigError, config_from_env
 from agentkeys_kit.broker.errors import BrokerError
 from agentkeys_kit.broker.grants import validate_grant_request
+from agentkeys_kit.broker.observability import configure_logging
+from agentkeys_kit.broker.server import serve_until_stopped
 from agentkeys_kit.broker.storage import AuditEvent, StorageError, open_database, store
 from agentkeys_kit.broker.tee_keys import TeeKeyError
 
@@ -33,7 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="serve the callbacks, grants and health endpoints")
     run.add_argument("--host", default=None)
     run.add_argument("--port", type=int, default=None)
-    run.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    run.add_argument("--log-level", default=None, choices=LOG_LEVELS, help="overrides BROKER_LOG_LEVEL")
+    run.add_argument("--log-format", default=None, choices=LOG_FORMATS, help="overrides BROKER_LOG_FORMAT")
 
     grants = sub.add_parser("grants", help="operator access to grants (works on BROKER_DB_URL)")
     gsub = grants.add_subparsers(dest="grants_command", required=True)
@@ -54,12 +54,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "run":
-        logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         try:
-            config = config_from_env(host=args.host, port=args.port)
+            config = config_from_env(
+                host=args.host, port=args.port, log_level=args.log_level, log_format=args.log_format
+            )
         except BrokerConfigError as exc:
             print(f"agentkeys-broker: configuration error: {exc}", file=sys.stderr)
             return 2
+        configure_logging(config.log_level, config.log_format)
         return serve(config)
     db_url = os.environ.get("BROKER_DB_URL", BrokerConfig().db_url)
     schema = os.environ.get("BROKER_DB_SCHEMA") or None
@@ -71,14 +73,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def serve(config: BrokerConfig) -> int:
+    """Serve until SIGTERM/SIGINT (`broker.server`); the start lines and the access log go to
+    standard error, the listen address also to standard output."""
+
+    def announce(url: str) -> None:
+        print(f"agentkeys-broker listening on {url}", flush=True)
+
     try:
-        web.run_app(
-            create_app(config),
-            host=config.host,
-            port=config.port,
-            access_log=None,
-            print=lambda _: print(f"agentkeys-broker listening on http://{config.host}:{config.port}/", flush=True),
-        )
+        asyncio.run(serve_until_stopped(config, create_app(config), announce))
     except (TeeKeyError, StorageError) as exc:
         print(f"agentkeys-broker: cannot start: {exc}", file=sys.stderr)
         return 2

@@ -10,6 +10,13 @@
 | `BROKER_ACCEPTED_CLIENT_IDS` | comma list of `aud` values accepted; the first is the broker's own | `agentkeys` |
 | `BROKER_CALLBACK_ALLOW_CIDRS` | networks allowed to call the credential-less callbacks | `127.0.0.0/8,::1/128` |
 | `BROKER_CALLBACK_BASE_PATH` | extra prefix the callbacks are also served under | `/agentkeys` |
+| `BROKER_MAX_CONNECTIONS` | open connections at most (lowered to fit the open-file limit) | `1000` |
+| `BROKER_HEADER_TIMEOUT_SECONDS` | a request's line and headers must arrive within this | `10` |
+| `BROKER_BODY_TIMEOUT_SECONDS` | a request's body must arrive within this once it is read | `10` |
+| `BROKER_KEEPALIVE_TIMEOUT_SECONDS` | an idle keep-alive connection is closed after this | `75` |
+| `BROKER_LOG_LEVEL` | `DEBUG`, `INFO` (one access-log line per request), `WARNING`, `ERROR` | `INFO` |
+| `BROKER_LOG_FORMAT` | `json` (one JSON object per line) or `text` | `json` |
+| `BROKER_METRICS_ALLOW_CIDRS` | networks allowed to read `GET /metrics` | `127.0.0.0/8,::1/128` |
 """
 
 from __future__ import annotations
@@ -26,6 +33,12 @@ DEFAULT_DB_PATH = Path("~/.agentkeys/broker/broker.sqlite3")
 DEFAULT_PORT = 8091
 
 IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+LOG_FORMATS = ("json", "text")
+
+
+def _loopback() -> tuple[IpNetwork, ...]:
+    return (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
 
 
 class BrokerConfigError(ValueError):
@@ -48,13 +61,20 @@ class BrokerConfig:
         )
     )
     callback_base_path: str = "/agentkeys"
+    max_connections: int = 1000
+    header_timeout: float = 10.0
+    body_timeout: float = 10.0
+    keepalive_timeout: float = 75.0
+    log_level: str = "INFO"
+    log_format: str = "json"
+    metrics_allow_cidrs: tuple[IpNetwork, ...] = field(default_factory=_loopback)
 
     @property
     def primary_client_id(self) -> str:
         return self.accepted_client_ids[0]
 
 
-def parse_cidrs(value: str) -> tuple[IpNetwork, ...]:
+def parse_cidrs(value: str, variable: str = "BROKER_CALLBACK_ALLOW_CIDRS") -> tuple[IpNetwork, ...]:
     networks = []
     for item in (part.strip() for part in value.split(",")):
         if not item:
@@ -62,8 +82,44 @@ def parse_cidrs(value: str) -> tuple[IpNetwork, ...]:
         try:
             networks.append(ipaddress.ip_network(item, strict=False))
         except ValueError as exc:
-            raise BrokerConfigError(f"BROKER_CALLBACK_ALLOW_CIDRS: {exc}") from None
+            raise BrokerConfigError(f"{variable}: {exc}") from None
     return tuple(networks)
+
+
+def _positive(env: Mapping[str, str], variable: str, kind: type[int] | type[float]) -> int | float:
+    try:
+        value = kind(env[variable])
+    except ValueError:
+        raise BrokerConfigError(f"{variable} must be a positive {kind.__name__}") from None
+    if not value > 0 or value != value or value == float("inf"):
+        raise BrokerConfigError(f"{variable} must be a positive {kind.__name__}")
+    return value
+
+
+def _request_handling(env: Mapping[str, str]) -> dict[str, object]:
+    """Limits, logs and metrics (`broker.server`, `broker.observability`)."""
+    values: dict[str, object] = {}
+    if "BROKER_MAX_CONNECTIONS" in env:
+        values["max_connections"] = _positive(env, "BROKER_MAX_CONNECTIONS", int)
+    for variable, key in (
+        ("BROKER_HEADER_TIMEOUT_SECONDS", "header_timeout"),
+        ("BROKER_BODY_TIMEOUT_SECONDS", "body_timeout"),
+        ("BROKER_KEEPALIVE_TIMEOUT_SECONDS", "keepalive_timeout"),
+    ):
+        if variable in env:
+            values[key] = _positive(env, variable, float)
+    if env.get("BROKER_LOG_LEVEL"):
+        level = env["BROKER_LOG_LEVEL"].upper()
+        if level not in LOG_LEVELS:
+            raise BrokerConfigError(f"BROKER_LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}")
+        values["log_level"] = level
+    if env.get("BROKER_LOG_FORMAT"):
+        if env["BROKER_LOG_FORMAT"] not in LOG_FORMATS:
+            raise BrokerConfigError(f"BROKER_LOG_FORMAT must be one of {', '.join(LOG_FORMATS)}")
+        values["log_format"] = env["BROKER_LOG_FORMAT"]
+    if "BROKER_METRICS_ALLOW_CIDRS" in env:
+        values["metrics_allow_cidrs"] = parse_cidrs(env["BROKER_METRICS_ALLOW_CIDRS"], "BROKER_METRICS_ALLOW_CIDRS")
+    return values
 
 
 def config_from_env(env: Mapping[str, str] | None = None, **overrides: object) -> BrokerConfig:
@@ -102,6 +158,7 @@ def config_from_env(env: Mapping[str, str] | None = None, **overrides: object) -
         values["callback_allow_cidrs"] = parse_cidrs(env["BROKER_CALLBACK_ALLOW_CIDRS"])
     if "BROKER_CALLBACK_BASE_PATH" in env:
         values["callback_base_path"] = env["BROKER_CALLBACK_BASE_PATH"]
+    values.update(_request_handling(env))
     values.update({key: value for key, value in overrides.items() if value is not None})
     base = str(values.get("callback_base_path", "/agentkeys")).rstrip("/")
     if base and not base.startswith("/"):

@@ -23,7 +23,8 @@ from typing import Any
 from aiohttp import web
 
 from agentkeys_kit.broker import errors
-from agentkeys_kit.broker.callbacks import _audit, callback, json_body, require_fields
+from agentkeys_kit.broker.callbacks import _audit, callback
+from agentkeys_kit.broker.http import json_body, require_fields
 from agentkeys_kit.broker.state import BrokerState
 from agentkeys_kit.broker.storage import GrantRecord, UserRecord, store
 from agentkeys_kit.broker.tokens import VerifiedBearer
