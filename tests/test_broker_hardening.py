@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from agentkeys_kit.broker.config import BrokerConfigError, config_from_env
 from agentkeys_kit.broker.storage import store
-from agentkeys_kit.broker.storage.base import Operation, Query
+from agentkeys_kit.broker.storage.base import Operation, Query, UniqueViolation
 from agentkeys_kit.broker.tee_keys import TeeKeyError, load_public_key_file
 from agentkeys_kit.protocol.identity import IdentityKind, omni_account_of, pumpx_omni_account
 
@@ -129,18 +129,19 @@ async def test_one_active_grant_per_pair_and_revoke_always_unbinds(
     first = await call(http, broker, GRANT_CREATE, token=token, json_body=grant)
     assert first.status == 200
     assert_refused(await call(http, broker, GRANT_CREATE, token=token, json_body=grant), 409, "grant_exists")
-    # A second active grant written before this rule existed must not survive a revoke of the first.
+    # The database itself refuses a second open grant for the pair, whoever writes it.
     grant_id = first.body["data"]["grant"]["grant_id"]
 
-    def legacy_duplicate() -> Operation[None]:
+    def second_open_grant() -> Operation[None]:
         yield Query.run(
             "INSERT INTO grants (grant_id, master_omni_account, master_wallet, agent_wallet, scope, created_at, "
-            "expires_at) SELECT 'grn_legacy', master_omni_account, master_wallet, agent_wallet, scope, created_at, "
+            "expires_at) SELECT 'grn_second', master_omni_account, master_wallet, agent_wallet, scope, created_at, "
             "expires_at FROM grants WHERE grant_id = ?",
             grant_id,
         )
 
-    await broker.state.db.run(legacy_duplicate)
+    with pytest.raises(UniqueViolation):
+        await broker.state.db.run(second_open_grant)
     assert (await call(http, broker, GRANT_REVOKE, token=token, json_body={"grant_id": grant_id})).status == 200
     assert await is_bound(http, broker, MASTER, AGENT) is False
 

@@ -24,6 +24,7 @@ from agentkeys_kit.broker import errors
 from agentkeys_kit.broker.errors import BrokerError
 from agentkeys_kit.broker.state import STATE, BrokerState
 from agentkeys_kit.broker.storage import AuditEvent, StorageError, UserRecord, store
+from agentkeys_kit.broker.storage.base import one_line
 from agentkeys_kit.broker.tokens import VerifiedBearer, bearer_sha256
 from agentkeys_kit.broker.totp import verify_totp
 from agentkeys_kit.protocol.auth import (
@@ -160,20 +161,17 @@ def require_allowed_network(request: web.Request, state: BrokerState) -> None:
 async def audit_refusal(
     state: BrokerState, event: str, error: BrokerError, request: web.Request, **fields: Any
 ) -> None:
-    try:
-        await state.db.run(
-            store.write_audit,
-            AuditEvent(
-                event=event,
-                outcome=f"refused:{error.error}",
-                occurred_at=state.now(),
-                remote_addr=request.remote,
-                detail=error.details.get("reason") or error.message,
-                **fields,
-            ),
+    """Refusals are audited within a per-source budget, the rest counted (`broker/audit.py`)."""
+    await state.refusals.record(
+        AuditEvent(
+            event=event,
+            outcome=f"refused:{error.error}",
+            occurred_at=state.now(),
+            remote_addr=request.remote,
+            detail=error.details.get("reason") or error.message,
+            **fields,
         )
-    except StorageError:
-        log.warning("audit row for a refused %s could not be written", event)
+    )
 
 
 def callback(event: str, *, bearer: bool) -> Callable[[CallbackHandler], Handler]:
@@ -203,8 +201,8 @@ def callback(event: str, *, bearer: bool) -> Callable[[CallbackHandler], Handler
                     client_id=verified.claims.aud if verified else None,
                 )
                 return error.response()
-            except StorageError:
-                log.exception("storage failed while serving %s", event)
+            except StorageError as exc:  # one line; the storage log summarises an outage
+                log.warning("storage failed while serving %s: %s", event, one_line(exc))
                 return errors.storage_unavailable().response()
 
         handle.__name__ = handler.__name__

@@ -1,8 +1,11 @@
 """`agentkeys-broker run --host --port` and the operator command `agentkeys-broker grants …`.
 
 Both read the `BROKER_*` variables (see `broker.config`); flags win. The grants command works on
-the database directly (`BROKER_DB_URL`) and writes the same audit rows as the HTTP API, with
-``remote_addr = "operator"``.
+the database directly (`BROKER_DB_URL`, `BROKER_DB_SCHEMA`) and writes the same audit rows as the
+HTTP API, with ``remote_addr = "operator"``. It never creates or migrates anything: a database or
+schema that does not exist, or that the broker has not migrated yet, is one line saying so.
+Every failure is one line on stderr and a non-zero exit status: 1 for a refusal or a database
+failure, 2 for a usage or configuration mistake.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from typing import Any
 from aiohttp import web
 
 from agentkeys_kit.broker.app import create_app
-from agentkeys_kit.broker.config import BrokerConfig, BrokerConfigError, config_from_env
+from agentkeys_kit.broker.config import BrokerConfig, BrokerConfigError, config_from_env, database_from_env
 from agentkeys_kit.broker.errors import BrokerError
 from agentkeys_kit.broker.grants import validate_grant_request
 from agentkeys_kit.broker.storage import AuditEvent, StorageError, open_database, store
@@ -61,11 +64,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"agentkeys-broker: configuration error: {exc}", file=sys.stderr)
             return 2
         return serve(config)
-    db_url = os.environ.get("BROKER_DB_URL", BrokerConfig().db_url)
-    schema = os.environ.get("BROKER_DB_SCHEMA") or None
+    try:
+        db_url, schema = database_from_env(os.environ)
+    except BrokerConfigError as exc:
+        print(f"agentkeys-broker: configuration error: {exc}", file=sys.stderr)
+        return 2
     try:
         return asyncio.run(grants_command(db_url, schema, args))
-    except (StorageError, BrokerConfigError) as exc:
+    except StorageError as exc:
         print(f"agentkeys-broker: {exc}", file=sys.stderr)
         return 1
 
@@ -90,7 +96,7 @@ def serve(config: BrokerConfig) -> int:
 
 async def grants_command(db_url: str, schema: str | None, args: argparse.Namespace) -> int:
     db = open_database(db_url, schema=schema)
-    await db.open()
+    await db.open(migrate=False)
     try:
         now = int(time.time())
         if args.grants_command == "list":
@@ -134,6 +140,15 @@ async def _create(db: Any, args: argparse.Namespace, now: int) -> int:
             audit=audit,
         )
     )
+    if grant is None:
+        active = [g for g in await db.run(store.list_grants, master.omni_account) if g.agent_wallet == agent]
+        which = " ".join(g.grant_id for g in active if g.status(now) == "active")
+        print(
+            f"agentkeys-broker: {master_wallet} already has an active grant for agent {agent} ({which}): "
+            "revoke it first",
+            file=sys.stderr,
+        )
+        return 1
     print(json.dumps(grant.to_json(now)))
     return 0
 
