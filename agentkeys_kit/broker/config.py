@@ -141,9 +141,7 @@ def check_db_url(db_url: str) -> None:
         url = urlsplit(db_url)
         url.port  # noqa: B018 - parsing it is the check
     except ValueError:
-        raise BrokerConfigError(
-            f"BROKER_DB_URL is not a valid URL (the port must be a number): {_DB_URL_FORMS}"
-        ) from None
+        raise BrokerConfigError(f"BROKER_DB_URL is not a valid URL (is the port a number?): {_DB_URL_FORMS}") from None
 
 
 def sqlite_path(db_url: str) -> Path:

@@ -129,7 +129,9 @@ class PostgresDatabase(Database):
             )
         except Exception as exc:  # asyncpg's DSN parser raises ValueError, TypeError, …: all are "cannot connect"
             message = _scrubbed(one_line(exc), self.dsn)
-            raise StorageError(f"cannot connect to PostgreSQL at {redacted(self.dsn)}: {message}") from None
+            raise StorageError(
+                f"cannot connect to PostgreSQL at {redacted(self.dsn)} (BROKER_DB_URL): {message}"
+            ) from None
         try:
             await (self._migrate() if migrate else self._check_schema())
         except BaseException:

@@ -58,6 +58,9 @@ WAL_LIMIT = 16 * 1024 * 1024  # bytes; beyond it a TRUNCATE checkpoint makes wri
 CHECKPOINT_BUSY_MS = 2_000  # how long a TRUNCATE checkpoint waits for another process's readers
 THREAD_BUSY_MS = 30_000
 SYNCHRONOUS_MODES = ("full", "normal")
+#: deleted and overwritten content is zeroed (a replaced TOTP secret does not linger in free space),
+#: whatever the build's default: SQLite's own is OFF, Debian's is ON.
+SECURE_DELETE = "ON"
 
 
 def _connect(path: Path, *, busy_ms: int, create: bool = True) -> sqlite3.Connection:
@@ -69,6 +72,7 @@ def _connect(path: Path, *, busy_ms: int, create: bool = True) -> sqlite3.Connec
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=NORMAL")
     conn.execute("PRAGMA foreign_keys=ON")
+    conn.execute(f"PRAGMA secure_delete={SECURE_DELETE}")
     conn.execute(f"PRAGMA busy_timeout={busy_ms}")
     conn.execute(f"PRAGMA journal_size_limit={WAL_LIMIT}")
     return conn
