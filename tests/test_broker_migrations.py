@@ -8,10 +8,10 @@ from pathlib import Path
 
 import asyncpg
 import pytest
-from conftest import PG_DSN
+from conftest import PG_DSN, open_database_at
 
-from agentkeys_kit.broker.storage import Database, open_database, store
 from agentkeys_kit.broker.storage import migrations as m
+from agentkeys_kit.broker.storage import open_database, store
 from agentkeys_kit.broker.storage.base import Operation, Query
 from agentkeys_kit.broker.storage.records import AuditEvent, UserRecord
 
@@ -122,16 +122,6 @@ def _sqlite_files(path: Path) -> bytes:
     return b"".join(p.read_bytes() for p in (path, path.with_name(path.name + "-wal")) if p.exists())
 
 
-async def _open_at(url: str, schema: str | None, version: int, monkeypatch: pytest.MonkeyPatch) -> Database:
-    dialect_list = "POSTGRES_MIGRATIONS" if url.startswith("postgresql") else "SQLITE_MIGRATIONS"
-    module = "postgres" if url.startswith("postgresql") else "sqlite"
-    with monkeypatch.context() as patch:
-        patch.setattr(f"agentkeys_kit.broker.storage.{module}.{dialect_list}", getattr(m, dialect_list)[:version])
-        db = open_database(url, schema=schema)
-        await db.open()
-    return db
-
-
 @pytest.mark.parametrize("ran_v3", [False, True], ids=["from_v2", "v3_already_applied"])
 async def test_the_bearers_v3_dropped_are_gone_from_the_table_files(
     db_url: tuple[str, str | None], monkeypatch: pytest.MonkeyPatch, ran_v3: bool
@@ -141,7 +131,7 @@ async def test_the_bearers_v3_dropped_are_gone_from_the_table_files(
     file and the file it had before, on SQLite the database and its WAL."""
     url, schema = db_url
     bearers = [secrets.token_urlsafe(450) for _ in range(60)]  # like RS256 JWTs: ~600 random bytes
-    v2 = await _open_at(url, schema, 2, monkeypatch)
+    v2 = await open_database_at(2, db_url, monkeypatch)
     await v2.run(_store_v2_bearers, bearers, 3)
     await v2.close()
     if url.startswith("postgresql"):
@@ -155,7 +145,7 @@ async def test_the_bearers_v3_dropped_are_gone_from_the_table_files(
     if ran_v3:  # a database that ran v3 before v4 existed: the bearers are dropped but still there
         with monkeypatch.context() as patch:  # SQLite: as built without SECURE_DELETE (sqlite.org's default)
             patch.setattr("agentkeys_kit.broker.storage.sqlite.SECURE_DELETE", "OFF")
-            v3 = await _open_at(url, schema, 3, patch)
+            v3 = await open_database_at(3, db_url, patch)
             await v3.close()
         dropped = (await _postgres_table_file(schema, "tee_tokens"))[1] if schema else _sqlite_files(sqlite)
         assert _leaked(dropped, bearers), "v3 alone leaves dropped bearers in the files (the finding)"

@@ -16,7 +16,7 @@ import aiohttp
 import asyncpg
 import pytest
 from broker_client import login
-from conftest import PG_DSN, TEE_PUBLIC_KEY_PATH, BrokerFactory, _drop_schema
+from conftest import PG_DSN, TEE_PUBLIC_KEY_PATH, BrokerFactory, _drop_schema, open_database_at
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from agentkeys_kit.broker.storage import StorageError, migrations, open_database, store
@@ -137,14 +137,7 @@ async def test_grants_list_on_a_database_the_broker_has_not_migrated_says_to_sta
     db_url: tuple[str, str | None], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     url, schema = db_url
-    module, name = (
-        ("postgres", "POSTGRES_MIGRATIONS") if url.startswith("postgresql") else ("sqlite", "SQLITE_MIGRATIONS")
-    )
-    with monkeypatch.context() as patch:  # a database a release with three migrations made
-        patch.setattr(f"agentkeys_kit.broker.storage.{module}.{name}", getattr(migrations, name)[:3])
-        old = open_database(url, schema=schema)
-        await old.open()
-        await old.close()
+    await (await open_database_at(3, db_url, monkeypatch)).close()  # a database of a release with 3 migrations
     proc = await broker_cli("grants", "list", env=db_env(db_url))
     one_line(proc, 1, "schema version 3", f"needs {migrations.LATEST_SCHEMA_VERSION}", "start the broker once")
     reopened = open_database(url, schema=schema)  # the command migrated nothing either
