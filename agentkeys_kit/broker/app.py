@@ -45,7 +45,12 @@ def create_app(
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         key = tee_key or await load_tee_key(config)
-        db = open_database(config.db_url, schema=config.db_schema, sqlite_synchronous=config.sqlite_synchronous)
+        db = open_database(
+            config.db_url,
+            schema=config.db_schema,
+            sqlite_synchronous=config.sqlite_synchronous,
+            pool_size=config.db_pool_size,
+        )
         await db.open()
         refusals = RefusalAudit(db)
         refusals.start()

@@ -5,6 +5,7 @@
 | `BROKER_HOST`, `BROKER_PORT` | listen address | `127.0.0.1`, `8091` |
 | `BROKER_DB_URL` | `sqlite:///PATH` or `postgresql://…` | `sqlite:///~/.agentkeys/broker/broker.sqlite3`|
 | `BROKER_DB_SCHEMA` | PostgreSQL schema for the tables (isolates deployments or test runs) | `public` |
+| `BROKER_DB_POOL_SIZE` | PostgreSQL connections per broker (replicas × this ≤ the server's max_connections) | `8` |
 | `BROKER_SQLITE_SYNCHRONOUS` | `full`: a reply means the write is on disk; `normal`: may lose the last | `full` |
 | `BROKER_TEE_JWT_PUBLIC_KEY` | pinned TEE JWT public key, PEM or DER (private keys are refused) | — |
 | `BROKER_TEE_JWT_PUBLIC_KEY_URL` | development only: fetch the key once at start (`/_sim/jwt-public-key`) | — |
@@ -40,6 +41,7 @@ class BrokerConfig:
     db_url: str = f"sqlite:///{DEFAULT_DB_PATH}"
     db_schema: str | None = None
     sqlite_synchronous: str = "full"
+    db_pool_size: int = 8
     tee_jwt_public_key: Path | None = None
     tee_jwt_public_key_url: str | None = None
     accepted_client_ids: tuple[str, ...] = ("agentkeys",)
@@ -79,6 +81,11 @@ def config_from_env(env: Mapping[str, str] | None = None, **overrides: object) -
         except ValueError:
             raise BrokerConfigError("BROKER_PORT must be an integer") from None
     values["db_url"], values["db_schema"] = database_from_env(env)
+    if "BROKER_DB_POOL_SIZE" in env:
+        pool_size = env["BROKER_DB_POOL_SIZE"].strip()
+        if not pool_size.isdigit() or not 1 <= int(pool_size) <= 1000:
+            raise BrokerConfigError("BROKER_DB_POOL_SIZE must be an integer from 1 to 1000")
+        values["db_pool_size"] = int(pool_size)
     if "BROKER_SQLITE_SYNCHRONOUS" in env:
         values["sqlite_synchronous"] = env["BROKER_SQLITE_SYNCHRONOUS"].strip().lower()
         if values["sqlite_synchronous"] not in ("full", "normal"):

@@ -46,6 +46,13 @@ _CONNECTION_ERRORS = (
     asyncpg.CannotConnectNowError,
     ConnectionError,
 )
+#: The connection is in a state where it cannot run a query: a server message arrived while it was
+#: idle (``InternalClientError: cannot switch to state …; another operation is in progress``, how
+#: asyncpg meets a backend terminated between two uses) or asyncpg lost track of it. The
+#: connection is dropped; nothing was sent, or the server rolls back what was.
+_BROKEN = (*_CONNECTION_ERRORS, asyncpg.InterfaceError, asyncpg.InternalClientError)
+#: Anything the driver raises; `asyncpg.DataError` (an argument it cannot encode) is one of them.
+_DRIVER_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError)
 
 
 def numbered(sql: str) -> str:
@@ -160,7 +167,7 @@ class PostgresDatabase(Database):
                         migration.name,
                         int(time.time()),
                     )
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except _DRIVER_ERRORS as exc:
             raise StorageError(f"cannot migrate {self.where}: {one_line(exc)}") from exc
 
     async def _schema_exists(self, conn: asyncpg.Connection) -> bool:
@@ -178,7 +185,7 @@ class PostgresDatabase(Database):
                 if await conn.fetchval("SELECT to_regclass('schema_migrations')") is None:
                     raise StorageError(f"no broker tables in {self.where}; nothing was created")
                 found = await conn.fetchval("SELECT COALESCE(MAX(version), 0) FROM schema_migrations")
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except _DRIVER_ERRORS as exc:
             raise StorageError(f"cannot read {self.where}: {one_line(exc)}") from exc
         require_migrated(int(found), self.where)
 
@@ -194,7 +201,7 @@ class PostgresDatabase(Database):
             pool, self._pool = self._pool, None
             try:
                 await asyncio.wait_for(pool.close(), 10)
-            except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            except _DRIVER_ERRORS:
                 pool.terminate()
 
     async def _connection_lost(self) -> None:
@@ -205,14 +212,14 @@ class PostgresDatabase(Database):
         try:
             async with self._acquire() as conn:
                 return bool(await conn.fetchval("SELECT 1") == 1)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, StorageError):
+        except (*_DRIVER_ERRORS, StorageError):
             return False
 
     async def schema_version(self) -> int:
         try:
             async with self._acquire() as conn:
                 return int(await conn.fetchval("SELECT COALESCE(MAX(version), 0) FROM schema_migrations"))
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except _DRIVER_ERRORS as exc:
             raise StorageError(one_line(exc)) from exc
 
     async def _run_once(self, operation: Operation[T]) -> T:
@@ -220,26 +227,36 @@ class PostgresDatabase(Database):
         try:
             query = next(operation)
             async with self._acquire() as conn:
-                if conn.is_closed():
-                    raise ConnectionLost("the pool handed out a closed connection", safe=True)
-                if query.whole:
-                    committing = True
-                    row = await conn.fetchrow(numbered(query.sql), *query.args)
-                    try:
-                        operation.send(None if row is None else dict(row))
-                    except StopIteration as done:
-                        return done.value  # type: ignore[no-any-return]
-                    raise StorageError("an operation marked as one statement yielded another")
-                return await self._in_transaction(conn, operation, query)
+                try:
+                    if conn.is_closed():
+                        raise ConnectionLost("the pool handed out a closed connection", safe=True)
+                    if query.whole:
+                        committing = True
+                        row = await conn.fetchrow(numbered(query.sql), *query.args)
+                        try:
+                            operation.send(None if row is None else dict(row))
+                        except StopIteration as done:
+                            return done.value  # type: ignore[no-any-return]
+                        raise StorageError("an operation marked as one statement yielded another")
+                    return await self._in_transaction(conn, operation, query)
+                except asyncpg.DataError:
+                    raise
+                except (*_BROKEN, CommitUnknown):
+                    conn.terminate()  # never back to the pool as it is
+                    raise
         except asyncpg.UniqueViolationError as exc:
             raise UniqueViolation(str(exc)) from exc
         except (asyncpg.DeadlockDetectedError, asyncpg.SerializationError) as exc:
             raise Conflict(one_line(exc)) from exc
-        except _CONNECTION_ERRORS as exc:
-            raise ConnectionLost(one_line(exc), safe=not committing) from exc
+        except asyncpg.DataError as exc:
+            raise StorageError(one_line(exc)) from exc
+        except _BROKEN as exc:
+            # asyncpg refuses to start a query on a connection in a wrong state before sending it
+            unsent = isinstance(exc, asyncpg.InternalClientError)
+            raise ConnectionLost(one_line(exc), safe=unsent or not committing) from exc
         except CommitUnknown as exc:
             raise ConnectionLost(one_line(exc.__cause__ or exc), safe=False) from exc.__cause__
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except _DRIVER_ERRORS as exc:
             raise StorageError(one_line(exc)) from exc
 
     async def _in_transaction(self, conn: asyncpg.Connection, operation: Operation[T], query: Query) -> T:
@@ -263,7 +280,7 @@ class PostgresDatabase(Database):
             raise
         try:
             await transaction.commit()
-        except _CONNECTION_ERRORS as exc:
+        except _BROKEN as exc:
             raise CommitUnknown("the connection broke during COMMIT") from exc
         return result
 
