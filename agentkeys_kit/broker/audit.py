@@ -114,7 +114,7 @@ class RefusalAudit:
 
     def _count(self, source: str, event: AuditEvent) -> None:
         kind: Kind = (source, event.event, event.outcome, event.client_id, event.omni_account)
-        self._add(kind, _Tally(event, event.repeat_count, event.occurred_at))
+        self._add(kind, _Tally(replace(event, remote_addr=source), event.repeat_count, event.occurred_at))
 
     def _add(self, kind: Kind, tally: _Tally) -> None:
         if kind not in self._pending and len(self._pending) >= self.max_kinds:
