@@ -55,7 +55,8 @@ log = logging.getLogger("agentkeys_kit.broker.storage")
 CHECKPOINT_INTERVAL = 1.0  # seconds
 CHECK_EVERY = 200  # committed writes between two looks at the WAL's size
 WAL_LIMIT = 16 * 1024 * 1024  # bytes; beyond it a TRUNCATE checkpoint makes writers wait
-CHECKPOINT_BUSY_MS = 2_000  # how long a TRUNCATE checkpoint waits for another process's readers
+CHECKPOINT_BUSY_MS = 100  # how long a TRUNCATE checkpoint (writers waiting) waits for another process
+BLOCKED_RETRY = 5.0  # seconds before a TRUNCATE checkpoint blocked by another process is tried again
 THREAD_BUSY_MS = 30_000
 SYNCHRONOUS_MODES = ("full", "normal")
 #: deleted and overwritten content is zeroed (a replaced TOTP secret does not linger in free space),
@@ -157,13 +158,16 @@ def _why(path: Path, exc: BaseException) -> str:
 class SqliteDatabase(Database):
     dialect = "sqlite"
 
-    def __init__(self, path: Path, *, synchronous: str = "full", wal_limit: int = WAL_LIMIT) -> None:
+    def __init__(
+        self, path: Path, *, synchronous: str = "full", wal_limit: int = WAL_LIMIT, check_every: int = CHECK_EVERY
+    ) -> None:
         super().__init__()
         if synchronous not in SYNCHRONOUS_MODES:
             raise ValueError(f"synchronous must be one of {SYNCHRONOUS_MODES}")
         self.path = path
         self.synchronous = synchronous
         self.wal_limit = wal_limit
+        self.check_every = check_every
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="broker-sqlite")
         self._sync_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="broker-sqlite-fsync")
         self._thread_conn: sqlite3.Connection | None = None  # used only on the worker thread
@@ -178,6 +182,7 @@ class SqliteDatabase(Database):
         self._check_now = asyncio.Event()
         self._to_thread = False  # a TRUNCATE checkpoint is due: transactions queue behind it
         self._blocked_checkpoint_reported = False
+        self._truncate_after = 0.0  # monotonic time before which no TRUNCATE is tried (blocked)
         self._closed = False
 
     # ------------------------------------------------------------------ open, migrate, close
@@ -327,7 +332,7 @@ class SqliteDatabase(Database):
         if wrote:
             await self._durable()
             self._writes_since_check += 1
-            if self._writes_since_check >= CHECK_EVERY:
+            if self._writes_since_check >= self.check_every:
                 self._check_now.set()
         return result
 
@@ -375,9 +380,14 @@ class SqliteDatabase(Database):
         return 0 if self._wal_fd is None else os.fstat(self._wal_fd).st_size
 
     async def checkpoint(self) -> None:
-        """PASSIVE while the WAL is within `wal_limit`, else TRUNCATE with the writers waiting."""
+        """PASSIVE while the WAL is within `wal_limit`, else TRUNCATE with the writers waiting.
+
+        Only another process can block a TRUNCATE (a reader holding an old snapshot, a writer):
+        it is then given up after `CHECKPOINT_BUSY_MS`, PASSIVE checkpoints go on, and it is tried
+        again after `BLOCKED_RETRY` seconds, so such a reader slows writes by at most 2% and the
+        operator is told once why the WAL grows."""
         size = self.wal_size()
-        if size <= self.wal_limit:
+        if size <= self.wal_limit or time.monotonic() < self._truncate_after:
             await self._call(lambda: self._thread().execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone())
             return
         self._to_thread = True
@@ -385,6 +395,8 @@ class SqliteDatabase(Database):
             busy, _, _ = await self._call(self._truncate_sync)
         finally:
             self._to_thread = False
+        if busy:
+            self._truncate_after = time.monotonic() + BLOCKED_RETRY
         if busy and not self._blocked_checkpoint_reported:
             log.warning(
                 "%s: the WAL is %.0f MB and cannot be checkpointed: another connection keeps reading it",
