@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import re
 import time
 from collections.abc import AsyncIterator
@@ -53,6 +54,32 @@ _CONNECTION_ERRORS = (
 _BROKEN = (*_CONNECTION_ERRORS, asyncpg.InterfaceError, asyncpg.InternalClientError)
 #: Anything the driver raises; `asyncpg.DataError` (an argument it cannot encode) is one of them.
 _DRIVER_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError)
+
+
+class _OneLineAtMostEvery(logging.Filter):
+    """asyncpg's pool logs a full traceback each time it fails to reconnect its connection floor,
+    which is many times a second while the server is down. Its records are cut to one line (the
+    exception's type and message) and let through at most once per `every` seconds; the
+    broker's own storage log says when the outage starts, lasts and ends."""
+
+    def __init__(self, every: float = 30.0) -> None:
+        super().__init__()
+        self.every = every
+        self._last = -every
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        now = time.monotonic()
+        if now - self._last < self.every:
+            return False
+        self._last = now
+        if record.exc_info and record.exc_info[1] is not None:
+            record.msg = f"{record.getMessage()}: {one_line(record.exc_info[1])}"
+            record.args = None
+            record.exc_info = record.exc_text = None
+        return True
+
+
+logging.getLogger("asyncpg.pool").addFilter(_OneLineAtMostEvery())
 
 
 def numbered(sql: str) -> str:
