@@ -271,7 +271,8 @@ class SqliteDatabase(Database):
 
         def close_sync() -> None:
             if self._thread_conn is not None:
-                with contextlib.suppress(sqlite3.Error):
+                with contextlib.suppress(sqlite3.Error):  # a courtesy: never stall another process for it
+                    self._thread_conn.execute(f"PRAGMA busy_timeout={CHECKPOINT_BUSY_MS}")
                     self._thread_conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
                 self._thread_conn.close()
                 self._thread_conn = None
