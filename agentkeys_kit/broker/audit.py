@@ -22,7 +22,6 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from agentkeys_kit.broker.storage import AuditEvent, Database, StorageError, store
@@ -86,7 +85,6 @@ class RefusalAudit:
         per_source: int = PER_SOURCE,
         overall: int = OVERALL,
         max_kinds: int = MAX_KINDS,
-        sleep: Callable[[float], object] = asyncio.sleep,
     ) -> None:
         self.db = db
         self.window = window
@@ -97,6 +95,7 @@ class RefusalAudit:
         self._written_total = 0
         self._pending: dict[Kind, _Tally] = {}
         self._task: asyncio.Task[None] | None = None
+        self._stop = asyncio.Event()
 
     async def record(self, event: AuditEvent) -> None:
         """Write `event` now if its source and the window still have budget, else count it."""
@@ -140,24 +139,29 @@ class RefusalAudit:
         pending, self._pending = self._pending, {}
         try:
             await self.db.run(store.write_audits, [tally.row() for tally in pending.values()])
-        except StorageError:
-            for kind, tally in pending.items():  # kept for the next window, never dropped
+        except BaseException as exc:  # kept for the next window, never dropped (cancelled too)
+            for kind, tally in pending.items():
                 self._add(kind, tally)
+            if not isinstance(exc, StorageError):
+                raise
             log.warning("%d aggregated refusal counts could not be written; kept for the next window", len(pending))
 
     async def _flush_forever(self) -> None:
-        while True:
-            await asyncio.sleep(self.window)
-            await self.flush()
+        while not self._stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.window):
+                    await self._stop.wait()
+            if not self._stop.is_set():
+                await self.flush()
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._flush_forever(), name="broker-refusal-audit")
 
     async def close(self) -> None:
-        """Stop the window task and write what is counted (a clean stop loses nothing)."""
+        """Stop the window task (never in the middle of a write) and write what is counted: a
+        clean stop loses nothing."""
+        self._stop.set()
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await self._task
             self._task = None
         await self.flush()

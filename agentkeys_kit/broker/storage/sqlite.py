@@ -258,9 +258,8 @@ class SqliteDatabase(Database):
             return
         self._closed = True
         if self._checkpoints is not None:
-            self._checkpoints.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._checkpoints
+            self._check_now.set()
+            await self._checkpoints
             self._checkpoints = None
         if self._sync_task is not None:
             with contextlib.suppress(StorageError):
@@ -367,9 +366,14 @@ class SqliteDatabase(Database):
     # ------------------------------------------------------------------ checkpoints
 
     async def _checkpoint_forever(self) -> None:
-        while True:
+        # Stopped by `close` through `_closed` and the event, not by cancellation: Python 3.11's
+        # wait_for can swallow a cancel that lands as its timeout fires, and close would wait forever.
+        while not self._closed:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._check_now.wait(), CHECKPOINT_INTERVAL)
+                async with asyncio.timeout(CHECKPOINT_INTERVAL):
+                    await self._check_now.wait()
+            if self._closed:
+                return
             self._check_now.clear()
             self._writes_since_check = 0
             try:
