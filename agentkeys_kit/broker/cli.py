@@ -141,11 +141,10 @@ async def _create(db: Any, args: argparse.Namespace, now: int) -> int:
         )
     )
     if grant is None:
-        active = [g for g in await db.run(store.list_grants, master.omni_account) if g.agent_wallet == agent]
-        which = " ".join(g.grant_id for g in active if g.status(now) == "active")
+        existing = await db.run(store.find_open_grant, master_wallet, agent)
+        which = f" ({existing.grant_id})" if existing is not None else ""
         print(
-            f"agentkeys-broker: {master_wallet} already has an active grant for agent {agent} ({which}): "
-            "revoke it first",
+            f"agentkeys-broker: {master_wallet} already has an active grant for agent {agent}{which}: revoke it first",
             file=sys.stderr,
         )
         return 1

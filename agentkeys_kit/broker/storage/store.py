@@ -306,6 +306,16 @@ def revoke_grant(*, grant_id: str, master_omni_account: str | None, audit: Audit
     return "revoked"
 
 
+def find_open_grant(master_wallet: str, agent_wallet: str) -> Operation[GrantRecord | None]:
+    """The pair's open grant (there is at most one), expired or not."""
+    row = yield Query.one(
+        f"SELECT {_GRANT_COLUMNS} FROM grants WHERE master_wallet = ? AND agent_wallet = ? AND {_OPEN}",
+        master_wallet.lower(),
+        agent_wallet.lower(),
+    )
+    return None if row is None else GrantRecord.from_row(row)
+
+
 def list_grants(master_omni_account: str | None) -> Operation[list[GrantRecord]]:
     if master_omni_account is None:
         rows = yield Query.all(f"SELECT {_GRANT_COLUMNS} FROM grants ORDER BY created_at, grant_id")
