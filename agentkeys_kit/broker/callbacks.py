@@ -23,7 +23,7 @@ from aiohttp import web
 from agentkeys_kit.broker import errors
 from agentkeys_kit.broker.errors import BrokerError
 from agentkeys_kit.broker.state import STATE, BrokerState
-from agentkeys_kit.broker.storage import AuditEvent, StorageError, UserRecord, store
+from agentkeys_kit.broker.storage import AuditEvent, StorageError, UserRecord, ValueRefused, store
 from agentkeys_kit.broker.storage.base import one_line
 from agentkeys_kit.broker.tokens import VerifiedBearer, bearer_sha256
 from agentkeys_kit.broker.totp import verify_totp
@@ -174,6 +174,16 @@ async def audit_refusal(
     )
 
 
+async def refuse_unstorable(pending: Awaitable[web.Response]) -> web.Response:
+    """A value the database cannot store is the request's fault: a 400, never a 5xx."""
+    try:
+        return await pending
+    except ValueRefused:
+        raise errors.malformed(
+            "a value cannot be stored (a NUL byte, a lone surrogate, a number out of range)"
+        ) from None
+
+
 def callback(event: str, *, bearer: bool) -> Callable[[CallbackHandler], Handler]:
     """Wrap a callback handler: TEE-token check or network allow-list, refusal audit, envelope."""
 
@@ -187,7 +197,7 @@ def callback(event: str, *, bearer: bool) -> Callable[[CallbackHandler], Handler
                     verified = state.verifier.verify(header)
                 else:
                     require_allowed_network(request, state)
-                result: web.Response = await handler(request, state, verified)
+                result: web.Response = await refuse_unstorable(handler(request, state, verified))
                 return result
             except BrokerError as error:
                 sha = verified.sha256 if verified else presented_token_sha256(header)

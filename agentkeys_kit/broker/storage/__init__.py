@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from agentkeys_kit.broker.config import sqlite_path
-from agentkeys_kit.broker.storage.base import Database, StorageError, UniqueViolation
+from agentkeys_kit.broker.storage.base import Database, StorageError, UniqueViolation, ValueRefused
 from agentkeys_kit.broker.storage.records import AuditEvent, GrantRecord, UserRecord, WalletRecord
 
 
@@ -31,6 +31,7 @@ __all__ = [
     "StorageError",
     "UniqueViolation",
     "UserRecord",
+    "ValueRefused",
     "WalletRecord",
     "open_database",
 ]

@@ -77,6 +77,11 @@ class UniqueViolation(StorageError):
     """A unique constraint fired; `Database.run` reruns the operation."""
 
 
+class ValueRefused(StorageError):
+    """The database cannot store a value of the operation (a NUL byte, a lone surrogate, an
+    integer out of range): the request's fault, not the database's; nothing was written."""
+
+
 class Conflict(StorageError):
     """A deadlock or serialisation failure: the database rolled the transaction back, and running
     it again is the documented remedy; `Database.run` does, a bounded number of times."""
@@ -180,6 +185,8 @@ class Database(abc.ABC):
         while True:
             try:
                 result = await self._run_once(make_operation(*args))
+            except ValueRefused:
+                raise
             except UniqueViolation:
                 races += 1
                 if races >= RETRIES:

@@ -28,6 +28,7 @@ from agentkeys_kit.broker.storage.base import (
     Query,
     StorageError,
     UniqueViolation,
+    ValueRefused,
     one_line,
 )
 from agentkeys_kit.broker.storage.migrations import POSTGRES_MIGRATIONS, SCHEMA_MIGRATIONS_TABLE, require_migrated
@@ -52,7 +53,10 @@ _CONNECTION_ERRORS = (
 #: asyncpg meets a backend terminated between two uses) or asyncpg lost track of it. The
 #: connection is dropped; nothing was sent, or the server rolls back what was.
 _BROKEN = (*_CONNECTION_ERRORS, asyncpg.InterfaceError, asyncpg.InternalClientError)
-#: Anything the driver raises; `asyncpg.DataError` (an argument it cannot encode) is one of them.
+#: A value the server refuses (class 22, e.g. a NUL byte in text) or asyncpg cannot encode (its
+#: client-side DataError is a ValueError, e.g. an integer beyond BIGINT): the request's fault.
+_VALUE_ERRORS = (asyncpg.DataError, ValueError)
+#: Anything the driver raises.
 _DRIVER_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError)
 
 
@@ -266,7 +270,7 @@ class PostgresDatabase(Database):
                             return done.value  # type: ignore[no-any-return]
                         raise StorageError("an operation marked as one statement yielded another")
                     return await self._in_transaction(conn, operation, query)
-                except asyncpg.DataError:
+                except _VALUE_ERRORS:
                     raise
                 except (*_BROKEN, CommitUnknown):
                     conn.terminate()  # never back to the pool as it is
@@ -275,8 +279,8 @@ class PostgresDatabase(Database):
             raise UniqueViolation(str(exc)) from exc
         except (asyncpg.DeadlockDetectedError, asyncpg.SerializationError) as exc:
             raise Conflict(one_line(exc)) from exc
-        except asyncpg.DataError as exc:
-            raise StorageError(one_line(exc)) from exc
+        except _VALUE_ERRORS as exc:
+            raise ValueRefused(one_line(exc)) from exc
         except _BROKEN as exc:
             # asyncpg refuses to start a query on a connection in a wrong state before sending it
             unsent = isinstance(exc, asyncpg.InternalClientError)

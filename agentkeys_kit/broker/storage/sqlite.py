@@ -41,7 +41,14 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import quote
 
-from agentkeys_kit.broker.storage.base import Database, Fetch, Operation, StorageError, UniqueViolation
+from agentkeys_kit.broker.storage.base import (
+    Database,
+    Fetch,
+    Operation,
+    StorageError,
+    UniqueViolation,
+    ValueRefused,
+)
 from agentkeys_kit.broker.storage.migrations import (
     SCHEMA_MIGRATIONS_TABLE,
     SQLITE_MIGRATIONS,
@@ -125,6 +132,9 @@ def _execute(conn: sqlite3.Connection, operation: Operation[T], *, begun: bool =
         with contextlib.suppress(sqlite3.Error):
             conn.execute("ROLLBACK")
         raise StorageError(str(exc)) from exc
+    except (UnicodeEncodeError, OverflowError) as exc:  # raised by sqlite3 binding a parameter
+        conn.execute("ROLLBACK")
+        raise ValueRefused(str(exc)) from exc
     except BaseException:
         conn.execute("ROLLBACK")
         raise
