@@ -19,6 +19,7 @@ from agentkeys_kit.broker.app import create_app as create_broker_app
 from agentkeys_kit.broker.config import config_from_env as broker_config_from_env
 from agentkeys_kit.broker.server import BrokerServer
 from agentkeys_kit.broker.state import STATE, BrokerState
+from agentkeys_kit.broker.storage import Database, migrations, open_database
 from agentkeys_kit.omni_sim.config import SimConfig, config_from_env
 from agentkeys_kit.omni_sim.keystore import load_auth_token_key, load_pkcs1_der, load_shielding_key
 from agentkeys_kit.omni_sim.server import SimServer
@@ -233,6 +234,19 @@ async def make_broker(db_url: tuple[str, str | None], tee_key: rsa.RSAPrivateKey
     yield factory
     for handle in started:
         await handle.stop()
+
+
+async def open_database_at(version: int, db_url: tuple[str, str | None], monkeypatch: pytest.MonkeyPatch) -> Database:
+    """The database opened by a release whose last migration was `version` (migrated that far)."""
+    url, schema = db_url
+    module, name = (
+        ("postgres", "POSTGRES_MIGRATIONS") if url.startswith("postgres") else ("sqlite", "SQLITE_MIGRATIONS")
+    )
+    with monkeypatch.context() as patch:
+        patch.setattr(f"agentkeys_kit.broker.storage.{module}.{name}", getattr(migrations, name)[:version])
+        db = open_database(url, schema=schema)
+        await db.open()
+    return db
 
 
 def mint_tee_token(

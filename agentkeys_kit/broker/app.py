@@ -19,12 +19,13 @@ from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from agentkeys_kit.broker import http
+from agentkeys_kit.broker.audit import RefusalAudit
 from agentkeys_kit.broker.callbacks import add_callback_routes
 from agentkeys_kit.broker.config import BrokerConfig
 from agentkeys_kit.broker.grants import add_grant_routes
 from agentkeys_kit.broker.observability import METRICS, BrokerMetrics, log_start, metrics_response, version
 from agentkeys_kit.broker.state import STATE, BrokerState
-from agentkeys_kit.broker.storage import open_database
+from agentkeys_kit.broker.storage import StorageError, open_database
 from agentkeys_kit.broker.tee_keys import fetch_public_key, load_public_key_file
 from agentkeys_kit.broker.tokens import TeeTokenVerifier
 
@@ -52,15 +53,23 @@ def create_app(
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         key = tee_key or await load_tee_key(config)
-        db = open_database(config.db_url, schema=config.db_schema)
+        db = open_database(
+            config.db_url,
+            schema=config.db_schema,
+            sqlite_synchronous=config.sqlite_synchronous,
+            pool_size=config.db_pool_size,
+        )
         await db.open()
+        refusals = RefusalAudit(db)
+        refusals.start()
         try:
             verifier = TeeTokenVerifier(key, config.accepted_client_ids, clock)
-            app[STATE] = BrokerState(config=config, db=db, verifier=verifier, clock=clock)
+            app[STATE] = BrokerState(config=config, db=db, verifier=verifier, refusals=refusals, clock=clock)
             log_start(config, key, await db.schema_version())
             metrics.info.labels(version(), db.dialect).set(1)
             yield
         finally:
+            await refusals.close()
             await db.close()
 
     app.cleanup_ctx.append(lifecycle)
@@ -81,7 +90,10 @@ async def readyz(request: web.Request) -> web.Response:
     database = await state.db.ping()
     body = {"database": database, "tee_key": True, "db": state.db.dialect}
     if database:
-        body["schema_version"] = await state.db.schema_version()
+        try:
+            body["schema_version"] = await state.db.schema_version()
+        except StorageError:
+            body["database"] = database = False
     return web.json_response(body, status=200 if database else 503)
 
 

@@ -26,7 +26,8 @@ from agentkeys_kit.broker.http import json_body as json_body  # the request laye
 from agentkeys_kit.broker.http import read_body as read_body
 from agentkeys_kit.broker.http import require_fields as require_fields
 from agentkeys_kit.broker.state import STATE, BrokerState
-from agentkeys_kit.broker.storage import AuditEvent, StorageError, UserRecord, store
+from agentkeys_kit.broker.storage import AuditEvent, StorageError, UserRecord, ValueRefused, store
+from agentkeys_kit.broker.storage.base import one_line
 from agentkeys_kit.broker.tokens import VerifiedBearer, bearer_sha256
 from agentkeys_kit.broker.totp import verify_totp
 from agentkeys_kit.protocol.auth import (
@@ -126,20 +127,27 @@ def require_allowed_network(request: web.Request, state: BrokerState) -> None:
 async def audit_refusal(
     state: BrokerState, event: str, error: BrokerError, request: web.Request, **fields: Any
 ) -> None:
-    try:
-        await state.db.run(
-            store.write_audit,
-            AuditEvent(
-                event=event,
-                outcome=f"refused:{error.error}",
-                occurred_at=state.now(),
-                remote_addr=request.remote,
-                detail=error.details.get("reason") or error.message,
-                **fields,
-            ),
+    """Refusals are audited within a per-source budget, the rest counted (`broker/audit.py`)."""
+    await state.refusals.record(
+        AuditEvent(
+            event=event,
+            outcome=f"refused:{error.error}",
+            occurred_at=state.now(),
+            remote_addr=request.remote,
+            detail=error.details.get("reason") or error.message,
+            **fields,
         )
-    except StorageError:
-        log.warning("audit row for a refused %s could not be written", event)
+    )
+
+
+async def refuse_unstorable(pending: Awaitable[web.Response]) -> web.Response:
+    """A value the database cannot store is the request's fault: a 400, never a 5xx."""
+    try:
+        return await pending
+    except ValueRefused:
+        raise errors.malformed(
+            "a value cannot be stored (a NUL byte, a lone surrogate, a number out of range)"
+        ) from None
 
 
 def callback(event: str, *, bearer: bool) -> Callable[[CallbackHandler], Handler]:
@@ -156,7 +164,7 @@ def callback(event: str, *, bearer: bool) -> Callable[[CallbackHandler], Handler
                     note_omni_account(request, verified.claims.sub)
                 else:
                     require_allowed_network(request, state)
-                result: web.Response = await handler(request, state, verified)
+                result: web.Response = await refuse_unstorable(handler(request, state, verified))
                 return result
             except BrokerError as error:
                 sha = verified.sha256 if verified else presented_token_sha256(header)
@@ -170,8 +178,8 @@ def callback(event: str, *, bearer: bool) -> Callable[[CallbackHandler], Handler
                     client_id=verified.claims.aud if verified else None,
                 )
                 return error.response()
-            except StorageError:
-                log.exception("storage failed while serving %s", event)
+            except StorageError as exc:  # one line; the storage log summarises an outage
+                log.warning("storage failed while serving %s: %s", event, one_line(exc))
                 return errors.storage_unavailable().response()
 
         handle.__name__ = handler.__name__

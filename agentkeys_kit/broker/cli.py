@@ -1,8 +1,11 @@
 """`agentkeys-broker run --host --port` and the operator command `agentkeys-broker grants …`.
 
 Both read the `BROKER_*` variables (see `broker.config`); flags win. The grants command works on
-the database directly (`BROKER_DB_URL`) and writes the same audit rows as the HTTP API, with
-``remote_addr = "operator"``.
+the database directly (`BROKER_DB_URL`, `BROKER_DB_SCHEMA`) and writes the same audit rows as the
+HTTP API, with ``remote_addr = "operator"``. It never creates or migrates anything: a database or
+schema that does not exist, or that the broker has not migrated yet, is one line saying so.
+Every failure is one line on stderr and a non-zero exit status: 1 for a refusal or a database
+failure, 2 for a usage or configuration mistake.
 """
 
 from __future__ import annotations
@@ -17,7 +20,14 @@ from collections.abc import Sequence
 from typing import Any
 
 from agentkeys_kit.broker.app import create_app
-from agentkeys_kit.broker.config import LOG_FORMATS, LOG_LEVELS, BrokerConfig, BrokerConfigError, config_from_env
+from agentkeys_kit.broker.config import (
+    LOG_FORMATS,
+    LOG_LEVELS,
+    BrokerConfig,
+    BrokerConfigError,
+    config_from_env,
+    database_from_env,
+)
 from agentkeys_kit.broker.errors import BrokerError
 from agentkeys_kit.broker.grants import validate_grant_request
 from agentkeys_kit.broker.observability import configure_logging
@@ -63,11 +73,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         configure_logging(config.log_level, config.log_format)
         return serve(config)
-    db_url = os.environ.get("BROKER_DB_URL", BrokerConfig().db_url)
-    schema = os.environ.get("BROKER_DB_SCHEMA") or None
+    try:
+        db_url, schema = database_from_env(os.environ)
+    except BrokerConfigError as exc:
+        print(f"agentkeys-broker: configuration error: {exc}", file=sys.stderr)
+        return 2
     try:
         return asyncio.run(grants_command(db_url, schema, args))
-    except (StorageError, BrokerConfigError) as exc:
+    except StorageError as exc:
         print(f"agentkeys-broker: {exc}", file=sys.stderr)
         return 1
 
@@ -92,7 +105,7 @@ def serve(config: BrokerConfig) -> int:
 
 async def grants_command(db_url: str, schema: str | None, args: argparse.Namespace) -> int:
     db = open_database(db_url, schema=schema)
-    await db.open()
+    await db.open(migrate=False)
     try:
         now = int(time.time())
         if args.grants_command == "list":
@@ -136,6 +149,14 @@ async def _create(db: Any, args: argparse.Namespace, now: int) -> int:
             audit=audit,
         )
     )
+    if grant is None:
+        existing = await db.run(store.find_open_grant, master_wallet, agent)
+        which = f" ({existing.grant_id})" if existing is not None else ""
+        print(
+            f"agentkeys-broker: {master_wallet} already has an active grant for agent {agent}{which}: revoke it first",
+            file=sys.stderr,
+        )
+        return 1
     print(json.dumps(grant.to_json(now)))
     return 0
 

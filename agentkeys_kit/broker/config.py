@@ -5,6 +5,8 @@
 | `BROKER_HOST`, `BROKER_PORT` | listen address | `127.0.0.1`, `8091` |
 | `BROKER_DB_URL` | `sqlite:///PATH` or `postgresql://…` | `sqlite:///~/.agentkeys/broker/broker.sqlite3`|
 | `BROKER_DB_SCHEMA` | PostgreSQL schema for the tables (isolates deployments or test runs) | `public` |
+| `BROKER_DB_POOL_SIZE` | PostgreSQL connections per broker (replicas × this ≤ the server's max_connections) | `8` |
+| `BROKER_SQLITE_SYNCHRONOUS` | `full`: a reply means the write is on disk; `normal`: may lose the last | `full` |
 | `BROKER_TEE_JWT_PUBLIC_KEY` | pinned TEE JWT public key, PEM or DER (private keys are refused) | — |
 | `BROKER_TEE_JWT_PUBLIC_KEY_URL` | development only: fetch the key once at start (`/_sim/jwt-public-key`) | — |
 | `BROKER_ACCEPTED_CLIENT_IDS` | comma list of `aud` values accepted; the first is the broker's own | `agentkeys` |
@@ -51,6 +53,8 @@ class BrokerConfig:
     port: int = DEFAULT_PORT
     db_url: str = f"sqlite:///{DEFAULT_DB_PATH}"
     db_schema: str | None = None
+    sqlite_synchronous: str = "full"
+    db_pool_size: int = 8
     tee_jwt_public_key: Path | None = None
     tee_jwt_public_key_url: str | None = None
     accepted_client_ids: tuple[str, ...] = ("agentkeys",)
@@ -132,12 +136,16 @@ def config_from_env(env: Mapping[str, str] | None = None, **overrides: object) -
             values["port"] = int(env["BROKER_PORT"])
         except ValueError:
             raise BrokerConfigError("BROKER_PORT must be an integer") from None
-    if "BROKER_DB_URL" in env:
-        values["db_url"] = env["BROKER_DB_URL"]
-    if env.get("BROKER_DB_SCHEMA"):
-        if not re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", env["BROKER_DB_SCHEMA"]):
-            raise BrokerConfigError("BROKER_DB_SCHEMA must be a lowercase SQL identifier ([a-z_][a-z0-9_]*)")
-        values["db_schema"] = env["BROKER_DB_SCHEMA"]
+    values["db_url"], values["db_schema"] = database_from_env(env)
+    if "BROKER_DB_POOL_SIZE" in env:
+        pool_size = env["BROKER_DB_POOL_SIZE"].strip()
+        if not pool_size.isdigit() or not 1 <= int(pool_size) <= 1000:
+            raise BrokerConfigError("BROKER_DB_POOL_SIZE must be an integer from 1 to 1000")
+        values["db_pool_size"] = int(pool_size)
+    if "BROKER_SQLITE_SYNCHRONOUS" in env:
+        values["sqlite_synchronous"] = env["BROKER_SQLITE_SYNCHRONOUS"].strip().lower()
+        if values["sqlite_synchronous"] not in ("full", "normal"):
+            raise BrokerConfigError("BROKER_SQLITE_SYNCHRONOUS must be full or normal")
     if env.get("BROKER_TEE_JWT_PUBLIC_KEY"):
         values["tee_jwt_public_key"] = Path(env["BROKER_TEE_JWT_PUBLIC_KEY"]).expanduser()
     if env.get("BROKER_TEE_JWT_PUBLIC_KEY_URL"):
@@ -173,11 +181,38 @@ def config_from_env(env: Mapping[str, str] | None = None, **overrides: object) -
     return config
 
 
+def database_from_env(env: Mapping[str, str]) -> tuple[str, str | None]:
+    """`BROKER_DB_URL` and `BROKER_DB_SCHEMA`, checked: what the broker and the operator's
+    commands open. A wrong value is named in one line that never repeats the URL (its password)."""
+    db_url = env.get("BROKER_DB_URL") or f"sqlite:///{DEFAULT_DB_PATH}"
+    check_db_url(db_url)
+    schema = env.get("BROKER_DB_SCHEMA") or None
+    if schema is not None and not re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", schema):
+        raise BrokerConfigError("BROKER_DB_SCHEMA must be a lowercase SQL identifier ([a-z_][a-z0-9_]*)")
+    return db_url, schema
+
+
+_DB_URL_FORMS = "sqlite:///PATH or postgresql://USER:PASSWORD@HOST:PORT/DATABASE"
+
+
+def check_db_url(db_url: str) -> None:
+    if db_url.startswith("sqlite:"):
+        sqlite_path(db_url)
+        return
+    if not db_url.startswith(("postgresql://", "postgres://")):
+        raise BrokerConfigError(f"BROKER_DB_URL must be {_DB_URL_FORMS}")
+    try:
+        url = urlsplit(db_url)
+        url.port  # noqa: B018 - parsing it is the check
+    except ValueError:
+        raise BrokerConfigError(f"BROKER_DB_URL is not a valid URL (is the port a number?): {_DB_URL_FORMS}") from None
+
+
 def sqlite_path(db_url: str) -> Path:
     """``sqlite:///PATH`` → PATH (``~`` expanded); ``sqlite:///:memory:`` is refused (one process)."""
     prefix = "sqlite:///"
     if not db_url.startswith(prefix):
-        raise BrokerConfigError(f"not a SQLite URL: {db_url!r}")
+        raise BrokerConfigError(f"BROKER_DB_URL must be {_DB_URL_FORMS}")
     path = db_url[len(prefix) :]
     if not path or path == ":memory:":
         raise BrokerConfigError("BROKER_DB_URL must name a SQLite file")
