@@ -177,7 +177,7 @@ async def test_a_value_the_database_cannot_store_is_a_400_and_no_outage(
     lone = await call(http, broker, GRANT_REVOKE, token=token, json_body={"grant_id": "grn_\ud800"})
     assert_refused(lone, 400, "malformed_body")
     nul = await call(http, broker, GRANT_REVOKE, token=token, json_body={"grant_id": "grn_\x00"})
-    assert_refused(nul, 400 if broker.state.db.dialect == "postgresql" else 404, nul.body["data"]["error"])
+    assert_refused(nul, 400, "malformed_body")  # the request layer refuses NUL before any database
     with pytest.raises(ValueRefused):
         await broker.state.db.run(store.find_user_by_uid, "usr_\udfff")
 
