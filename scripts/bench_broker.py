@@ -25,7 +25,15 @@ the load generator's from ``time.process_time()``, and "other" is the rest of th
 Run from the repository root:
 
     PYTHONPATH=. /tmp/venv/bin/python scripts/bench_broker.py [--duration S] [--concurrency N]
-        [--only sqlite|postgresql] [--json PATH] [--profile PREFIX] [--wait-quiet S] [--pg-dsn DSN]
+        [--only sqlite|postgresql] [--sqlite-synchronous full,normal] [--json PATH] [--profile PREFIX]
+        [--wait-quiet S] [--pg-dsn DSN]
+
+SQLite runs twice by default (``--sqlite-synchronous full,normal``): ``full``, the broker's default,
+acknowledges a login only once its transaction is on disk (the broker fsyncs the WAL before it
+answers, one fsync shared by the transactions committed meanwhile); ``normal`` answers without it
+(a power loss can undo the last acknowledged logins). The report gives the cost of durability as
+the difference of the two runs. Figures taken while other processes load the machine (the report
+warns) are not to be trusted, this one least of all: it compares two runs taken one after the other.
 
 Before each database the script waits (``--wait-quiet``, at most 30 s) for the rest of the machine
 to go idle, and warns when other processes still used the CPUs during a window.
@@ -67,7 +75,6 @@ from benchkit import verdict as _verdict
 CLIENT_ID = "agentkeys"
 CALLBACK_PATH = "/v3/account/post_heima_login"
 TEE_KEY_PATH = ROOT / "fixtures" / "keys" / "auth_token_key.test.bin"
-DEFAULT_PG_DSN = os.environ.get("BROKER_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/test")
 DATABASES = ("sqlite", "postgresql")
 RATE_TARGETS = {"sqlite": 1000.0, "postgresql": 800.0}
 P99_TARGET_MS = 50.0
@@ -183,7 +190,7 @@ def make_callers(count: int) -> list[Caller]:
 
 @dataclass
 class DatabaseResult(benchkit.LoadResult):
-    database: str
+    database: str  # the run's name: sqlite, sqlite/normal or postgresql
     concurrency: int
     warmup_s: float
     duration_s: float
@@ -209,6 +216,8 @@ class DatabaseResult(benchkit.LoadResult):
     db_audit_other: int | None = None
     db_check_ok: bool | None = None
     db_check_error: str | None = None
+    kind: str = ""  # sqlite or postgresql
+    sqlite_synchronous: str | None = None
     rate_pass: bool = False
     p99_pass: bool = False
     ok: bool = False
@@ -369,25 +378,30 @@ async def check_postgres(dsn: str) -> str:
 
 
 async def bench_database(
-    database: str,
+    run: str,
     args: argparse.Namespace,
     session: aiohttp.ClientSession,
     callers: Sequence[Caller],
     tmpdir: Path,
 ) -> DatabaseResult:
-    result = DatabaseResult(database, args.concurrency, args.warmup, args.duration, profiled=bool(args.profile))
+    """One window on a fresh database: `run` is ``postgresql``, ``sqlite`` (synchronous full) or
+    ``sqlite/normal``."""
+    database, _, synchronous = run.partition("/")
+    result = DatabaseResult(run, args.concurrency, args.warmup, args.duration, profiled=bool(args.profile))
+    result.kind = database
     schema: str | None = None
     schema_to_drop: str | None = None
     if database == "sqlite":
-        db_url = f"sqlite:///{tmpdir / 'broker-bench.sqlite3'}"
-        env = {"BROKER_DB_URL": db_url}
+        result.sqlite_synchronous = synchronous or "full"
+        db_url = f"sqlite:///{tmpdir / f'broker-bench-{result.sqlite_synchronous}.sqlite3'}"
+        env = {"BROKER_DB_URL": db_url, "BROKER_SQLITE_SYNCHRONOUS": result.sqlite_synchronous}
     else:
         db_url = args.pg_dsn
         schema = f"bench_{secrets.token_hex(6)}"
         env = {"BROKER_DB_URL": db_url, "BROKER_DB_SCHEMA": schema}
     env["BROKER_TEE_JWT_PUBLIC_KEY"] = str(TEE_KEY_PATH.with_name("tee_jwt_public_key.test.pem"))
-    profile_path = f"{args.profile}.{database}.prof" if args.profile else None
-    broker = BrokerProcess(database, env, tmpdir, profile_path)
+    profile_path = f"{args.profile}.{run.replace('/', '-')}.prof" if args.profile else None
+    broker = BrokerProcess(run.replace("/", "-"), env, tmpdir, profile_path)
     result.broker_command = broker.command
     try:
         try:
@@ -440,7 +454,7 @@ async def bench_database(
 
 async def bench(args: argparse.Namespace) -> dict[str, Any]:
     benchkit.bootstrap_path()
-    databases = DATABASES if args.only is None else (args.only,)
+    databases = runs_of(args)
     figures: dict[str, Any] = {
         "machine": benchkit.machine_info(),
         "settings": {
@@ -453,7 +467,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
             "wait_quiet_s": args.wait_quiet,
             "profiled_broker": bool(args.profile),
             "targets": {
-                "callbacks_per_s": {db: RATE_TARGETS[db] for db in databases},
+                "callbacks_per_s": {db: RATE_TARGETS[db.partition("/")[0]] for db in databases},
                 "p99_ms_below": P99_TARGET_MS,
             },
         },
@@ -483,10 +497,11 @@ def _per_op_us(share: float | None, rate: float) -> str:
 
 def _rows(res: dict[str, Any], concurrency: int) -> tuple[list[tuple[str, str, str, str]], list[str]]:
     db, rate = res["database"], res["rate_per_s"]
+    kind = res["kind"] or db
     notes: list[str] = []
     if res["error"] is not None:
         return [("setup", "error", "", "FAIL")], [f"{db}: {res['error']}"]
-    pg = db == "postgresql"
+    pg = kind == "postgresql"
     cpu_parts = ["client", "broker (loop + other threads)", *(["postgres"] if pg else []), "other"]
     cpu_values = [
         _share(res["client_cpu_share"]),
@@ -503,7 +518,7 @@ def _rows(res: dict[str, Any], concurrency: int) -> tuple[list[tuple[str, str, s
     ]
     little = concurrency / rate * 1000 if rate else None
     rows = [
-        ("post_heima_login callbacks/s", _fmt(rate), f">= {RATE_TARGETS[db]:.0f}", _verdict(res["rate_pass"])),
+        ("post_heima_login callbacks/s", _fmt(rate), f">= {RATE_TARGETS[kind]:.0f}", _verdict(res["rate_pass"])),
         (
             "latency p50 / p99 ms",
             f"{_fmt(res['latency_p50_ms'], '.1f')} / {_fmt(res['latency_p99_ms'], '.1f')}",
@@ -578,6 +593,8 @@ def render(figures: dict[str, Any]) -> str:
         rows, more_notes = _rows(res, concurrency)
         notes += more_notes
         title = f"{res['database']}: {res['broker_command']}"
+        if res["sqlite_synchronous"]:
+            title += f"  (BROKER_SQLITE_SYNCHRONOUS={res['sqlite_synchronous']})"
         if res["database"] == "postgresql":
             title += f"  (schema {res['ready'].get('schema')}, PostgreSQL {res['ready'].get('server_version')})"
         sections.append((title, rows))
@@ -597,6 +614,7 @@ def render(figures: dict[str, Any]) -> str:
         "other = the rest of the machine. Inserts are first logins of an identity, updates are later ones.",
     ]
     results = list(figures["results"].values())
+    out += durability_cost_lines(figures["results"])
     noise = max((max(res["other_cpu_share"] or 0.0, res["background_before"] or 0.0) for res in results), default=0.0)
     steal = max((res["steal_share"] or 0.0 for res in results), default=0.0)
     out += benchkit.quiet_warning(noise, steal)
@@ -607,6 +625,32 @@ def render(figures: dict[str, Any]) -> str:
         )
     out += benchkit.closing_lines("broker" if settings["profiled_broker"] else None, notes, figures["ok"])
     return "\n".join(out)
+
+
+def durability_cost_lines(results: dict[str, Any]) -> list[str]:
+    """What acknowledging only durable writes costs on SQLite: the full run against the normal one."""
+    full, normal = results.get("sqlite"), results.get("sqlite/normal")
+    if not full or not normal or full["error"] or normal["error"] or not normal["rate_per_s"]:
+        return []
+    rate_change = full["rate_per_s"] / normal["rate_per_s"] - 1
+    return [
+        "",
+        "SQLite durability cost (BROKER_SQLITE_SYNCHRONOUS full vs normal, two runs one after the other):",
+        f"  callbacks/s {_fmt(full['rate_per_s'])} vs {_fmt(normal['rate_per_s'])} ({rate_change:+.1%});"
+        f" p50 {_fmt(full['latency_p50_ms'], '.1f')} vs {_fmt(normal['latency_p50_ms'], '.1f')} ms;"
+        f" p99 {_fmt(full['latency_p99_ms'], '.1f')} vs {_fmt(normal['latency_p99_ms'], '.1f')} ms",
+    ]
+
+
+def runs_of(args: argparse.Namespace) -> tuple[str, ...]:
+    """The windows to measure: SQLite once per --sqlite-synchronous mode, then PostgreSQL."""
+    runs: list[str] = []
+    for database in DATABASES if args.only is None else (args.only,):
+        if database == "sqlite":
+            runs += ["sqlite" if mode == "full" else f"sqlite/{mode}" for mode in args.sqlite_synchronous]
+        else:
+            runs.append(database)
+    return tuple(runs)
 
 
 # =========================================================================== profile summary
@@ -693,7 +737,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--concurrency", type=int, default=64, help="concurrent callers (64)")
     parser.add_argument("--identities", type=int, default=2000, help="EVM identities, one token each (2000)")
     parser.add_argument("--only", choices=DATABASES, default=None, help="run one database only")
-    parser.add_argument("--pg-dsn", default=DEFAULT_PG_DSN, help=f"PostgreSQL DSN ({DEFAULT_PG_DSN})")
+    parser.add_argument(
+        "--sqlite-synchronous",
+        type=lambda text: [mode.strip() for mode in text.split(",") if mode.strip()],
+        default=["full", "normal"],
+        metavar="MODES",
+        help="SQLite windows, one per BROKER_SQLITE_SYNCHRONOUS mode (full,normal)",
+    )
+    parser.add_argument(
+        "--pg-dsn",
+        default=None,
+        help="PostgreSQL DSN (default: BROKER_TEST_PG_DSN, else 127.0.0.1:5432, else a throwaway server of our own)",
+    )
     parser.add_argument("--max-ops", type=int, default=2_000_000, help="cap on callbacks per database")
     parser.add_argument("--request-timeout", type=float, default=10.0, help="per request, s (10)")
     parser.add_argument(
@@ -726,7 +781,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.profile = str(Path(args.profile).resolve())
     # Whole-run bound: minting, and per database start + window + stop + checks, with margin.
     per_database = args.wait_quiet + READY_WITHIN_S + args.warmup + args.duration + 60.0 + STOP_WITHIN_S + 30.0
-    budget = 120.0 + len(DATABASES) * per_database
+    if not args.sqlite_synchronous or set(args.sqlite_synchronous) - {"full", "normal"}:
+        parser.error("--sqlite-synchronous takes full, normal or both (comma-separated)")
+    budget = 120.0 + len(runs_of(args)) * per_database
 
     async def bounded() -> dict[str, Any]:
         task = asyncio.current_task()
@@ -736,7 +793,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return await bench(args)
 
     try:
-        figures = asyncio.run(bounded())
+        with contextlib.ExitStack() as stack:
+            if args.only != "sqlite":  # the PostgreSQL of this machine, or one of our own for the run
+                args.pg_dsn = stack.enter_context(benchkit.postgres(args.pg_dsn))
+            figures = asyncio.run(bounded())
     except (SetupError, OSError, TimeoutError) as exc:
         print(f"bench_broker: setup failed: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2
@@ -749,7 +809,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.profile:
         for database in figures["results"]:
             with contextlib.suppress(OSError):
-                print_profile(f"{args.profile}.{database}.prof", args.profile_top)
+                print_profile(f"{args.profile}.{database.replace('/', '-')}.prof", args.profile_top)
     if figures["setup_error"]:
         return 2
     return 0 if figures["ok"] else 1

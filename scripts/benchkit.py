@@ -24,7 +24,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -45,6 +45,25 @@ def bootstrap_path() -> None:
     """Make `protocol`, `omni_sim` and `broker` importable when a script is run by path."""
     if str(ROOT) not in sys.path:
         sys.path.insert(0, str(ROOT))
+
+
+@contextlib.contextmanager
+def postgres(dsn: str | None) -> Iterator[str]:
+    """The PostgreSQL a benchmark or campaign uses: `dsn` if given, else as the tests choose it
+    (`fixtures/postgres.py`: BROKER_TEST_PG_DSN, 127.0.0.1:5432, or a throwaway server of our own,
+    stopped and removed on the way out). Prints which one in one line."""
+    bootstrap_path()
+    from fixtures.postgres import Postgres, PostgresUnavailable, provide
+
+    try:
+        server = Postgres(dsn, "--pg-dsn", "as given") if dsn else provide()
+    except PostgresUnavailable as exc:
+        raise SetupError(f"PostgreSQL: {exc}") from None
+    print(server.describe(), flush=True)
+    try:
+        yield server.dsn
+    finally:
+        server.stop()
 
 
 class BenchFailure(Exception):

@@ -5,6 +5,7 @@
     python3 scripts/dev.py test     # every check: ruff, mypy, the whole pytest suite
     python3 scripts/dev.py lint     # ruff + mypy only
     python3 scripts/dev.py bench    # benchmarks (prints figures)
+    python3 scripts/dev.py install-check   # build the wheel, install it alone in a fresh venv, run its scripts
 
 The first run creates `.venv/` and installs the project with its test and lint extras; later runs
 reinstall only when `pyproject.toml` changed.
@@ -52,6 +53,8 @@ def lint() -> int:
 
 def main() -> int:
     command, *rest = sys.argv[1:] or ["test"]
+    if command == "install-check":  # needs no project venv: it builds its own, from the wheel
+        return run(sys.executable, str(ROOT / "scripts" / "install_check.py"), *rest)
     ensure_env()
     if command == "test":
         return lint() or run(str(PYTHON), "-m", "pytest", "-q", *rest)
@@ -69,7 +72,7 @@ def main() -> int:
         return run(str(PYTHON), str(ROOT / "scripts" / "bench_sim.py"), *rest) or run(
             str(PYTHON), str(ROOT / "scripts" / "bench_broker.py"), *rest
         )
-    sys.exit(f"unknown command {command!r}: expected test, lint, e2e or bench")
+    sys.exit(f"unknown command {command!r}: expected test, lint, e2e, bench or install-check")
 
 
 if __name__ == "__main__":

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -18,11 +17,15 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from agentkeys_kit.broker.app import create_app as create_broker_app
 from agentkeys_kit.broker.config import config_from_env as broker_config_from_env
+from agentkeys_kit.broker.server import BrokerServer
 from agentkeys_kit.broker.state import STATE, BrokerState
+from agentkeys_kit.broker.storage import Database, migrations, open_database
 from agentkeys_kit.omni_sim.config import SimConfig, config_from_env
 from agentkeys_kit.omni_sim.keystore import load_auth_token_key, load_pkcs1_der, load_shielding_key
-from agentkeys_kit.omni_sim.server import ServedApp, SimServer
+from agentkeys_kit.omni_sim.server import SimServer
 from agentkeys_kit.protocol.tee_jwt import AuthTokenClaims, encode_auth_token
+from fixtures.postgres import Postgres, PostgresUnavailable
+from fixtures.postgres import provide as provide_postgres
 from fixtures.recording_backend import RecordingBackend
 
 
@@ -116,7 +119,6 @@ async def rpc(
 
 # --------------------------------------------------------------------------- broker fixtures
 
-PG_DSN = os.environ.get("BROKER_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/test")
 TEE_KEY_PATH = Path(__file__).parent.parent / "fixtures" / "keys" / "auth_token_key.test.bin"
 # What the broker pins: the public half only (a broker holding the private key is refused).
 TEE_PUBLIC_KEY_PATH = TEE_KEY_PATH.with_name("tee_jwt_public_key.test.pem")
@@ -128,23 +130,59 @@ def tee_key() -> rsa.RSAPrivateKey:
     return load_pkcs1_der(TEE_KEY_PATH)
 
 
+# --------------------------------------------------------------------------- PostgreSQL
+# Chosen once per run, right after collection and only if a collected test needs it
+# (`fixtures/postgres.py`: BROKER_TEST_PG_DSN, else 127.0.0.1:5432, else a server of our own).
+
+_postgres: list[Postgres] = []
+
+
+def _uses_postgres(item: pytest.Item) -> bool:
+    callspec = getattr(item, "callspec", None)
+    on_pg = callspec is not None and callspec.params.get("db_url") == "postgresql"
+    return on_pg or "pg_dsn" in getattr(item, "fixturenames", ())
+
+
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
+    if _postgres or not any(_uses_postgres(item) for item in items):
+        return
+    try:
+        _postgres.append(provide_postgres())
+    except PostgresUnavailable as exc:
+        raise pytest.UsageError(f"PostgreSQL: {exc}") from None
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.write_line(_postgres[0].describe())
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    while _postgres:
+        _postgres.pop().stop()
+
+
+@pytest.fixture(scope="session")
+def pg_dsn() -> str:
+    """The DSN of this run's PostgreSQL (never skipped: a run without one is a usage error)."""
+    assert _postgres, "PostgreSQL was not provisioned for a test that needs it"
+    return _postgres[0].dsn
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str, str | None]]:
-    """Every broker test runs on both databases; PostgreSQL gets a schema of its own, dropped after.
-
-    PostgreSQL is not optional: if 127.0.0.1:5432 is down the test fails, it is never skipped."""
+    """Every broker test runs on both databases; PostgreSQL gets a schema of its own, dropped after."""
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'broker.sqlite3'}", None
         return
+    dsn: str = request.getfixturevalue("pg_dsn")
     schema = f"t_{uuid.uuid4().hex[:16]}"
-    yield PG_DSN, schema
-    asyncio.run(_drop_schema(schema))
+    yield dsn, schema
+    asyncio.run(_drop_schema(dsn, schema))
 
 
-async def _drop_schema(schema: str) -> None:
+async def _drop_schema(dsn: str, schema: str) -> None:
     import asyncpg
 
-    connection = await asyncpg.connect(PG_DSN)
+    connection = await asyncpg.connect(dsn)
     try:
         await connection.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
     finally:
@@ -154,7 +192,7 @@ async def _drop_schema(schema: str) -> None:
 class BrokerHandle:
     """A running broker on a free loopback port, with the state tests inspect."""
 
-    def __init__(self, app: web.Application, served: ServedApp) -> None:
+    def __init__(self, app: web.Application, served: BrokerServer) -> None:
         self.app = app
         self.served = served
         self.url = served.url
@@ -174,13 +212,21 @@ BrokerFactory = Callable[..., Awaitable[BrokerHandle]]
 async def make_broker(db_url: tuple[str, str | None], tee_key: rsa.RSAPrivateKey) -> AsyncIterator[BrokerFactory]:
     started: list[BrokerHandle] = []
 
-    async def factory(env: dict[str, str] | None = None, clock: Callable[[], float] = time.time) -> BrokerHandle:
+    async def factory(
+        env: dict[str, str] | None = None,
+        clock: Callable[[], float] = time.time,
+        routes: list[tuple[str, str, Any]] | None = None,
+    ) -> BrokerHandle:
+        """A broker on a free port; `routes` adds test-only handlers (method, path, handler)."""
         url, schema = db_url
         values = {"BROKER_DB_URL": url, "BROKER_TEE_JWT_PUBLIC_KEY": str(TEE_PUBLIC_KEY_PATH), **(env or {})}
         if schema is not None:
             values["BROKER_DB_SCHEMA"] = schema
-        app = create_broker_app(broker_config_from_env(values), clock=clock)
-        served = ServedApp()
+        config = broker_config_from_env(values)
+        app = create_broker_app(config, clock=clock)
+        for method, path, handler in routes or []:
+            app.router.add_route(method, path, handler)
+        served = BrokerServer(config, port=0)  # the server `agentkeys-broker run` uses, limits included
         await served.start(app)
         handle = BrokerHandle(app, served)
         started.append(handle)
@@ -189,6 +235,19 @@ async def make_broker(db_url: tuple[str, str | None], tee_key: rsa.RSAPrivateKey
     yield factory
     for handle in started:
         await handle.stop()
+
+
+async def open_database_at(version: int, db_url: tuple[str, str | None], monkeypatch: pytest.MonkeyPatch) -> Database:
+    """The database opened by a release whose last migration was `version` (migrated that far)."""
+    url, schema = db_url
+    module, name = (
+        ("postgres", "POSTGRES_MIGRATIONS") if url.startswith("postgres") else ("sqlite", "SQLITE_MIGRATIONS")
+    )
+    with monkeypatch.context() as patch:
+        patch.setattr(f"agentkeys_kit.broker.storage.{module}.{name}", getattr(migrations, name)[:version])
+        db = open_database(url, schema=schema)
+        await db.open()
+    return db
 
 
 def mint_tee_token(

@@ -128,6 +128,7 @@ async def test_create_returns_the_active_grant_and_binds_the_pair(
         "created_at": int(clock.now),
         "expires_at": expires_at,
         "revoked_at": None,
+        "superseded_by": None,
         "status": "active",
     }
     assert await is_bound(http, broker, MASTER, AGENT) is True

@@ -25,8 +25,8 @@ from conftest import TEE_KEY_PATH, BrokerFactory, mint_tee_token
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from agentkeys_kit.broker.config import BrokerConfigError, config_from_env
-from agentkeys_kit.broker.storage import store
-from agentkeys_kit.broker.storage.base import Operation, Query
+from agentkeys_kit.broker.storage import ValueRefused, store
+from agentkeys_kit.broker.storage.base import Operation, Query, UniqueViolation
 from agentkeys_kit.broker.tee_keys import TeeKeyError, load_public_key_file
 from agentkeys_kit.protocol.identity import IdentityKind, omni_account_of, pumpx_omni_account
 
@@ -129,18 +129,19 @@ async def test_one_active_grant_per_pair_and_revoke_always_unbinds(
     first = await call(http, broker, GRANT_CREATE, token=token, json_body=grant)
     assert first.status == 200
     assert_refused(await call(http, broker, GRANT_CREATE, token=token, json_body=grant), 409, "grant_exists")
-    # A second active grant written before this rule existed must not survive a revoke of the first.
+    # The database itself refuses a second open grant for the pair, whoever writes it.
     grant_id = first.body["data"]["grant"]["grant_id"]
 
-    def legacy_duplicate() -> Operation[None]:
+    def second_open_grant() -> Operation[None]:
         yield Query.run(
             "INSERT INTO grants (grant_id, master_omni_account, master_wallet, agent_wallet, scope, created_at, "
-            "expires_at) SELECT 'grn_legacy', master_omni_account, master_wallet, agent_wallet, scope, created_at, "
+            "expires_at) SELECT 'grn_second', master_omni_account, master_wallet, agent_wallet, scope, created_at, "
             "expires_at FROM grants WHERE grant_id = ?",
             grant_id,
         )
 
-    await broker.state.db.run(legacy_duplicate)
+    with pytest.raises(UniqueViolation):
+        await broker.state.db.run(second_open_grant)
     assert (await call(http, broker, GRANT_REVOKE, token=token, json_body={"grant_id": grant_id})).status == 200
     assert await is_bound(http, broker, MASTER, AGENT) is False
 
@@ -163,3 +164,35 @@ def test_the_development_key_url_must_not_travel_in_clear() -> None:
     assert config_from_env({"BROKER_TEE_JWT_PUBLIC_KEY_URL": "https://tee.example/key.pem"})
     with pytest.raises(BrokerConfigError, match="https"):
         config_from_env({"BROKER_TEE_JWT_PUBLIC_KEY_URL": "http://tee.example/key.pem"})
+
+
+async def test_a_value_the_database_cannot_store_is_a_400_and_no_outage(
+    make_broker: BrokerFactory, tee_key: rsa.RSAPrivateKey, http: aiohttp.ClientSession
+) -> None:
+    """A lone surrogate (SQLite cannot encode it), a NUL byte (PostgreSQL refuses it in text) or an
+    integer beyond 64 bits reaching the database is the request's fault: 400 in the envelope,
+    never a 500 or a 503, and the storage log does not report an outage."""
+    broker = await make_broker()
+    _, token = await login(http, broker, tee_key, MASTER)
+    lone = await call(http, broker, GRANT_REVOKE, token=token, json_body={"grant_id": "grn_\ud800"})
+    assert_refused(lone, 400, "malformed_body")
+    nul = await call(http, broker, GRANT_REVOKE, token=token, json_body={"grant_id": "grn_\x00"})
+    assert_refused(nul, 400, "malformed_body")  # the request layer refuses NUL before any database
+    with pytest.raises(ValueRefused):
+        await broker.state.db.run(store.find_user_by_uid, "usr_\udfff")
+
+    def huge() -> Operation[None]:
+        yield Query.run("UPDATE users SET last_login_at = ? WHERE id = 0", 2**63)
+
+    with pytest.raises(ValueRefused):
+        await broker.state.db.run(huge)
+    assert not broker.state.db.outage.failing
+    assert (
+        await call(
+            http,
+            broker,
+            GRANT_CREATE,
+            token=token,
+            json_body={"agent_wallet": AGENT, "scope": "s", "expires_at": int(time.time()) + 60},
+        )
+    ).status == 200

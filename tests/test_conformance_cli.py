@@ -140,7 +140,8 @@ def test_a_deviation_must_fail_at_the_step_it_names(tmp_path: Path) -> None:
 
 
 def test_a_deviation_never_excuses_a_suite_error(tmp_path: Path) -> None:
-    broken = {**HEALTH_CASE, "steps": [{"rpc": {"method": "${nobody}"}}]}
+    # `tee` exists when the suite loads; only at run time does it turn out to have no `nope`
+    broken = {**HEALTH_CASE, "steps": [{"rpc": {"method": "${tee.nope}"}}]}
     suite = write_suite(tmp_path, broken)
     listed = _deviation_file(tmp_path, {"case": "tiny.health", "reason": "r"})
     assert main(["run", str(suite), "--deviations", str(listed), "--report", str(tmp_path / "r")]) == 1

@@ -12,6 +12,7 @@ import random
 import re
 import secrets
 import xml.etree.ElementTree as ET
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from agentkeys_kit.conformance.model import Case, Step, load_suite
 from agentkeys_kit.conformance.reports import junit_xml, markdown_report, mermaid_label, sequence_diagram, write_reports
 from agentkeys_kit.conformance.runner import CaseResult, Exchange, Harness, RunResult, StepResult, Verdict
 from agentkeys_kit.conformance.targets import KIT_VERSION, broker_target, tee_target
+from agentkeys_kit.omni_sim.profiles import PATCH_CLAUSES
 
 STARTED = 1_767_225_600.0  # 2026-01-01 00:00:00 UTC
 
@@ -208,12 +210,12 @@ def test_summary_has_the_console_summary_and_one_line_per_case(tmp_path: Path) -
 def test_junit_parses_and_counts(tmp_path: Path) -> None:
     root = junit_of(make_run(), tmp_path)
     assert root.tag == "testsuites"
-    # failures: FAILED + UNEXPECTED_PASS; errors: ERROR; skipped: N/A; EXPECTED_FAILURE counts as passed.
+    # failures: FAILED + UNEXPECTED_PASS; errors: ERROR; skipped: N/A and known deviations (never passes).
     assert {k: root.get(k) for k in ("tests", "failures", "errors", "skipped")} == {
         "tests": "7",
         "failures": "2",
         "errors": "1",
-        "skipped": "1",
+        "skipped": "2",
     }
     assert float(root.get("time", "x")) == pytest.approx(2.0, abs=0.01)
     suites = {suite.get("name"): suite for suite in root.iter("testsuite")}
@@ -250,7 +252,12 @@ def test_junit_verdicts_map_to_elements(tmp_path: Path) -> None:
     assert not_applicable.find("failure") is None
 
     expected = junit_case(root, "broker.grants.listed")
-    assert expected.find("failure") is None and expected.find("error") is None and expected.find("skipped") is None
+    assert expected.find("failure") is None and expected.find("error") is None
+    deviation = expected.find("skipped")
+    assert deviation is not None and deviation.get("type") == "known_deviation"
+    assert deviation.get("message") == "known deviation: grants are not in v1"
+    properties = {p.get("name"): p.get("value") for p in expected.find("properties") or []}
+    assert properties["known_deviation"] == "grants are not in v1"
     out = expected.find("system-out")
     assert out is not None and out.text is not None and out.text.startswith("known deviation: grants are not in v1")
 
@@ -297,37 +304,93 @@ def test_every_file_survives_a_lone_surrogate(tmp_path: Path) -> None:
 # ---------------------------------------------------------------------------------------------- Markdown
 
 
-def test_report_md_has_the_stamp_and_every_clause(tmp_path: Path) -> None:
+def test_report_md_reads_top_down_verdict_then_the_patch_then_attention_then_the_rest(tmp_path: Path) -> None:
     run = make_run()
     write_reports(run, tmp_path)
     report = (tmp_path / "report.md").read_text(encoding="utf-8")
-    header = report.split("## How to read this")[0]
+    headings = [line for line in report.splitlines() if line.startswith("## ")]
+    assert headings == [
+        "## What the agentkeys patch must do",
+        "## Cases that need attention",
+        "## Everything else",
+        "## How the worker was reached",
+        "## The happy path",
+        "## How to read this",
+    ]
+    header = report.split("## What the agentkeys patch must do")[0]
+    assert header.startswith(
+        "# Conformance report: sim (agentkeys-patch)\n\n**Verdict: FAIL — 3 case(s) need attention**"
+    )
     for stamp in ("sim (agentkeys-patch)", "omni_sim 0.1.0", "local (in-process, SQLite)", KIT_VERSION, "2026-01-01"):
         assert stamp in header, stamp
-    assert "NOT OK" not in header and "FAIL — 3 case(s) need attention" in header
-    assert "## How to read this" in report
     for result in run.results:
         assert result.case.clause in report, result.case.clause
-    assert "## Suite `tee`" in report and "## Suite `broker`" in report
-    assert "| clause | case | verdict |" in report
-    row = next(line for line in report.splitlines() if "tee.login.agentkeys.dispatched" in line and "(patch)" in line)
-    assert "FAILED" in row
+    assert "### Suite `tee`" in report and "### Suite `broker`" in report
     assert "not applicable (only for upstream targets)" in report
     assert "known deviation (failed as listed)" in report and "UNEXPECTED PASS" in report
 
 
-def test_report_md_patch_section_lists_every_patch_case(tmp_path: Path) -> None:
+def test_report_md_patch_section_is_numbered_as_the_profile_clauses_each_with_its_cases() -> None:
     run = make_run()
-    report = markdown_report(run)
-    section = report.split("## What the agentkeys patch must do")[1].split("\n## ")[0]
-    patch_ids = [r.case.id for r in run.results if r.case.profile == "agentkeys-patch"]
-    assert len(patch_ids) == 3
-    for case_id in patch_ids:
-        line = next(line for line in section.splitlines() if case_id in line)
-        verdict = next(r.verdict for r in run.results if r.case.id == case_id)
-        assert {"passed": "passed", "failed": "FAILED", "unexpected_pass": "UNEXPECTED PASS"}[verdict.value] in line
+    run.results[1].case = replace(run.results[1].case, patch_clause=1)
+    run.results[2].case = replace(run.results[2].case, patch_clause=1)
+    run.results[4].case = replace(run.results[4].case, patch_clause=6)  # today's behaviour, only upstream
+    section = markdown_report(run).split("## What the agentkeys patch must do")[1].split("\n## ")[0]
+    blocks = re.findall(r"^### (.*)$", section, re.M)
+    assert blocks == [
+        f"1. {PATCH_CLAUSES[0].title} — ❌ not done on this target",
+        f"6. {PATCH_CLAUSES[5].title} — not run on this target",
+        "Other patch cases (no clause number) — ❌ not done on this target",
+    ]
+    first = section.split("### 1.")[1].split("### ")[0]
+    assert "tee.login.agentkeys.e2e" in first and "tee.login.agentkeys.dispatched" in first and "FAILED" in first
+    assert "tee.upstream.only" in section.split("### 6.")[1] and "*(today)*" in section
+    assert "broker.grants.stale" in section.split("### Other")[1]
     assert "tee.login.evm.wildmeta" not in section
-    assert "1 of 3 passed" in section
+    assert "1 of 3 applicable patch cases passed" in section
+
+
+def test_known_deviations_are_collapsed_and_not_listed_as_needing_attention() -> None:
+    report = markdown_report(make_run())
+    attention = report.split("## Cases that need attention")[1].split("\n## ")[0]
+    assert "broker.grants.listed" not in attention
+    known = report.split("### Known deviations")[1].split("\n### ")[0]
+    assert "<details><summary><code>broker.grants.listed</code> — grants are not in v1</summary>" in known
+    assert "broker.yaml :: broker.grants.listed :: step 3" in known
+
+
+def test_the_report_never_claims_what_a_url_worker_was_configured_with() -> None:
+    run = make_run("http://10.0.0.5:2100/ (upstream)")
+    run.tee_kind = "url"
+    run.served = {"callback receiver": "http://10.0.0.1:8701/"}
+    run.preflight = [
+        {"name": "callbacks (pumpx API)", "ok": True, "detail": "post_heima_login arrived", "fatal": True},
+        {"name": "callbacks (agentkeys API)", "ok": True, "detail": "refuses agentkeys", "fatal": False},
+    ]
+    section = markdown_report(run).split("## How the worker was reached")[1].split("\n## ")[0]
+    assert "configured with" not in section.replace("when configured with", "")
+    assert "the harness cannot see its configuration" in section
+    assert "✅ **callbacks (pumpx API)**: post_heima_login arrived" in section
+    assert "http://10.0.0.1:8701/" in section and "`X` = `y`" in section
+
+
+def test_the_report_says_up_front_which_cases_a_public_key_could_not_run() -> None:
+    run = make_run()
+    reason = "needs the worker's private key (--tee-key auth_token_key.bin): the case signs tokens as the worker"
+    run.results.append(CaseResult(case("broker.token.expired", suite="broker"), Verdict.NOT_APPLICABLE, reason))
+    header = markdown_report(run).split("## What the agentkeys patch must do")[0]
+    assert "With the worker's public key only, 1 case(s) could not run" in header and "`broker.token.expired`" in header
+    assert "could not run" not in markdown_report(make_run()).split("## What the agentkeys patch must do")[0]
+
+
+def test_extra_sections_follow_the_patch_section() -> None:
+    report = markdown_report(make_run(), extra_sections=[lambda run: ["## Reviewers' findings", "", "none", ""]])
+    headings = [line for line in report.splitlines() if line.startswith("## ")]
+    assert headings[:3] == [
+        "## What the agentkeys patch must do",
+        "## Reviewers' findings",
+        "## Cases that need attention",
+    ]
 
 
 def test_report_md_details_a_failing_case_with_evidence_and_a_sequence_diagram() -> None:
@@ -361,9 +424,9 @@ def test_report_md_details_a_failing_case_with_evidence_and_a_sequence_diagram()
     for line in body:
         label = line.split(":", 1)[1]
         assert not set(label) & set(";#:\"'{}[]<>`"), line
-    for case_id in ("tee.broker.down", "broker.grants.listed", "broker.grants.stale"):
+    for case_id in ("tee.broker.down", "broker.grants.stale"):
         assert f"### `{case_id}`" in details
-    for case_id in ("tee.login.evm.wildmeta", "tee.upstream.only"):
+    for case_id in ("tee.login.evm.wildmeta", "tee.upstream.only", "broker.grants.listed"):
         assert f"### `{case_id}`" not in details
 
 
@@ -582,13 +645,13 @@ async def test_reports_and_diff_of_real_runs(tmp_path: Path) -> None:
 
     write_reports(upstream, tmp_path / "upstream")
     root = ET.parse(tmp_path / "upstream" / "junit.xml").getroot()  # noqa: S314 — the test's own output
-    assert (root.get("tests"), root.get("failures"), root.get("errors"), root.get("skipped")) == ("3", "0", "0", "0")
-    out = junit_case(root, "tiny.login.agentkeys").find("system-out")
-    assert out is not None and (out.text or "").startswith("known deviation: the patch is not applied")
+    assert (root.get("tests"), root.get("failures"), root.get("errors"), root.get("skipped")) == ("3", "0", "0", "1")
+    skipped = junit_case(root, "tiny.login.agentkeys").find("skipped")
+    assert skipped is not None and skipped.get("message") == "known deviation: the patch is not applied"
     report = (tmp_path / "upstream" / "report.md").read_text(encoding="utf-8")
     assert "sim (upstream)" in report and "PASS — every applicable case passed" in report
-    details = report.split("### `tiny.login.agentkeys`")[1]
-    assert "```mermaid\nsequenceDiagram" in details and "Client->>Worker: omni_userLogin" in details
+    known = report.split("### Known deviations")[1]
+    assert "<code>tiny.login.agentkeys</code> — the patch is not applied" in known
 
     write_reports(patched, tmp_path / "patched")
     happy = (tmp_path / "patched" / "report.md").read_text(encoding="utf-8").split("## The happy path")[1]

@@ -3,22 +3,26 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import socket
 import subprocess
 import sys
+from collections.abc import AsyncIterator
 from email import message_from_bytes
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 from aiosmtpd.controller import Controller
 from conftest import SimFactory, rpc
 from cryptography.hazmat.primitives import serialization
 
-from agentkeys_kit.omni_sim.config import ConfigError, config_from_env
+from agentkeys_kit.omni_sim.config import ConfigError, MailerType, config_from_env
 from agentkeys_kit.omni_sim.keystore import KeystoreError, load_auth_token_key
+from agentkeys_kit.omni_sim.server import ServedApp
 from agentkeys_kit.protocol.tee_jwt import AuthTokenClaims, encode_auth_token
 
 ROOT = Path(__file__).parent.parent
@@ -114,6 +118,93 @@ async def test_unreachable_smtp_server_gives_email_service_error_and_keeps_the_c
     assert len(sim.context.codes) == 1  # stored before the mailer ran, as in the worker
 
 
+class SendGridApi:
+    """A stand-in for SendGrid's v3 mail-send endpoint that records every request."""
+
+    def __init__(self) -> None:
+        self.requests: list[tuple[dict[str, str], bytes]] = []
+        self.status = 202
+        self.served = ServedApp()
+
+    async def start(self) -> str:
+        app = web.Application()
+        app.router.add_post("/v3/mail/send", self._send)
+        await self.served.start(app)
+        return self.served.url + "v3/mail/send"
+
+    async def _send(self, request: web.Request) -> web.Response:
+        self.requests.append((dict(request.headers), await request.read()))
+        return web.Response(status=self.status)
+
+
+@pytest.fixture
+async def sendgrid() -> AsyncIterator[tuple[SendGridApi, str]]:
+    api = SendGridApi()
+    url = await api.start()
+    yield api, url
+    await api.served.close()
+
+
+async def test_sendgrid_mailer_posts_what_the_worker_posts_to_the_configured_host(
+    make_sim: SimFactory, http: aiohttp.ClientSession, sendgrid: tuple[SendGridApi, str]
+) -> None:
+    api, url = sendgrid
+    sim = await make_sim(
+        env={
+            "OE_MAILER_TYPE_WILDMETA": "sendgrid",
+            "OE_MAILER_API_HOST_WILDMETA": url,
+            "OE_MAILER_API_KEY_WILDMETA": "SG.test",
+        }
+    )
+    params = {"client_id": "wildmeta", "user_email": "Carol@Example.com"}
+    assert (await rpc(http, sim.url, "omni_requestEmailVerificationCode", params))["result"] is None
+    [(headers, body)] = api.requests
+    assert headers["Authorization"] == "Bearer SG.test"
+    assert headers["Content-Type"] == "application/json" and headers["User-Agent"] == "sendgrid-rs"
+    [stored] = sim.context.outbox.list("carol@example.com")
+    html_value = (
+        '<!DOCTYPE html><html><body><p>Your verification code is:</p><p style="font-size: 16px; font-weight: 600;">'
+        + stored.code
+        + "</p></body></html>"
+    )
+    expected = {
+        "from": {"email": "no-reply@example.com", "name": "Heima Verify"},
+        "subject": "Email Verification - Wildmeta",
+        "personalizations": [{"to": [{"email": "Carol@Example.com"}]}],
+        "content": [{"type": "text/html", "value": html_value}],
+    }
+    assert body == json.dumps(expected, separators=(",", ":")).encode()  # compact, serde's field order
+
+
+@pytest.mark.parametrize("status", [400, 401, 500])
+async def test_sendgrid_refusal_is_an_email_service_error(
+    make_sim: SimFactory, http: aiohttp.ClientSession, sendgrid: tuple[SendGridApi, str], status: int
+) -> None:
+    api, url = sendgrid
+    api.status = status
+    sim = await make_sim(env={"OE_MAILER_TYPE_AGENTKEYS": "sendgrid", "OE_MAILER_API_HOST_AGENTKEYS": url})
+    answer = await rpc(
+        http, sim.url, "omni_requestEmailVerificationCode", {"client_id": "agentkeys", "user_email": "a@b.io"}
+    )
+    assert answer["error"]["code"] == -32162 and len(api.requests) == 1
+    assert sim.context.outbox.list() == []
+
+
+async def test_unreachable_sendgrid_host_is_an_email_service_error(
+    make_sim: SimFactory, http: aiohttp.ClientSession
+) -> None:
+    sim = await make_sim(
+        env={
+            "OE_MAILER_TYPE_WILDMETA": "sendgrid",
+            "OE_MAILER_API_HOST_WILDMETA": f"http://127.0.0.1:{free_port()}/v3/mail/send",
+        }
+    )
+    answer = await rpc(
+        http, sim.url, "omni_requestEmailVerificationCode", {"client_id": "wildmeta", "user_email": "e@f.io"}
+    )
+    assert answer["error"]["code"] == -32162
+
+
 async def test_client_without_mailer_gets_external_api_error(make_sim: SimFactory, http: aiohttp.ClientSession) -> None:
     sim = await make_sim()
     answer = await rpc(
@@ -187,9 +278,63 @@ def test_patch_variables_are_read() -> None:
     assert config.agentkeys_backend_ecdsa_pubkey == bytes.fromhex("03" + "11" * 32)
 
 
-def test_without_mailer_variables_only_a_console_client_exists() -> None:
+def test_without_mailer_variables_only_a_console_client_exists_with_the_workers_fallback_sender() -> None:
     config = config_from_env({})
-    assert config.mailer_for("console") is not None and config.mailer_for("wildmeta") is None
+    assert config.mailer_for("wildmeta") is None
+    console = config.mailer_for("console")
+    assert console is not None and console.type is MailerType.CONSOLE
+    assert (console.from_email, console.from_name) == ("test@example.com", "Default Console Mailer")
+
+
+def test_mailer_sender_defaults_are_the_workers() -> None:
+    mailer = config_from_env({"OE_MAILER_TYPE_WILDMETA": "console"}).mailer_for("wildmeta")
+    assert mailer is not None
+    assert (mailer.from_email, mailer.from_name) == ("no-reply@example.com", "Heima Verify")
+
+
+@pytest.mark.parametrize("value", ["pigeon", " console", "smtp2", ""])
+def test_an_unknown_mailer_type_falls_back_to_sendgrid_as_in_the_worker(value: str) -> None:
+    mailer = config_from_env({"OE_MAILER_TYPE_AGENTKEYS": value}).mailer_for("AgentKeys")
+    assert mailer is not None and mailer.type is MailerType.SENDGRID and mailer.unknown_type == value
+    assert mailer.sendgrid_url == "https://api.sendgrid.com/v3/mail/send"
+    assert "falls back to sendgrid" in mailer.describe()
+
+
+def test_mailer_type_is_case_insensitive_and_clients_are_keyed_lowercase() -> None:
+    config = config_from_env({"OE_MAILER_TYPE_WILDMETA": "CONSOLE"})
+    assert config.mailer_for("WildMeta") is config.mailer_for("wildmeta")
+    assert config.mailer_for("wildmeta").type is MailerType.CONSOLE  # type: ignore[union-attr]
+
+
+def test_a_lowercase_mailer_variable_names_a_client_whose_settings_are_read_uppercase() -> None:
+    # The worker lowercases the suffix, then reads OE_MAILER_TYPE_WILDMETA, which is not set:
+    # the client exists with the default type, sendgrid.
+    mailer = config_from_env({"OE_MAILER_TYPE_wildmeta": "console"}).mailer_for("wildmeta")
+    assert mailer is not None and mailer.type is MailerType.SENDGRID and mailer.unknown_type is None
+
+
+def test_sendgrid_host_key_and_sender_are_read_and_the_key_never_shown() -> None:
+    env = {
+        "OE_MAILER_TYPE_WILDMETA": "sendgrid",
+        "OE_MAILER_API_HOST_WILDMETA": "http://127.0.0.1:9/v3/mail/send",
+        "OE_MAILER_API_KEY_WILDMETA": "SG.secret-key",
+        "OE_MAILER_FROM_EMAIL_WILDMETA": "codes@wildmeta.test",
+        "OE_MAILER_FROM_NAME_WILDMETA": "Wildmeta",
+    }
+    mailer = config_from_env(env).mailer_for("wildmeta")
+    assert mailer is not None and mailer.sendgrid_url == "http://127.0.0.1:9/v3/mail/send"
+    assert mailer.api_key == "SG.secret-key" and (mailer.from_email, mailer.from_name) == (
+        "codes@wildmeta.test",
+        "Wildmeta",
+    )
+    assert "SG.secret-key" not in repr(mailer) and "SG.secret-key" not in mailer.describe()
+    empty_host = config_from_env({**env, "OE_MAILER_API_HOST_WILDMETA": ""}).mailer_for("wildmeta")
+    assert empty_host is not None and empty_host.api_host is None
+
+
+def test_the_rpc_port_defaults_to_the_simulators_2100_and_the_workers_default_url_gives_443() -> None:
+    assert config_from_env({}).port == 2100
+    assert config_from_env({"OE_PUMPX_WORKER_URL": "wss://dev-dex-worker.heima.network"}).port == 443
 
 
 @pytest.mark.parametrize(
@@ -197,9 +342,8 @@ def test_without_mailer_variables_only_a_console_client_exists() -> None:
     [
         {"OE_WILDMETA_BACKEND_ECDSA_PUBKEY": "02"},
         {"OE_AGENTKEYS_BACKEND_ECDSA_PUBKEY": "zz" * 33},
-        {"OE_MAILER_TYPE_WILDMETA": "sendgrid"},
         {"OE_MAILER_TYPE_WILDMETA": "smtp"},
-        {"OE_MAILER_TYPE_WILDMETA": "pigeon"},
+        {"OE_MAILER_TYPE_WILDMETA": "sendgrid", "OE_MAILER_API_HOST_WILDMETA": "api.sendgrid.com"},
         {"OE_SIM_PROFILE": "downstream"},
         {"OE_RPC_SERVER_MAX_CONNECTIONS": "-1"},
     ],

@@ -134,3 +134,70 @@ def test_truncated_and_tampered_tokens_are_refused() -> None:
     tampered_claims = base64.urlsafe_b64encode(json.dumps({**CLAIMS, "sub": "0x" + "11" * 32}).encode())
     with pytest.raises(TokenRejected):
         _verify(f"{header}.{tampered_claims.rstrip(b'=').decode()}.{sig}")
+
+
+# --------------------------------------------------------------------------- jsonwebtoken's strictness
+
+
+def _signed(header: str, claims: str) -> str:
+    signing_input = (
+        f"{base64.urlsafe_b64encode(header.encode()).rstrip(b'=').decode()}."
+        + base64.urlsafe_b64encode(claims.encode()).rstrip(b"=").decode()
+    )
+    signature = KEY.sign(signing_input.encode(), padding.PKCS1v15(), hashes.SHA256())
+    return signing_input + "." + base64.urlsafe_b64encode(signature).rstrip(b"=").decode()
+
+
+CLAIMS_TEXT = f'{{"sub":"{SUB}","typ":"access","exp":{EXP},"aud":"wildmeta"}}'
+HEADER_TEXT = '{"typ":"JWT","alg":"RS256"}'
+
+
+def test_padding_on_any_segment_is_refused_as_url_safe_no_pad_does() -> None:
+    header, payload, signature = GOLDEN_ACCESS_TOKEN.split(".")
+    assert len(signature) % 4 == 2  # 256 bytes encode to 342 characters: "==" would be its padding
+    for token in (
+        f"{header}.{payload}.{signature}==",
+        f"{header}=.{payload}.{signature}",
+        f"{header}.{payload}=.{signature}",
+    ):
+        with pytest.raises(TokenRejected, match="base64url"):
+            _verify(token)
+
+
+def test_non_canonical_trailing_bits_are_refused() -> None:
+    header, payload, signature = GOLDEN_ACCESS_TOKEN.split(".")
+    last = signature[-1]
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    twin = alphabet[alphabet.index(last) + 1]  # same decoded bytes in Python, different trailing bits
+    assert base64.urlsafe_b64decode(signature[:-1] + twin + "==") == base64.urlsafe_b64decode(signature + "==")
+    with pytest.raises(TokenRejected, match="canonical"):
+        _verify(f"{header}.{payload}.{signature[:-1]}{twin}")
+
+
+def test_a_repeated_known_field_is_refused_and_an_unknown_one_is_not() -> None:
+    assert _verify(_signed(HEADER_TEXT, CLAIMS_TEXT)).sub == SUB
+    with pytest.raises(TokenRejected, match="duplicate field `aud`"):
+        _verify(_signed(HEADER_TEXT, CLAIMS_TEXT[:-1] + ',"aud":"wildmeta"}'))
+    with pytest.raises(TokenRejected, match="duplicate field `alg`"):
+        _verify(_signed('{"typ":"JWT","alg":"RS256","alg":"RS256"}', CLAIMS_TEXT))
+    # serde ignores unknown fields without looking for repeats: the worker accepts this one.
+    assert _verify(_signed(HEADER_TEXT, CLAIMS_TEXT[:-1] + ',"x":1,"x":2}')).sub == SUB
+
+
+def test_exp_must_fit_i64() -> None:
+    biggest = CLAIMS_TEXT.replace(str(EXP), str(2**63 - 1))
+    assert _verify(_signed(HEADER_TEXT, biggest)).exp == 2**63 - 1
+    for exp in (2**63, 2**64):
+        with pytest.raises(TokenRejected, match="i64"):
+            _verify(_signed(HEADER_TEXT, CLAIMS_TEXT.replace(str(EXP), str(exp))))
+
+
+def test_claims_must_be_utf8_json_objects() -> None:
+    header_segment = GOLDEN_ACCESS_TOKEN.split(".")[0]
+    utf16 = base64.urlsafe_b64encode(CLAIMS_TEXT.encode("utf-16")).rstrip(b"=").decode()
+    signing_input = f"{header_segment}.{utf16}"
+    signature = base64.urlsafe_b64encode(KEY.sign(signing_input.encode(), padding.PKCS1v15(), hashes.SHA256()))
+    with pytest.raises(TokenRejected, match="UTF-8"):
+        _verify(f"{signing_input}.{signature.rstrip(b'=').decode()}")
+    with pytest.raises(TokenRejected, match="object"):
+        _verify(_signed(HEADER_TEXT, "[1]"))

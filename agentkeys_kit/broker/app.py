@@ -1,4 +1,8 @@
-"""The broker's aiohttp application: callbacks, grants, health and readiness.
+"""The broker's aiohttp application: callbacks, grants, health, readiness and metrics.
+
+Every route stands on the request layer (`broker.http`: strict bodies and queries, the envelope
+for every error) and is counted and logged by `broker.observability`; serve it with
+`broker.server.BrokerServer`, which adds the connection limits.
 
 Keys and the database are opened once in the application's lifecycle (never per request):
 the TEE key from `BROKER_TEE_JWT_PUBLIC_KEY`, or fetched once from
@@ -14,12 +18,14 @@ from collections.abc import AsyncIterator, Callable
 from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from agentkeys_kit.broker import errors
+from agentkeys_kit.broker import http
+from agentkeys_kit.broker.audit import RefusalAudit
 from agentkeys_kit.broker.callbacks import add_callback_routes
 from agentkeys_kit.broker.config import BrokerConfig
 from agentkeys_kit.broker.grants import add_grant_routes
+from agentkeys_kit.broker.observability import METRICS, BrokerMetrics, log_start, metrics_response, version
 from agentkeys_kit.broker.state import STATE, BrokerState
-from agentkeys_kit.broker.storage import open_database
+from agentkeys_kit.broker.storage import StorageError, open_database
 from agentkeys_kit.broker.tee_keys import fetch_public_key, load_public_key_file
 from agentkeys_kit.broker.tokens import TeeTokenVerifier
 
@@ -40,42 +46,39 @@ def create_app(
     tee_key: rsa.RSAPublicKey | None = None,
     clock: Callable[[], float] = time.time,
 ) -> web.Application:
-    app = web.Application(client_max_size=1024 * 1024, middlewares=[error_envelope])
+    app = web.Application(client_max_size=http.MAX_BODY)
+    http.install(app, body_timeout=config.body_timeout)
+    metrics = BrokerMetrics(lambda: app[STATE].db if STATE in app else None)
+    app[METRICS] = metrics
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         key = tee_key or await load_tee_key(config)
-        db = open_database(config.db_url, schema=config.db_schema)
+        db = open_database(
+            config.db_url,
+            schema=config.db_schema,
+            sqlite_synchronous=config.sqlite_synchronous,
+            pool_size=config.db_pool_size,
+        )
         await db.open()
+        refusals = RefusalAudit(db)
+        refusals.start()
         try:
             verifier = TeeTokenVerifier(key, config.accepted_client_ids, clock)
-            app[STATE] = BrokerState(config=config, db=db, verifier=verifier, clock=clock)
+            app[STATE] = BrokerState(config=config, db=db, verifier=verifier, refusals=refusals, clock=clock)
+            log_start(config, key, await db.schema_version())
+            metrics.info.labels(version(), db.dialect).set(1)
             yield
         finally:
+            await refusals.close()
             await db.close()
 
     app.cleanup_ctx.append(lifecycle)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", prometheus_metrics)
     add_callback_routes(app, config.callback_base_path)
     add_grant_routes(app)
     return app
-
-
-@web.middleware
-async def error_envelope(request: web.Request, handler: Callable[[web.Request], object]) -> web.StreamResponse:
-    """Unknown paths and wrong methods answer in the envelope too; nothing escapes as a 500 page."""
-    try:
-        response = await handler(request)  # type: ignore[misc]
-        assert isinstance(response, web.StreamResponse)
-        return response
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        code = exc.status * 100
-        return errors.BrokerError(exc.status, code, exc.reason.lower().replace(" ", "_"), exc.reason).response()
-    except Exception:
-        log.exception("unexpected failure on %s %s", request.method, request.path)
-        return errors.BrokerError(500, 50000, "internal_error", "internal error").response()
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -87,5 +90,14 @@ async def readyz(request: web.Request) -> web.Response:
     database = await state.db.ping()
     body = {"database": database, "tee_key": True, "db": state.db.dialect}
     if database:
-        body["schema_version"] = await state.db.schema_version()
+        try:
+            body["schema_version"] = await state.db.schema_version()
+        except StorageError:
+            body["database"] = database = False
     return web.json_response(body, status=200 if database else 503)
+
+
+async def prometheus_metrics(request: web.Request) -> web.Response:
+    """Prometheus text format, to `BROKER_METRICS_ALLOW_CIDRS` only."""
+    http.require_peer_in(request, request.app[STATE].config.metrics_allow_cidrs)
+    return metrics_response(request.app[METRICS], request.headers.get("Accept", ""))

@@ -12,7 +12,6 @@ or not, writes an audit row (the bearer only as its SHA-256).
 from __future__ import annotations
 
 import ipaddress
-import json
 import logging
 import re
 from collections.abc import Awaitable, Callable
@@ -22,8 +21,13 @@ from aiohttp import web
 
 from agentkeys_kit.broker import errors
 from agentkeys_kit.broker.errors import BrokerError
+from agentkeys_kit.broker.http import authorization_header, note_omni_account, query_param
+from agentkeys_kit.broker.http import json_body as json_body  # the request layer, still importable from here
+from agentkeys_kit.broker.http import read_body as read_body
+from agentkeys_kit.broker.http import require_fields as require_fields
 from agentkeys_kit.broker.state import STATE, BrokerState
-from agentkeys_kit.broker.storage import AuditEvent, StorageError, UserRecord, store
+from agentkeys_kit.broker.storage import AuditEvent, StorageError, UserRecord, ValueRefused, store
+from agentkeys_kit.broker.storage.base import one_line
 from agentkeys_kit.broker.tokens import VerifiedBearer, bearer_sha256
 from agentkeys_kit.broker.totp import verify_totp
 from agentkeys_kit.protocol.auth import (
@@ -49,7 +53,6 @@ from agentkeys_kit.protocol.tee_jwt import AuthTokenClaims
 
 log = logging.getLogger(__name__)
 
-MAX_BODY = 64 * 1024
 CallbackHandler = Callable[[web.Request, BrokerState, "VerifiedBearer | None"], Awaitable[web.Response]]
 Handler = Callable[[web.Request], Awaitable[web.Response]]
 _EVM_ADDRESS = re.compile(r"0x[0-9a-fA-F]{40}")
@@ -102,42 +105,6 @@ def canonical_identity_value(user_id: UserId, identity: Identity | None = None) 
 # --------------------------------------------------------------------------- request helpers
 
 
-async def read_body(request: web.Request) -> bytes:
-    """The whole body (however it is split on the wire or chunked), at most `MAX_BODY` bytes."""
-    if request.content_length is not None and request.content_length > MAX_BODY:
-        raise errors.body_too_large(MAX_BODY)
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.content.iter_chunked(16 * 1024):
-        size += len(chunk)
-        if size > MAX_BODY:
-            raise errors.body_too_large(MAX_BODY)
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-async def json_body(request: web.Request) -> Any:
-    raw = await read_body(request)
-    try:
-        return json.loads(raw)
-    except (ValueError, UnicodeDecodeError, RecursionError):
-        raise errors.malformed("the body is not JSON") from None
-
-
-def require_fields(body: Any, fields: dict[str, type | tuple[type, ...]], name: str) -> dict[str, Any]:
-    if not isinstance(body, dict):
-        raise errors.malformed(f"{name} must be a JSON object")
-    for key, kinds in fields.items():
-        if key not in body:
-            raise errors.malformed(f"{name}: missing field {key!r}")
-        value = body[key]
-        if isinstance(value, bool) and bool not in (kinds if isinstance(kinds, tuple) else (kinds,)):
-            raise errors.malformed(f"{name}: field {key!r} has the wrong type")
-        if not isinstance(value, kinds):
-            raise errors.malformed(f"{name}: field {key!r} has the wrong type")
-    return body
-
-
 _PROXY_HEADERS = ("Forwarded", "X-Forwarded-For", "X-Real-IP")
 
 
@@ -160,20 +127,27 @@ def require_allowed_network(request: web.Request, state: BrokerState) -> None:
 async def audit_refusal(
     state: BrokerState, event: str, error: BrokerError, request: web.Request, **fields: Any
 ) -> None:
-    try:
-        await state.db.run(
-            store.write_audit,
-            AuditEvent(
-                event=event,
-                outcome=f"refused:{error.error}",
-                occurred_at=state.now(),
-                remote_addr=request.remote,
-                detail=error.details.get("reason") or error.message,
-                **fields,
-            ),
+    """Refusals are audited within a per-source budget, the rest counted (`broker/audit.py`)."""
+    await state.refusals.record(
+        AuditEvent(
+            event=event,
+            outcome=f"refused:{error.error}",
+            occurred_at=state.now(),
+            remote_addr=request.remote,
+            detail=error.details.get("reason") or error.message,
+            **fields,
         )
-    except StorageError:
-        log.warning("audit row for a refused %s could not be written", event)
+    )
+
+
+async def refuse_unstorable(pending: Awaitable[web.Response]) -> web.Response:
+    """A value the database cannot store is the request's fault: a 400, never a 5xx."""
+    try:
+        return await pending
+    except ValueRefused:
+        raise errors.malformed(
+            "a value cannot be stored (a NUL byte, a lone surrogate, a number out of range)"
+        ) from None
 
 
 def callback(event: str, *, bearer: bool) -> Callable[[CallbackHandler], Handler]:
@@ -183,13 +157,14 @@ def callback(event: str, *, bearer: bool) -> Callable[[CallbackHandler], Handler
         async def handle(request: web.Request) -> web.Response:
             state = request.app[STATE]
             verified: VerifiedBearer | None = None
-            header = request.headers.get("Authorization")
+            header = authorization_header(request)
             try:
                 if bearer:
                     verified = state.verifier.verify(header)
+                    note_omni_account(request, verified.claims.sub)
                 else:
                     require_allowed_network(request, state)
-                result: web.Response = await handler(request, state, verified)
+                result: web.Response = await refuse_unstorable(handler(request, state, verified))
                 return result
             except BrokerError as error:
                 sha = verified.sha256 if verified else presented_token_sha256(header)
@@ -203,8 +178,8 @@ def callback(event: str, *, bearer: bool) -> Callable[[CallbackHandler], Handler
                     client_id=verified.claims.aud if verified else None,
                 )
                 return error.response()
-            except StorageError:
-                log.exception("storage failed while serving %s", event)
+            except StorageError as exc:  # one line; the storage log summarises an outage
+                log.warning("storage failed while serving %s: %s", event, one_line(exc))
                 return errors.storage_unavailable().response()
 
         handle.__name__ = handler.__name__
@@ -302,12 +277,13 @@ async def add_wallet(request: web.Request, state: BrokerState, verified: Verifie
 async def get_account_user_id(
     request: web.Request, state: BrokerState, verified: VerifiedBearer | None
 ) -> web.Response:
-    emails = request.query.getall("email", [])
-    if len(emails) != 1 or validate_email(emails[0]) is not EmailVerdict.VALID:
+    email = query_param(request, "email")  # strict: what the worker's serde_urlencoded writes
+    if validate_email(email) is not EmailVerdict.VALID:
         raise errors.malformed("query parameter email must be one valid e-mail address")
     client_id = state.config.primary_client_id
-    email = canonical_email(emails[0])
+    email = canonical_email(email)
     account = hex_encode(email_omni_account(client_id, email))
+    note_omni_account(request, account)
     user, _created = await state.db.run(
         lambda: store.ensure_email_user(
             client_id=client_id,

@@ -1,8 +1,11 @@
 """`agentkeys-broker run --host --port` and the operator command `agentkeys-broker grants …`.
 
 Both read the `BROKER_*` variables (see `broker.config`); flags win. The grants command works on
-the database directly (`BROKER_DB_URL`) and writes the same audit rows as the HTTP API, with
-``remote_addr = "operator"``.
+the database directly (`BROKER_DB_URL`, `BROKER_DB_SCHEMA`) and writes the same audit rows as the
+HTTP API, with ``remote_addr = "operator"``. It never creates or migrates anything: a database or
+schema that does not exist, or that the broker has not migrated yet, is one line saying so.
+Every failure is one line on stderr and a non-zero exit status: 1 for a refusal or a database
+failure, 2 for a usage or configuration mistake.
 """
 
 from __future__ import annotations
@@ -10,19 +13,25 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import logging
 import os
 import sys
 import time
 from collections.abc import Sequence
 from typing import Any
 
-from aiohttp import web
-
 from agentkeys_kit.broker.app import create_app
-from agentkeys_kit.broker.config import BrokerConfig, BrokerConfigError, config_from_env
+from agentkeys_kit.broker.config import (
+    LOG_FORMATS,
+    LOG_LEVELS,
+    BrokerConfig,
+    BrokerConfigError,
+    config_from_env,
+    database_from_env,
+)
 from agentkeys_kit.broker.errors import BrokerError
 from agentkeys_kit.broker.grants import validate_grant_request
+from agentkeys_kit.broker.observability import configure_logging
+from agentkeys_kit.broker.server import serve_until_stopped
 from agentkeys_kit.broker.storage import AuditEvent, StorageError, open_database, store
 from agentkeys_kit.broker.tee_keys import TeeKeyError
 
@@ -33,7 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="serve the callbacks, grants and health endpoints")
     run.add_argument("--host", default=None)
     run.add_argument("--port", type=int, default=None)
-    run.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    run.add_argument("--log-level", default=None, choices=LOG_LEVELS, help="overrides BROKER_LOG_LEVEL")
+    run.add_argument("--log-format", default=None, choices=LOG_FORMATS, help="overrides BROKER_LOG_FORMAT")
 
     grants = sub.add_parser("grants", help="operator access to grants (works on BROKER_DB_URL)")
     gsub = grants.add_subparsers(dest="grants_command", required=True)
@@ -54,31 +64,36 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "run":
-        logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         try:
-            config = config_from_env(host=args.host, port=args.port)
+            config = config_from_env(
+                host=args.host, port=args.port, log_level=args.log_level, log_format=args.log_format
+            )
         except BrokerConfigError as exc:
             print(f"agentkeys-broker: configuration error: {exc}", file=sys.stderr)
             return 2
+        configure_logging(config.log_level, config.log_format)
         return serve(config)
-    db_url = os.environ.get("BROKER_DB_URL", BrokerConfig().db_url)
-    schema = os.environ.get("BROKER_DB_SCHEMA") or None
+    try:
+        db_url, schema = database_from_env(os.environ)
+    except BrokerConfigError as exc:
+        print(f"agentkeys-broker: configuration error: {exc}", file=sys.stderr)
+        return 2
     try:
         return asyncio.run(grants_command(db_url, schema, args))
-    except (StorageError, BrokerConfigError) as exc:
+    except StorageError as exc:
         print(f"agentkeys-broker: {exc}", file=sys.stderr)
         return 1
 
 
 def serve(config: BrokerConfig) -> int:
+    """Serve until SIGTERM/SIGINT (`broker.server`); the start lines and the access log go to
+    standard error, the listen address also to standard output."""
+
+    def announce(url: str) -> None:
+        print(f"agentkeys-broker listening on {url}", flush=True)
+
     try:
-        web.run_app(
-            create_app(config),
-            host=config.host,
-            port=config.port,
-            access_log=None,
-            print=lambda _: print(f"agentkeys-broker listening on http://{config.host}:{config.port}/", flush=True),
-        )
+        asyncio.run(serve_until_stopped(config, create_app(config), announce))
     except (TeeKeyError, StorageError) as exc:
         print(f"agentkeys-broker: cannot start: {exc}", file=sys.stderr)
         return 2
@@ -90,7 +105,7 @@ def serve(config: BrokerConfig) -> int:
 
 async def grants_command(db_url: str, schema: str | None, args: argparse.Namespace) -> int:
     db = open_database(db_url, schema=schema)
-    await db.open()
+    await db.open(migrate=False)
     try:
         now = int(time.time())
         if args.grants_command == "list":
@@ -134,6 +149,14 @@ async def _create(db: Any, args: argparse.Namespace, now: int) -> int:
             audit=audit,
         )
     )
+    if grant is None:
+        existing = await db.run(store.find_open_grant, master_wallet, agent)
+        which = f" ({existing.grant_id})" if existing is not None else ""
+        print(
+            f"agentkeys-broker: {master_wallet} already has an active grant for agent {agent}{which}: revoke it first",
+            file=sys.stderr,
+        )
+        return 1
     print(json.dumps(grant.to_json(now)))
     return 0
 

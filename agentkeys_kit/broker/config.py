@@ -5,11 +5,20 @@
 | `BROKER_HOST`, `BROKER_PORT` | listen address | `127.0.0.1`, `8091` |
 | `BROKER_DB_URL` | `sqlite:///PATH` or `postgresql://…` | `sqlite:///~/.agentkeys/broker/broker.sqlite3`|
 | `BROKER_DB_SCHEMA` | PostgreSQL schema for the tables (isolates deployments or test runs) | `public` |
+| `BROKER_DB_POOL_SIZE` | PostgreSQL connections per broker (replicas × this ≤ the server's max_connections) | `8` |
+| `BROKER_SQLITE_SYNCHRONOUS` | `full`: a reply means the write is on disk; `normal`: may lose the last | `full` |
 | `BROKER_TEE_JWT_PUBLIC_KEY` | pinned TEE JWT public key, PEM or DER (private keys are refused) | — |
 | `BROKER_TEE_JWT_PUBLIC_KEY_URL` | development only: fetch the key once at start (`/_sim/jwt-public-key`) | — |
 | `BROKER_ACCEPTED_CLIENT_IDS` | comma list of `aud` values accepted; the first is the broker's own | `agentkeys` |
 | `BROKER_CALLBACK_ALLOW_CIDRS` | networks allowed to call the credential-less callbacks | `127.0.0.0/8,::1/128` |
 | `BROKER_CALLBACK_BASE_PATH` | extra prefix the callbacks are also served under | `/agentkeys` |
+| `BROKER_MAX_CONNECTIONS` | open connections at most (lowered to fit the open-file limit) | `1000` |
+| `BROKER_HEADER_TIMEOUT_SECONDS` | a request's line and headers must arrive within this | `10` |
+| `BROKER_BODY_TIMEOUT_SECONDS` | a request's body must arrive within this once it is read | `10` |
+| `BROKER_KEEPALIVE_TIMEOUT_SECONDS` | an idle keep-alive connection is closed after this | `75` |
+| `BROKER_LOG_LEVEL` | `DEBUG`, `INFO` (one access-log line per request), `WARNING`, `ERROR` | `INFO` |
+| `BROKER_LOG_FORMAT` | `json` (one JSON object per line) or `text` | `json` |
+| `BROKER_METRICS_ALLOW_CIDRS` | networks allowed to read `GET /metrics` | `127.0.0.0/8,::1/128` |
 """
 
 from __future__ import annotations
@@ -26,6 +35,12 @@ DEFAULT_DB_PATH = Path("~/.agentkeys/broker/broker.sqlite3")
 DEFAULT_PORT = 8091
 
 IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+LOG_FORMATS = ("json", "text")
+
+
+def _loopback() -> tuple[IpNetwork, ...]:
+    return (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
 
 
 class BrokerConfigError(ValueError):
@@ -38,6 +53,8 @@ class BrokerConfig:
     port: int = DEFAULT_PORT
     db_url: str = f"sqlite:///{DEFAULT_DB_PATH}"
     db_schema: str | None = None
+    sqlite_synchronous: str = "full"
+    db_pool_size: int = 8
     tee_jwt_public_key: Path | None = None
     tee_jwt_public_key_url: str | None = None
     accepted_client_ids: tuple[str, ...] = ("agentkeys",)
@@ -48,13 +65,20 @@ class BrokerConfig:
         )
     )
     callback_base_path: str = "/agentkeys"
+    max_connections: int = 1000
+    header_timeout: float = 10.0
+    body_timeout: float = 10.0
+    keepalive_timeout: float = 75.0
+    log_level: str = "INFO"
+    log_format: str = "json"
+    metrics_allow_cidrs: tuple[IpNetwork, ...] = field(default_factory=_loopback)
 
     @property
     def primary_client_id(self) -> str:
         return self.accepted_client_ids[0]
 
 
-def parse_cidrs(value: str) -> tuple[IpNetwork, ...]:
+def parse_cidrs(value: str, variable: str = "BROKER_CALLBACK_ALLOW_CIDRS") -> tuple[IpNetwork, ...]:
     networks = []
     for item in (part.strip() for part in value.split(",")):
         if not item:
@@ -62,8 +86,44 @@ def parse_cidrs(value: str) -> tuple[IpNetwork, ...]:
         try:
             networks.append(ipaddress.ip_network(item, strict=False))
         except ValueError as exc:
-            raise BrokerConfigError(f"BROKER_CALLBACK_ALLOW_CIDRS: {exc}") from None
+            raise BrokerConfigError(f"{variable}: {exc}") from None
     return tuple(networks)
+
+
+def _positive(env: Mapping[str, str], variable: str, kind: type[int] | type[float]) -> int | float:
+    try:
+        value = kind(env[variable])
+    except ValueError:
+        raise BrokerConfigError(f"{variable} must be a positive {kind.__name__}") from None
+    if not value > 0 or value != value or value == float("inf"):
+        raise BrokerConfigError(f"{variable} must be a positive {kind.__name__}")
+    return value
+
+
+def _request_handling(env: Mapping[str, str]) -> dict[str, object]:
+    """Limits, logs and metrics (`broker.server`, `broker.observability`)."""
+    values: dict[str, object] = {}
+    if "BROKER_MAX_CONNECTIONS" in env:
+        values["max_connections"] = _positive(env, "BROKER_MAX_CONNECTIONS", int)
+    for variable, key in (
+        ("BROKER_HEADER_TIMEOUT_SECONDS", "header_timeout"),
+        ("BROKER_BODY_TIMEOUT_SECONDS", "body_timeout"),
+        ("BROKER_KEEPALIVE_TIMEOUT_SECONDS", "keepalive_timeout"),
+    ):
+        if variable in env:
+            values[key] = _positive(env, variable, float)
+    if env.get("BROKER_LOG_LEVEL"):
+        level = env["BROKER_LOG_LEVEL"].upper()
+        if level not in LOG_LEVELS:
+            raise BrokerConfigError(f"BROKER_LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}")
+        values["log_level"] = level
+    if env.get("BROKER_LOG_FORMAT"):
+        if env["BROKER_LOG_FORMAT"] not in LOG_FORMATS:
+            raise BrokerConfigError(f"BROKER_LOG_FORMAT must be one of {', '.join(LOG_FORMATS)}")
+        values["log_format"] = env["BROKER_LOG_FORMAT"]
+    if "BROKER_METRICS_ALLOW_CIDRS" in env:
+        values["metrics_allow_cidrs"] = parse_cidrs(env["BROKER_METRICS_ALLOW_CIDRS"], "BROKER_METRICS_ALLOW_CIDRS")
+    return values
 
 
 def config_from_env(env: Mapping[str, str] | None = None, **overrides: object) -> BrokerConfig:
@@ -76,12 +136,16 @@ def config_from_env(env: Mapping[str, str] | None = None, **overrides: object) -
             values["port"] = int(env["BROKER_PORT"])
         except ValueError:
             raise BrokerConfigError("BROKER_PORT must be an integer") from None
-    if "BROKER_DB_URL" in env:
-        values["db_url"] = env["BROKER_DB_URL"]
-    if env.get("BROKER_DB_SCHEMA"):
-        if not re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", env["BROKER_DB_SCHEMA"]):
-            raise BrokerConfigError("BROKER_DB_SCHEMA must be a lowercase SQL identifier ([a-z_][a-z0-9_]*)")
-        values["db_schema"] = env["BROKER_DB_SCHEMA"]
+    values["db_url"], values["db_schema"] = database_from_env(env)
+    if "BROKER_DB_POOL_SIZE" in env:
+        pool_size = env["BROKER_DB_POOL_SIZE"].strip()
+        if not pool_size.isdigit() or not 1 <= int(pool_size) <= 1000:
+            raise BrokerConfigError("BROKER_DB_POOL_SIZE must be an integer from 1 to 1000")
+        values["db_pool_size"] = int(pool_size)
+    if "BROKER_SQLITE_SYNCHRONOUS" in env:
+        values["sqlite_synchronous"] = env["BROKER_SQLITE_SYNCHRONOUS"].strip().lower()
+        if values["sqlite_synchronous"] not in ("full", "normal"):
+            raise BrokerConfigError("BROKER_SQLITE_SYNCHRONOUS must be full or normal")
     if env.get("BROKER_TEE_JWT_PUBLIC_KEY"):
         values["tee_jwt_public_key"] = Path(env["BROKER_TEE_JWT_PUBLIC_KEY"]).expanduser()
     if env.get("BROKER_TEE_JWT_PUBLIC_KEY_URL"):
@@ -102,6 +166,7 @@ def config_from_env(env: Mapping[str, str] | None = None, **overrides: object) -
         values["callback_allow_cidrs"] = parse_cidrs(env["BROKER_CALLBACK_ALLOW_CIDRS"])
     if "BROKER_CALLBACK_BASE_PATH" in env:
         values["callback_base_path"] = env["BROKER_CALLBACK_BASE_PATH"]
+    values.update(_request_handling(env))
     values.update({key: value for key, value in overrides.items() if value is not None})
     base = str(values.get("callback_base_path", "/agentkeys")).rstrip("/")
     if base and not base.startswith("/"):
@@ -116,11 +181,38 @@ def config_from_env(env: Mapping[str, str] | None = None, **overrides: object) -
     return config
 
 
+def database_from_env(env: Mapping[str, str]) -> tuple[str, str | None]:
+    """`BROKER_DB_URL` and `BROKER_DB_SCHEMA`, checked: what the broker and the operator's
+    commands open. A wrong value is named in one line that never repeats the URL (its password)."""
+    db_url = env.get("BROKER_DB_URL") or f"sqlite:///{DEFAULT_DB_PATH}"
+    check_db_url(db_url)
+    schema = env.get("BROKER_DB_SCHEMA") or None
+    if schema is not None and not re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", schema):
+        raise BrokerConfigError("BROKER_DB_SCHEMA must be a lowercase SQL identifier ([a-z_][a-z0-9_]*)")
+    return db_url, schema
+
+
+_DB_URL_FORMS = "sqlite:///PATH or postgresql://USER:PASSWORD@HOST:PORT/DATABASE"
+
+
+def check_db_url(db_url: str) -> None:
+    if db_url.startswith("sqlite:"):
+        sqlite_path(db_url)
+        return
+    if not db_url.startswith(("postgresql://", "postgres://")):
+        raise BrokerConfigError(f"BROKER_DB_URL must be {_DB_URL_FORMS}")
+    try:
+        url = urlsplit(db_url)
+        url.port  # noqa: B018 - parsing it is the check
+    except ValueError:
+        raise BrokerConfigError(f"BROKER_DB_URL is not a valid URL (is the port a number?): {_DB_URL_FORMS}") from None
+
+
 def sqlite_path(db_url: str) -> Path:
     """``sqlite:///PATH`` → PATH (``~`` expanded); ``sqlite:///:memory:`` is refused (one process)."""
     prefix = "sqlite:///"
     if not db_url.startswith(prefix):
-        raise BrokerConfigError(f"not a SQLite URL: {db_url!r}")
+        raise BrokerConfigError(f"BROKER_DB_URL must be {_DB_URL_FORMS}")
     path = db_url[len(prefix) :]
     if not path or path == ":memory:":
         raise BrokerConfigError("BROKER_DB_URL must name a SQLite file")

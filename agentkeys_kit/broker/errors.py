@@ -5,22 +5,31 @@ treats any non-2xx as a transport failure, so the code is for people and logs):
 
 | code | HTTP | `data.error` | meaning |
 |---|---|---|---|
-| 40000 | 400 | `malformed_body` | body or query does not have the shape the worker sends |
+| 40000 | 400 | `malformed_body` | body or query is not what the worker sends (also: not strict JSON, see `http`) |
+| 40001 | 400 | `malformed_request` | the HTTP parser refused the message; `data.reason` names its rule |
 | 40100 | 401 | `missing_bearer` | no ``Authorization: Bearer`` on a callback that needs one |
-| 40101 | 401 | `invalid_token` | TEE token refused (signature, alg, exp, aud, typ, sub shape) |
+| 40101 | 401 | `invalid_token` | token refused (signature, alg, exp, aud, typ, sub; non-ASCII `Authorization`) |
 | 40300 | 403 | `identity_mismatch` | token ``sub``/``aud`` is not the identity the body names |
 | 40301 | 403 | `network_refused` | credential-less callback from outside `BROKER_CALLBACK_ALLOW_CIDRS` |
 | 40302 | 403 | `client_not_accepted` | ``clientId`` not in `BROKER_ACCEPTED_CLIENT_IDS` |
 | 40303 | 403 | `not_a_wallet_identity` | grants need a master that logged in with an EVM wallet |
-| 40400 | 404 | `unknown_user` / `unknown_grant` | nothing stored under that id |
+| 40400 | 404 | `unknown_user` / `unknown_grant` / `not_found` | nothing stored under that id / no such path |
+| 40500 | 405 | `method_not_allowed` | the path exists for another method |
+| 40800 | 408 | `request_timeout` | headers or body too slow (`BROKER_HEADER_`/`BODY_TIMEOUT_SECONDS`) |
 | 40900 | 409 | `already_revoked` | the grant was revoked before |
 | 40901 | 409 | `grant_exists` | the master already has an active grant for that agent |
 | 41300 | 413 | `body_too_large` | body above 64 KiB |
+| 41500 | 415 | `unsupported_content_encoding` | a `Content-Encoding` but `identity` (the worker never compresses) |
+| 50000 | 500 | `internal_error` | a bug in the broker (its traceback goes to the log, not to the caller) |
 | 50300 | 503 | `storage_unavailable` | the database failed; nothing was written |
+| 50301 | 503 | `too_many_connections` | every connection up to `BROKER_MAX_CONNECTIONS` is busy; retry |
+
+Every error the broker sends is this envelope, the HTTP parser's own refusals included.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
@@ -36,10 +45,31 @@ class BrokerError(Exception):
         self.error = error
         self.message = message
         self.details = details
+        #: close the connection after this reply (a body left unread, too large or too slow)
+        self.close_connection = False
+
+    def envelope(self) -> dict[str, Any]:
+        return {"code": self.code, "message": self.message, "data": {"error": self.error, **self.details}}
 
     def response(self) -> web.Response:
-        data = {"error": self.error, **self.details}
-        return web.json_response({"code": self.code, "message": self.message, "data": data}, status=self.status)
+        response = web.json_response(self.envelope(), status=self.status)
+        # What the access log and the metrics report; a plain value, not the exception (whose
+        # traceback would keep the request and its body alive).
+        response[REFUSAL] = Refusal(self.error, self.details.get("reason"))
+        if self.close_connection:
+            response.force_close()
+        return response
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """The refusal a response carries (`REFUSAL`): its `data.error` and `data.reason`."""
+
+    error: str
+    reason: Any = None
+
+
+REFUSAL = web.ResponseKey("broker_refusal", Refusal)
 
 
 def ok(data: Any) -> web.Response:
@@ -98,3 +128,34 @@ def body_too_large(limit: int) -> BrokerError:
 
 def storage_unavailable() -> BrokerError:
     return BrokerError(503, 50300, "storage_unavailable", "the database is unavailable; nothing was written")
+
+
+def malformed_request(reason: str) -> BrokerError:
+    return BrokerError(400, 40001, "malformed_request", "the request is not valid HTTP/1.1", reason=reason)
+
+
+def authorization_not_ascii() -> BrokerError:
+    return invalid_token("the Authorization header is not visible ASCII")
+
+
+def request_timeout(part: str, seconds: float) -> BrokerError:
+    return BrokerError(408, 40800, "request_timeout", f"the request {part} did not arrive within {seconds:g} s")
+
+
+def unsupported_content_encoding() -> BrokerError:
+    return BrokerError(
+        415, 41500, "unsupported_content_encoding", "send the body uncompressed (Content-Encoding: identity)"
+    )
+
+
+def http_status(status: int, reason: str) -> BrokerError:
+    """An error aiohttp's router or server raised (404 for an unknown path, 405, …), as an envelope."""
+    return BrokerError(status, status * 100, reason.lower().replace(" ", "_"), reason)
+
+
+def internal_error() -> BrokerError:
+    return BrokerError(500, 50000, "internal_error", "internal error")
+
+
+def too_many_connections(limit: int) -> BrokerError:
+    return BrokerError(503, 50301, "too_many_connections", f"all {limit} connections are busy; retry shortly")

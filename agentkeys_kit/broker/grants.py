@@ -1,8 +1,10 @@
 """Grants: a master wallet lets an agent wallet act for it in a scope until an expiry.
 
 `check_hyper_agent_address` answers ``isBound`` from this table: true only for an active grant
-(not revoked, ``expires_at`` in the future) whose master and agent match, case-insensitively.
-Revocation is one row update and takes effect on the next callback.
+(not revoked, not superseded, ``expires_at`` in the future) whose master and agent match,
+case-insensitively. Revocation is one row update and takes effect on the next callback. A pair
+holds at most one open grant (a unique index, `storage/migrations.py` v5): creating a grant for a
+pair whose grant has expired closes that one (its ``superseded_by`` names the new grant).
 
 HTTP (authenticated by the master's TEE *access* token; the master is the user that token names,
 and it must have logged in with an EVM wallet):
@@ -23,7 +25,8 @@ from typing import Any
 from aiohttp import web
 
 from agentkeys_kit.broker import errors
-from agentkeys_kit.broker.callbacks import _audit, callback, json_body, require_fields
+from agentkeys_kit.broker.callbacks import _audit, callback
+from agentkeys_kit.broker.http import json_body, require_fields
 from agentkeys_kit.broker.state import BrokerState
 from agentkeys_kit.broker.storage import GrantRecord, UserRecord, store
 from agentkeys_kit.broker.tokens import VerifiedBearer

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
+from agentkeys_kit.broker.audit import RefusalAudit
 from agentkeys_kit.broker.config import BrokerConfig
 from agentkeys_kit.broker.storage import Database
 from agentkeys_kit.broker.tokens import TeeTokenVerifier
@@ -18,6 +19,7 @@ class BrokerState:
     config: BrokerConfig
     db: Database
     verifier: TeeTokenVerifier
+    refusals: RefusalAudit
     clock: Callable[[], float] = field(default=time.time)
 
     def now(self) -> int:

@@ -87,7 +87,9 @@ def normalise_value(value: Any) -> Any:
                 "claims": normalise_value({k: v for k, v in claims.items() if k not in VOLATILE_CLAIMS}),
                 "claims_order": list(claims),
             }
-            return {"$bearer": {"$jwt": decoded}} if prefix else {"$jwt": decoded}
+            if prefix == "Bearer ":
+                return {"$bearer": {"$jwt": decoded}}
+            return {"$prefix": prefix, "$jwt": decoded} if prefix else {"$jwt": decoded}
         token = _TOKEN.match(value)
         if token is not None:
             return f"{token.group(1) or ''}<token>"
@@ -111,7 +113,7 @@ def normalise_exchange(exchange: Exchange) -> dict[str, Any]:
         response = {key: value for key, value in response.items() if key != "id"}  # the harness's counter
     if exchange.leg == "client→worker" and isinstance(request, dict) and isinstance(request.get("json"), dict):
         request = {**request, "json": {k: v for k, v in request["json"].items() if k != "id"}}
-    if exchange.leg.startswith("worker→harness (smtp") and isinstance(response, dict):
+    if exchange.leg.startswith(("worker→harness (smtp", "worker→harness (sendgrid")) and isinstance(response, dict):
         response = {key: value for key, value in response.items() if key != "at"}
     return {
         "leg": exchange.leg,
@@ -251,6 +253,8 @@ class RunDiff:
 def _stamp_json(run: RunResult) -> dict[str, Any]:
     return {
         "tee": run.tee,
+        "deviations": run.deviations,
+        "declared": run.declared,
         "tee_version": run.tee_version,
         "broker": run.broker,
         "started_at": run.started_at,
@@ -330,6 +334,11 @@ def diff_markdown(result: RunDiff) -> str:
         f"| **Worker (TEE)** | {_cell(a.tee)} | {_cell(b.tee)} |",
         f"| **Worker version** | {_cell(a.tee_version)} | {_cell(b.tee_version)} |",
         f"| **Broker** | {_cell(a.broker)} | {_cell(b.broker)} |",
+        f"| **Known deviations** | {_cell(a.deviations)} | {_cell(b.deviations)} |",
+        *(
+            f"| **{_cell(name)}** | {_cell(a.declared.get(name, '—'))} | {_cell(b.declared.get(name, '—'))} |"
+            for name in dict.fromkeys([*a.declared, *b.declared])
+        ),
         f"| **Date** | {run_date(a)} | {run_date(b)} |",
         f"| **Cases** | {len(a.results)}: {_cell(counts_text(a))} | {len(b.results)}: {_cell(counts_text(b))} |",
         f"| **Verdict** | {_cell(overall_verdict(a))} | {_cell(overall_verdict(b))} |",

@@ -60,6 +60,11 @@ class ExprError(ValueError):
 BACKEND_TEST_SECRET = hashlib.sha256(b"agentkeys-kit conformance backend key (public test key)").digest()
 
 
+def backend_test_pubkey_hex() -> str:
+    """The compressed public key of `BACKEND_TEST_SECRET`, as ``OE_<CLIENT>_BACKEND_ECDSA_PUBKEY`` takes it."""
+    return PrivateKey(BACKEND_TEST_SECRET).public_key.format(compressed=True).hex()
+
+
 class Keys:
     """Keys the functions may use: the TEE's (when the target gives the private key), a foreign
     RSA key of the harness's own, for forgeries, and the backend test key."""

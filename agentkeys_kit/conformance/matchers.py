@@ -247,3 +247,6 @@ _MATCHERS = {
     "$between": _between,
     "$signature": _signature,
 }
+
+#: every matcher name a suite may use under ``expect``
+MATCHER_NAMES = frozenset(_MATCHERS)

@@ -8,12 +8,18 @@ A suite file::
       - id: tee.login.evm.wildmeta  # unique across suites
         clause: omni_userLogin for wildmeta calls post_heima_login with the access token
         profile: agentkeys-patch    # optional: a clause of the agentkeys patch
+        patch_clause: 1             # optional: its number in `omni_sim.profiles.PATCH_CLAUSES`
         only: upstream              # optional: applies to targets of this profile only
-        needs: [smtp]               # optional: capabilities the target must have
+        needs: [mail]               # optional: capabilities the target must have
         steps: [ … ]
 
 Step kinds (one per step): ``let``, ``rpc``, ``raw``, ``broker``, ``callback``, ``email``,
 ``clock``, ``fuzz``. See the schema (`conformance/suite.schema.json`) for every field.
+
+A file is refused before anything runs when it breaks the schema, and also (`static_checks`) when
+it calls an unknown ``$`` function or matcher, expects an unknown field of a callback, or uses a
+variable no earlier step defines. Every message names the file, the case and the step, with steps
+numbered from 1 as failures number them.
 """
 
 from __future__ import annotations
@@ -27,10 +33,16 @@ import jsonschema
 import yaml
 
 from agentkeys_kit.conformance.expr import function_reference
+from agentkeys_kit.conformance.static_checks import StaticProblem, check_case
+from agentkeys_kit.omni_sim.profiles import PATCH_CLAUSES
+
+PATCH_CLAUSE_NUMBERS = frozenset(clause.number for clause in PATCH_CLAUSES)
 
 SCHEMA_PATH = Path(__file__).with_name("suite.schema.json")
 STEP_KINDS = ("let", "rpc", "raw", "broker", "callback", "email", "clock", "fuzz")
-CAPABILITIES = ("sim-clock", "smtp", "tee-signing-key", "broker", "broker-clock", "sim-internals", "oauth2-provider")
+CAPABILITIES = ("sim-clock", "mail", "tee-signing-key", "broker", "broker-clock", "sim-internals", "oauth2-provider")
+#: older names still accepted in `needs`: `smtp` was the name of `mail` when mail only came over SMTP
+CAPABILITY_ALIASES = {"smtp": "mail"}
 PROFILES = ("upstream", "agentkeys-patch")
 
 _ANY: dict[str, Any] = {}
@@ -91,6 +103,113 @@ def _step(kind: str, body: dict[str, Any], *, callbacks: bool = False) -> dict[s
     return {"type": "object", "additionalProperties": False, "required": [kind], "properties": properties}
 
 
+STEP_SCHEMAS: dict[str, dict[str, Any]] = {
+    "let": _step("let", _MAP),
+    "rpc": _step(
+        "rpc",
+        {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["method"],
+            "properties": {
+                "method": {"type": "string"},
+                "params": _ANY,
+                "id": _ANY,
+                "transport": {"enum": ["http", "ws"]},
+                "token": _ANY,
+                "headers": _MAP,
+            },
+        },
+        callbacks=True,
+    ),
+    "raw": _step(
+        "raw",
+        {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["body"],
+            "properties": {
+                "body": {"type": "string"},
+                "content_type": {"type": "string"},
+                "method": {"enum": ["GET", "POST", "PUT"]},
+            },
+        },
+        callbacks=True,
+    ),
+    "broker": _step(
+        "broker",
+        {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["method", "path"],
+            "properties": {
+                "method": {"enum": ["GET", "POST", "PUT", "DELETE"]},
+                "path": {"type": "string"},
+                "headers": _MAP,
+                "query": _MAP,
+                "json": _ANY,
+                "body": {"type": "string"},
+                "token": _ANY,
+            },
+        },
+    ),
+    "callback": _step(
+        "callback",
+        {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["op"],
+            "properties": {
+                "op": _CALLBACK_OPS,
+                "token": _ANY,
+                "json": _ANY,
+                "body": {"type": "string"},
+                "query": _MAP,
+                "headers": _MAP,
+                "prefix": {"type": "string"},
+            },
+        },
+    ),
+    "email": _step(
+        "email",
+        {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["to"],
+            "properties": {"to": {"type": "string"}},
+        },
+    ),
+    "clock": _step(
+        "clock",
+        {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["advance"],
+            "properties": {
+                "advance": {"type": "integer", "minimum": 0},
+                "target": {"enum": ["tee", "broker"]},
+            },
+        },
+    ),
+    "fuzz": _step(
+        "fuzz",
+        {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["target", "examples"],
+            "properties": {
+                "target": {"enum": ["tee", "broker"]},
+                "method": {"type": "string"},
+                "op": {"type": "string"},
+                "examples": {"type": "integer", "minimum": 1, "maximum": 500},
+                "seed": {"type": "integer"},
+                "token": _ANY,
+            },
+        },
+    ),
+}
+
+
 SCHEMA: dict[str, Any] = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
     "$id": "https://agentkeys.dev/conformance/suite.schema.json",
@@ -115,118 +234,13 @@ SCHEMA: dict[str, Any] = {
                     "description": {"type": "string"},
                     "tags": {"type": "array", "items": {"type": "string"}},
                     "profile": {"enum": list(PROFILES)},
+                    "patch_clause": {"type": "integer", "minimum": 1},
                     "only": {"enum": list(PROFILES)},
-                    "needs": {"type": "array", "items": {"enum": list(CAPABILITIES)}},
+                    "needs": {"type": "array", "items": {"enum": [*CAPABILITIES, *CAPABILITY_ALIASES]}},
                     "steps": {
                         "type": "array",
                         "minItems": 1,
-                        "items": {
-                            "oneOf": [
-                                _step("let", _MAP),
-                                _step(
-                                    "rpc",
-                                    {
-                                        "type": "object",
-                                        "additionalProperties": False,
-                                        "required": ["method"],
-                                        "properties": {
-                                            "method": {"type": "string"},
-                                            "params": _ANY,
-                                            "id": _ANY,
-                                            "transport": {"enum": ["http", "ws"]},
-                                            "token": _ANY,
-                                            "headers": _MAP,
-                                        },
-                                    },
-                                    callbacks=True,
-                                ),
-                                _step(
-                                    "raw",
-                                    {
-                                        "type": "object",
-                                        "additionalProperties": False,
-                                        "required": ["body"],
-                                        "properties": {
-                                            "body": {"type": "string"},
-                                            "content_type": {"type": "string"},
-                                            "method": {"enum": ["GET", "POST", "PUT"]},
-                                        },
-                                    },
-                                    callbacks=True,
-                                ),
-                                _step(
-                                    "broker",
-                                    {
-                                        "type": "object",
-                                        "additionalProperties": False,
-                                        "required": ["method", "path"],
-                                        "properties": {
-                                            "method": {"enum": ["GET", "POST", "PUT", "DELETE"]},
-                                            "path": {"type": "string"},
-                                            "headers": _MAP,
-                                            "query": _MAP,
-                                            "json": _ANY,
-                                            "body": {"type": "string"},
-                                            "token": _ANY,
-                                        },
-                                    },
-                                ),
-                                _step(
-                                    "callback",
-                                    {
-                                        "type": "object",
-                                        "additionalProperties": False,
-                                        "required": ["op"],
-                                        "properties": {
-                                            "op": _CALLBACK_OPS,
-                                            "token": _ANY,
-                                            "json": _ANY,
-                                            "body": {"type": "string"},
-                                            "query": _MAP,
-                                            "headers": _MAP,
-                                            "prefix": {"type": "string"},
-                                        },
-                                    },
-                                ),
-                                _step(
-                                    "email",
-                                    {
-                                        "type": "object",
-                                        "additionalProperties": False,
-                                        "required": ["to"],
-                                        "properties": {"to": {"type": "string"}},
-                                    },
-                                ),
-                                _step(
-                                    "clock",
-                                    {
-                                        "type": "object",
-                                        "additionalProperties": False,
-                                        "required": ["advance"],
-                                        "properties": {
-                                            "advance": {"type": "integer", "minimum": 0},
-                                            "target": {"enum": ["tee", "broker"]},
-                                        },
-                                    },
-                                ),
-                                _step(
-                                    "fuzz",
-                                    {
-                                        "type": "object",
-                                        "additionalProperties": False,
-                                        "required": ["target", "examples"],
-                                        "properties": {
-                                            "target": {"enum": ["tee", "broker"]},
-                                            "method": {"type": "string"},
-                                            "op": {"type": "string"},
-                                            "examples": {"type": "integer", "minimum": 1, "maximum": 500},
-                                            "seed": {"type": "integer"},
-                                            "token": _ANY,
-                                        },
-                                    },
-                                ),
-                            ]
-                        },
+                        "items": {"oneOf": [STEP_SCHEMAS[kind] for kind in STEP_KINDS]},
                     },
                 },
             },
@@ -266,6 +280,7 @@ class Case:
     tags: tuple[str, ...] = ()
     description: str = ""
     source: str = ""
+    patch_clause: int | None = None  # its number in `omni_sim.profiles.PATCH_CLAUSES`
 
     @property
     def is_patch_clause(self) -> bool:
@@ -312,16 +327,16 @@ def load_suite(path: Path) -> Suite:
         document = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError) as exc:
         raise SuiteError(f"{path}: cannot read YAML: {exc}") from None
-    errors = sorted(_validator.iter_errors(document), key=lambda e: list(e.absolute_path))
-    if errors:
-        worst = jsonschema.exceptions.best_match(errors)
-        where = "/".join(str(p) for p in worst.absolute_path) or "(root)"
-        raise SuiteError(f"{path}: {where}: {worst.message}")
+    problem = schema_problem(document)
+    if problem is not None:
+        raise SuiteError(f"{path}: {problem}")
     cases = []
+    found: list[StaticProblem] = []
     for raw_case in document["cases"]:
-        steps = tuple(
-            Step(i, next(kind for kind in STEP_KINDS if kind in spec), spec) for i, spec in enumerate(raw_case["steps"])
-        )
+        kinds = [next(kind for kind in STEP_KINDS if kind in spec) for spec in raw_case["steps"]]
+        steps = tuple(Step(i, kind, spec) for i, (kind, spec) in enumerate(zip(kinds, raw_case["steps"], strict=True)))
+        found += check_case(raw_case["id"], raw_case["steps"], kinds)
+        found += _clause_problems(raw_case)
         cases.append(
             Case(
                 id=raw_case["id"],
@@ -330,13 +345,84 @@ def load_suite(path: Path) -> Suite:
                 steps=steps,
                 profile=raw_case.get("profile"),
                 only=raw_case.get("only"),
-                needs=tuple(raw_case.get("needs", ())),
+                needs=tuple(dict.fromkeys(CAPABILITY_ALIASES.get(n, n) for n in raw_case.get("needs", ()))),
                 tags=tuple(raw_case.get("tags", ())),
                 description=raw_case.get("description", ""),
                 source=str(path),
+                patch_clause=raw_case.get("patch_clause"),
             )
         )
+    if found:
+        more = f" (and {len(found) - 5} more)" if len(found) > 5 else ""
+        raise SuiteError(f"{path}: " + f"\n{path}: ".join(str(p) for p in found[:5]) + more)
     return Suite(document["suite"], document["title"], path, tuple(cases), document.get("description", ""), document)
+
+
+def _clause_problems(raw_case: dict[str, Any]) -> list[StaticProblem]:
+    number = raw_case.get("patch_clause")
+    if number is None or number in PATCH_CLAUSE_NUMBERS:
+        return []
+    known = ", ".join(str(n) for n in sorted(PATCH_CLAUSE_NUMBERS))
+    sentence = f"patch_clause {number}: the agentkeys-patch profile has clauses {known} (omni_sim/profiles.py)"
+    return [StaticProblem(raw_case["id"], None, sentence)]
+
+
+# ---------------------------------------------------------------------------------------------- schema errors
+
+
+def schema_problem(document: Any) -> str | None:
+    """The first schema violation, as one sentence that names the case, the step (from 1) and the key."""
+    errors = list(_validator.iter_errors(document))
+    if not errors:
+        return None
+    error = min(errors, key=lambda e: list(map(str, e.absolute_path)))
+    path = list(error.absolute_path)
+    if error.validator == "oneOf" and len(path) == 4 and path[0] == "cases" and path[2] == "steps":
+        return _step_problem(document, path, error.instance)
+    return f"{_location(document, path)}{_sentence(error)}"
+
+
+def _step_problem(document: Any, path: list[Any], step: Any) -> str:
+    where = _location(document, path)
+    if not isinstance(step, dict):
+        return f"{where}a step is a mapping with one of {', '.join(STEP_KINDS)}"
+    kinds = [kind for kind in STEP_KINDS if kind in step]
+    if not kinds:
+        unknown = ", ".join(repr(k) for k in step if k not in _COMMON and k != "callbacks")
+        return f"{where}no step kind (one of {', '.join(STEP_KINDS)})" + (f"; unknown key {unknown}" if unknown else "")
+    if len(kinds) > 1:
+        return f"{where}one step kind per step, this one has {' and '.join(kinds)}"
+    inner = jsonschema.Draft202012Validator(STEP_SCHEMAS[kinds[0]]).iter_errors(step)
+    error = min(inner, key=lambda e: list(map(str, e.absolute_path)))
+    return f"{_location(document, path + list(error.absolute_path))}{_sentence(error)}"
+
+
+def _location(document: Any, path: list[Any]) -> str:
+    """``case <id>, step <n>, <key path>: `` for a path into the document."""
+    parts: list[str] = []
+    rest = list(path)
+    if len(rest) >= 2 and rest[0] == "cases" and isinstance(rest[1], int):
+        raw = document["cases"][rest[1]]
+        case_id = raw.get("id") if isinstance(raw, dict) else None
+        parts.append(f"case {case_id}" if isinstance(case_id, str) else f"case #{rest[1] + 1}")
+        rest = rest[2:]
+        if len(rest) >= 2 and rest[0] == "steps" and isinstance(rest[1], int):
+            parts.append(f"step {rest[1] + 1}")
+            rest = rest[2:]
+    if rest:
+        parts.append(".".join(str(p + 1) if isinstance(p, int) else str(p) for p in rest))
+    return (", ".join(parts) + ": ") if parts else ""
+
+
+def _sentence(error: jsonschema.ValidationError) -> str:
+    if error.validator == "additionalProperties" and isinstance(error.instance, dict):
+        allowed = list(error.schema.get("properties", {}))
+        extra = [key for key in error.instance if key not in allowed]
+        keys = ", ".join(repr(key) for key in extra)
+        return f"unknown key {keys} (allowed: {', '.join(allowed)})"
+    if error.validator == "required":
+        return str(error.message).replace("is a required property", "is missing")
+    return str(error.message)
 
 
 def load_suites(paths: list[Path]) -> list[Suite]:

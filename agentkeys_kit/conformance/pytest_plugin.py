@@ -5,7 +5,7 @@ it says ``only: upstream``) and a local broker. Every patch clause (``profile:
 agentkeys-patch``) is also run against the ``upstream`` simulator, where it must fail: that is
 the proof the suite tells today's worker from the patched one. Nothing is skipped.
 
-Enabled with ``-p conformance.pytest_plugin`` (see ``pyproject.toml``).
+Enabled with ``-p agentkeys_kit.conformance.pytest_plugin`` (see ``pyproject.toml``).
 """
 
 from __future__ import annotations

@@ -130,19 +130,22 @@ class CallbackScript:
 
 
 class CallbackReceiver:
-    def __init__(self, host: str = "127.0.0.1") -> None:
+    """Binds `host`:`port` (0: a free port); the worker reaches it at `advertise` (default `host`)."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, advertise: str | None = None) -> None:
         self.host = host
-        self.port = 0
+        self.port = port
+        self.advertise = advertise or host
         self.broker_url: str | None = None
         self.scripts: list[CallbackScript] = []
         self.observed: list[ObservedCallback] = []
-        self._served = ServedApp(host)
+        self._served = ServedApp(host, port)
         self._session: aiohttp.ClientSession | None = None
         self._arrivals = asyncio.Event()
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}/"
+        return f"http://{self.advertise}:{self.port}/"
 
     def api_url(self, api: str) -> str:
         return f"{self.url}{api}/"

@@ -2,9 +2,13 @@
 
 * ``transcript.json`` — every exchange of every case, as recorded (the raw evidence);
 * ``junit.xml`` — one ``<testcase>`` per case, for CI dashboards;
-* ``report.md`` — for a reviewer who has never seen the project: the stamp, the verdict of every
-  clause, what the agentkeys patch must do, and for every case that needs attention the failing
-  step, the exchanges and a Mermaid sequence diagram of the legs;
+* ``report.md`` — for a reviewer who has never seen the project, top down: the verdict and the
+  stamp; what the agentkeys patch must do, clause by clause as `omni_sim.profiles.PATCH_CLAUSES`
+  numbers them, each with its cases; every case that needs attention with the failing step, the
+  exchanges and a Mermaid sequence diagram of the legs; then everything else — known deviations
+  collapsed, not-applicable cases grouped by reason, every suite's clauses, how the worker was
+  reached (what the preflight verified, never a claim about the worker's configuration) and how
+  to read the report;
 * ``summary.txt`` — the console summary and one console line per case.
 """
 
@@ -14,7 +18,7 @@ import base64
 import json
 import re
 import xml.etree.ElementTree as ET
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -23,6 +27,7 @@ import yaml
 
 from agentkeys_kit.conformance.runner import CaseResult, Exchange, RunResult, Verdict
 from agentkeys_kit.conformance.targets import KIT_VERSION
+from agentkeys_kit.omni_sim.profiles import PATCH_CLAUSES
 
 KIT_NAME = "agentkeys-heima-kit"
 
@@ -44,6 +49,15 @@ VERDICT_WORDS = {
     Verdict.UNEXPECTED_PASS: "UNEXPECTED PASS (listed as a deviation)",
 }
 
+SUMMARY_WORDS = {
+    Verdict.PASSED: "passed",
+    Verdict.FAILED: "failed",
+    Verdict.ERROR: "error",
+    Verdict.NOT_APPLICABLE: "not applicable",
+    Verdict.EXPECTED_FAILURE: "known deviation",
+    Verdict.UNEXPECTED_PASS: "unexpected pass",
+}
+
 ICONS = {
     Verdict.PASSED: "✅",
     Verdict.FAILED: "❌",
@@ -56,7 +70,8 @@ ICONS = {
 # Headers every HTTP client adds; they say nothing about the contract.
 NOISE_HEADERS = frozenset({"host", "accept", "accept-encoding", "content-length", "user-agent", "connection", "date"})
 
-_JWT = re.compile(r"^(Bearer )?([A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*)$")
+# "Bearer Bearer <jwt>" and "bearer <jwt>" too: the bearer-stripping cases send odd schemes on purpose
+_JWT = re.compile(r"^((?:(?i:bearer) )*)([A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*)$")
 _XML_ILLEGAL = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
 _CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _MERMAID_UNSAFE = re.compile(r"[^A-Za-z0-9 _./@=,()+\-]+")
@@ -75,7 +90,7 @@ def console_line(result: CaseResult) -> str:
 
 
 def console_summary(run: RunResult) -> str:
-    counts = ", ".join(f"{run.count(v)} {v.value.replace('_', ' ')}" for v in Verdict if run.count(v))
+    counts = ", ".join(f"{run.count(v)} {SUMMARY_WORDS[v]}" for v in Verdict if run.count(v))
     verdict = "OK" if run.ok else "NOT OK"
     return f"\n{verdict}: {len(run.results)} cases in {run.duration:.1f}s — {counts}"
 
@@ -95,7 +110,13 @@ def transcript(run: RunResult) -> dict[str, object]:
         "started_at": run.started_at,
         "duration_s": round(run.duration, 3),
         "ok": run.ok,
+        "tee_kind": run.tee_kind,
+        "profile": run.profile,
+        "declared": run.declared,
+        "deviations": run.deviations,
+        "served": run.served,
         "environment": run.environment,
+        "preflight": run.preflight,
         "cases": [result.to_json() for result in run.results],
     }
 
@@ -217,7 +238,8 @@ def junit_xml(run: RunResult) -> bytes:
     """JUnit XML: one testsuite per suite, one testcase per case (classname = suite, name = case id).
 
     FAILED and UNEXPECTED_PASS are failures, ERROR an error, NOT_APPLICABLE skipped; an expected
-    failure (a listed known deviation that did fail) counts as passed, with a note in system-out.
+    failure (a listed known deviation that did fail) is skipped with the deviation as its message
+    (``type="known_deviation"``, and a ``known_deviation`` property), never a pass.
     """
     timestamp = datetime.fromtimestamp(run.started_at, UTC).strftime("%Y-%m-%dT%H:%M:%S")
     root = ET.Element("testsuites", {"name": "agentkeys-heima conformance", "timestamp": timestamp})
@@ -291,8 +313,11 @@ def _junit_case(parent: ET.Element, result: CaseResult) -> None:
     elif verdict is Verdict.NOT_APPLICABLE:
         ET.SubElement(case, "skipped", {"message": _xml_text(result.reason or "not applicable to this target")})
     elif verdict is Verdict.EXPECTED_FAILURE:
-        out = ET.SubElement(case, "system-out")
+        # Skipped with the reason, not passed: the target does not do what the clause says.
         note = f"known deviation: {result.deviation or '(no reason given)'}"
+        ET.SubElement(case, "skipped", {"message": _xml_text(note), "type": "known_deviation"})
+        ET.SubElement(clause, "property", {"name": "known_deviation", "value": _xml_text(result.deviation or "")})
+        out = ET.SubElement(case, "system-out")
         out.text = _xml_text("\n\n".join(part for part in (note, result.reason, result.failure_report) if part))
 
 
@@ -438,7 +463,7 @@ def mermaid_lines(exchange: Exchange) -> list[str]:
             f"Harness->>Broker: {mermaid_label(exchange.summary + suffix)}",
             f"Broker-->>Harness: {mermaid_label(_http_reply_label(exchange.response))}",
         ]
-    if leg.startswith("worker→harness (smtp"):
+    if leg.startswith(("worker→harness (smtp", "worker→harness (sendgrid")):
         return [f"Worker->>Harness: {mermaid_label('mail ' + exchange.summary.removeprefix('mail '))}"]
     return [f"Note over Client,Broker: {mermaid_label(leg + ' ' + exchange.summary)}"]
 
@@ -512,97 +537,228 @@ backend the worker calls back (it records every callback, answers it as scripted
 to the real broker), and checks what came back on every leg. Verdicts: **passed**; **FAILED** (the \
 target did something the clause forbids, or did not do what it requires); **ERROR** (the case \
 could not run); **not applicable** (the clause is for another kind of target, or needs something \
-this target lacks); **known deviation** (listed in the target's deviation file and failed as \
-listed — not counted against the run); **UNEXPECTED PASS** (listed as a deviation but passed: the \
-list is stale). Clauses marked **(patch)** are what the agentkeys patch to the worker adds: \
-today's upstream worker is expected to fail them. Diagrams use four participants: Client and \
-Broker as named, Worker = the worker under test, Harness = this kit's callback receiver and mail sink.\
+this target lacks — the reason says what); **known deviation** (listed in the target's deviation \
+file and failed where the file says — not counted against the run); **UNEXPECTED PASS** (listed as \
+a deviation but passed: the list is stale). Clauses marked **(patch)** are what the agentkeys patch \
+to the worker adds: today's upstream worker is expected to fail them. Diagrams use four \
+participants: Client and Broker as named, Worker = the worker under test, Harness = this kit's \
+callback receiver and mail stand-ins.\
 """
 
+#: a section of report.md: the run in, Markdown lines out
+Section = Callable[[RunResult], list[str]]
 
-def markdown_report(run: RunResult) -> str:
-    out: list[str] = [f"# Conformance report: {_cell(run.tee)}", ""]
-    out += [
+
+def markdown_report(run: RunResult, extra_sections: Sequence[Section] = ()) -> str:
+    """report.md, top down: the verdict, what the patch must do, what needs attention, then
+    everything else. `extra_sections` (e.g. reviewers' findings) come right after the patch."""
+    sections: list[Section] = [
+        _verdict_section,
+        _patch_section,
+        *extra_sections,
+        _attention_section,
+        _everything_else_section,
+        _configuration_section,
+        _happy_path_section,
+        _how_to_read_section,
+    ]
+    out = [line for section in sections for line in section(run)]
+    return "\n".join(out).rstrip() + "\n"
+
+
+def _verdict_section(run: RunResult) -> list[str]:
+    return [
+        f"# Conformance report: {_cell(run.tee)}",
+        "",
+        f"**Verdict: {_cell(overall_verdict(run))}**",
+        "",
         "| | |",
         "|---|---|",
         f"| **Worker (TEE)** | {_cell(run.tee)} — version: {_cell(run.tee_version)} |",
+        *(f"| **{_cell(name)}** | {_cell(value)} |" for name, value in run.declared.items()),
         f"| **Broker** | {_cell(run.broker)} |",
+        f"| **Known deviations** | {_cell(run.deviations)} |",
         f"| **Kit** | {KIT_NAME} {KIT_VERSION} |",
         f"| **Date** | {run_date(run)} (took {run.duration:.1f} s) |",
         f"| **Cases** | {len(run.results)}: {_cell(counts_text(run))} |",
-        f"| **Verdict** | **{_cell(overall_verdict(run))}** |",
         "",
-        "## How to read this",
+        "Full evidence is in `transcript.json`, CI results in `junit.xml` next to this file; "
+        "[how to read this report](#how-to-read-this) is at the end.",
         "",
-        HOW_TO_READ,
-        "",
-        "Full evidence is in `transcript.json`, CI results in `junit.xml` next to this file.",
+        *_key_note(run),
+    ]
+
+
+def _key_note(run: RunResult) -> list[str]:
+    """With the worker's public key only, say at once which cases that left out."""
+    unsigned = [r.case.id for r in run.results if r.verdict is Verdict.NOT_APPLICABLE and "private key" in r.reason]
+    if not unsigned:
+        return []
+    listed = ", ".join(f"`{case_id}`" for case_id in unsigned)
+    return [
+        f"With the worker's public key only, {len(unsigned)} case(s) could not run: they sign tokens as the "
+        f"worker and need its `auth_token_key.bin` as `--tee-key`: {listed}.",
         "",
     ]
-    attention = {r.case.id for r in run.results if r.verdict not in (Verdict.PASSED, Verdict.NOT_APPLICABLE)}
+
+
+def _case_link(result: CaseResult) -> str:
+    linked = result.verdict not in (Verdict.PASSED, Verdict.NOT_APPLICABLE)
+    return f"[`{result.case.id}`](#{_anchor(result.case.id)})" if linked else f"`{result.case.id}`"
+
+
+def _verdict_cell(result: CaseResult) -> str:
+    verdict = f"{ICONS[result.verdict]} {VERDICT_WORDS[result.verdict]}"
+    if result.verdict is Verdict.NOT_APPLICABLE and result.reason:
+        verdict += f" ({_cell(result.reason)})"
+    elif result.verdict is Verdict.EXPECTED_FAILURE and result.deviation:
+        verdict += f": {_cell(result.deviation)}"
+    return verdict
+
+
+def _patch_section(run: RunResult) -> list[str]:
+    out = ["## What the agentkeys patch must do", ""]
+    related = [r for r in run.results if r.case.is_patch_clause or r.case.patch_clause is not None]
+    if not related:
+        return [*out, "No case in this run checks a clause of the agentkeys patch.", ""]
+    patch = [r for r in related if r.case.is_patch_clause]
+    applicable = [r for r in patch if r.verdict is not Verdict.NOT_APPLICABLE]
+    done = sum(1 for r in applicable if r.verdict is Verdict.PASSED)
+    out += [
+        "The Rust patch adds these clauses to the worker for the `agentkeys` client (numbered as in "
+        "`agentkeys_kit/omni_sim/profiles.py`). A patched worker passes every **(patch)** case; today's "
+        "worker fails them, as its deviation file lists, and passes the *(today)* cases that pin the "
+        f"behaviour the patch changes. On this target: {done} of {len(applicable)} applicable patch cases passed.",
+        "",
+    ]
+    for clause in PATCH_CLAUSES:
+        cases = [r for r in related if r.case.patch_clause == clause.number]
+        if cases:
+            out += _clause_block(f"{clause.number}. {clause.title}", cases)
+    unnumbered = [r for r in related if r.case.patch_clause not in {c.number for c in PATCH_CLAUSES}]
+    if unnumbered:
+        out += _clause_block("Other patch cases (no clause number)", unnumbered)
+    return out
+
+
+def _clause_block(title: str, results: list[CaseResult]) -> list[str]:
+    patch = [r for r in results if r.case.is_patch_clause and r.verdict is not Verdict.NOT_APPLICABLE]
+    if not patch:
+        state = "not run on this target"
+    elif all(r.verdict is Verdict.PASSED for r in patch):
+        state = "✅ done on this target"
+    elif all(r.verdict is Verdict.EXPECTED_FAILURE for r in patch):
+        state = "🟡 not done on this target (known deviation: expected of today's worker)"
+    else:
+        state = "❌ not done on this target"
+    out = [f"### {_cell(title)} — {state}", "", "| case | checks | verdict on this target |", "|---|---|---|"]
+    for result in results:
+        mark = " **(patch)**" if result.case.is_patch_clause else " *(today)*" if result.case.only else ""
+        out.append(f"| {_case_link(result)}{mark} | {_cell(result.case.clause)} | {_verdict_cell(result)} |")
+    return [*out, ""]
+
+
+def _attention_section(run: RunResult) -> list[str]:
+    flagged = [r for r in run.results if not r.ok]
+    out = ["## Cases that need attention", ""]
+    if not flagged:
+        return [*out, "None: every applicable case passed or failed as a listed known deviation.", ""]
+    out += [f"{len(flagged)} case(s): failed, could not run, or passed although listed as a deviation.", ""]
+    for result in flagged:
+        out += _case_details(result)
+    return out
+
+
+def _everything_else_section(run: RunResult) -> list[str]:
+    out = ["## Everything else", ""]
+    out += _known_deviations_block(run)
+    out += _not_applicable_block(run)
     titles = _suite_titles(run)
     suites: dict[str, list[CaseResult]] = {}
     for result in run.results:
         suites.setdefault(result.case.suite, []).append(result)
     for suite, results in suites.items():
         title = f" — {_cell(titles[suite])}" if suite in titles else ""
-        out += [f"## Suite `{suite}`{title}", "", "| clause | case | verdict |", "|---|---|---|"]
+        counts = ", ".join(
+            f"{sum(1 for r in results if r.verdict is v)} {VERDICT_WORDS[v]}"
+            for v in Verdict
+            if any(r.verdict is v for r in results)
+        )
+        out += [f"### Suite `{suite}`{title}", "", f"{len(results)} cases: {_cell(counts)}.", ""]
+        out += ["<details><summary>Every clause of this suite</summary>", ""]
+        out += ["| clause | case | verdict |", "|---|---|---|"]
         for result in results:
-            out.append(_clause_row(result, result.case.id in attention))
-        out.append("")
-    out += _patch_section(run, attention)
-    out += _details_section(run)
-    out += _happy_path_section(run)
-    if run.environment:
-        out += ["## Environment", "", "What a worker under test was configured with to reach the harness:", ""]
-        out += [f"- `{name}` = `{value}`" for name, value in run.environment.items()]
-        out.append("")
-    return "\n".join(out).rstrip() + "\n"
+            clause = _cell(result.case.clause) + (" **(patch)**" if result.case.is_patch_clause else "")
+            if result.case.only:
+                clause += f" *(only {_cell(result.case.only)})*"
+            out.append(f"| {clause} | {_case_link(result)} | {_verdict_cell(result)} |")
+        out += ["", "</details>", ""]
+    return out
 
 
-def _clause_row(result: CaseResult, linked: bool) -> str:
-    clause = _cell(result.case.clause) + (" **(patch)**" if result.case.is_patch_clause else "")
-    if result.case.only:
-        clause += f" *(only {_cell(result.case.only)})*"
-    case = f"[`{result.case.id}`](#{_anchor(result.case.id)})" if linked else f"`{result.case.id}`"
-    verdict = f"{ICONS[result.verdict]} {VERDICT_WORDS[result.verdict]}"
-    if result.verdict is Verdict.NOT_APPLICABLE and result.reason:
-        verdict += f" ({_cell(result.reason)})"
-    return f"| {clause} | {case} | {verdict} |"
-
-
-def _patch_section(run: RunResult, attention: set[str]) -> list[str]:
-    out = ["## What the agentkeys patch must do", ""]
-    patch = [r for r in run.results if r.case.is_patch_clause]
-    if not patch:
-        return [*out, "No case in this run is a clause of the agentkeys patch.", ""]
-    done = sum(1 for r in patch if r.verdict is Verdict.PASSED)
+def _known_deviations_block(run: RunResult) -> list[str]:
+    listed = [r for r in run.results if r.verdict is Verdict.EXPECTED_FAILURE]
+    out = ["### Known deviations", ""]
+    if not listed:
+        return [*out, "None in this run.", ""]
     out += [
-        "These clauses (`profile: agentkeys-patch` in the suites) are what the Rust patch to the worker adds "
-        "for the `agentkeys` client. A patched worker must pass every one; today's upstream worker fails them "
-        f"(its deviation file lists them). On this target: {done} of {len(patch)} passed.",
+        f"{len(listed)} case(s) failed exactly as the deviation file ({_cell(run.deviations)}) says; "
+        "they do not count against the run.",
         "",
-        "| # | clause | case | verdict on this target |",
-        "|---|---|---|---|",
     ]
-    for number, result in enumerate(patch, start=1):
-        case_id = result.case.id
-        case = f"[`{case_id}`](#{_anchor(case_id)})" if case_id in attention else f"`{case_id}`"
-        verdict = f"{ICONS[result.verdict]} {VERDICT_WORDS[result.verdict]}"
-        if result.verdict is Verdict.NOT_APPLICABLE and result.reason:
-            verdict += f" ({_cell(result.reason)})"
-        out.append(f"| {number} | {_cell(result.case.clause)} | {case} | {verdict} |")
+    for result in listed:
+        out += [
+            f'<a id="{_anchor(result.case.id)}"></a>',
+            f"<details><summary><code>{_cell(result.case.id)}</code> — {_cell(result.deviation or '')}</summary>",
+            "",
+            f"- **Clause:** {_cell(result.case.clause)}",
+            f"- **How it failed:** {_cell(result.reason or '(none recorded)')}",
+            "",
+        ]
+        if result.failure_report:
+            out += [fenced(result.failure_report, "text"), ""]
+        out += ["</details>", ""]
+    return out
+
+
+def _not_applicable_block(run: RunResult) -> list[str]:
+    skipped = [r for r in run.results if r.verdict is Verdict.NOT_APPLICABLE]
+    out = ["### Not applicable to this target", ""]
+    if not skipped:
+        return [*out, "None: every case applied.", ""]
+    by_reason: dict[str, list[str]] = {}
+    for result in skipped:
+        by_reason.setdefault(result.reason or "(no reason)", []).append(result.case.id)
+    for reason, ids in by_reason.items():
+        out += [f"- **{_cell(reason)}** ({len(ids)}): " + ", ".join(f"`{i}`" for i in ids)]
     return [*out, ""]
 
 
-def _details_section(run: RunResult) -> list[str]:
-    flagged = [r for r in run.results if r.verdict not in (Verdict.PASSED, Verdict.NOT_APPLICABLE)]
-    out = ["## Cases that need attention", ""]
-    if not flagged:
-        return [*out, "None: every applicable case passed.", ""]
-    for result in flagged:
-        out += _case_details(result)
-    return out
+def _configuration_section(run: RunResult) -> list[str]:
+    out = ["## How the worker was reached", ""]
+    if run.tee_kind == "sim":
+        out += ["The harness started the simulator itself for every case, with these variables:", ""]
+        out += [f"- `{name}` = `{value}`" for name, value in run.environment.items()]
+        return [*out, ""]
+    out += ["The harness's parties listened at:", ""]
+    out += [f"- {_cell(name)}: `{url}`" for name, url in run.served.items()]
+    out += [
+        "",
+        "A worker reaches them when configured with these variables (the harness cannot see its configuration):",
+        "",
+    ]
+    out += [f"- `{name}` = `{value}`" for name, value in run.environment.items()]
+    out += ["", "What the preflight checked before any case ran:", ""]
+    if not run.preflight:
+        out.append("- nothing: no preflight ran")
+    for check in run.preflight:
+        mark = "✅" if check.get("ok") else ("❌" if check.get("fatal", True) else "ℹ️")
+        out.append(f"- {mark} **{_cell(str(check.get('name')))}**: {_cell(str(check.get('detail')))}")
+    return [*out, ""]
+
+
+def _how_to_read_section(run: RunResult) -> list[str]:
+    return ["## How to read this", "", HOW_TO_READ, ""]
 
 
 def _case_details(result: CaseResult) -> list[str]:
@@ -647,5 +803,5 @@ def junit_counts(results: Iterable[CaseResult]) -> dict[str, int]:
         "tests": len(listed),
         "failures": sum(1 for r in listed if r.verdict in (Verdict.FAILED, Verdict.UNEXPECTED_PASS)),
         "errors": sum(1 for r in listed if r.verdict is Verdict.ERROR),
-        "skipped": sum(1 for r in listed if r.verdict is Verdict.NOT_APPLICABLE),
+        "skipped": sum(1 for r in listed if r.verdict in (Verdict.NOT_APPLICABLE, Verdict.EXPECTED_FAILURE)),
     }

@@ -5,7 +5,11 @@ Legs recorded (the transcript and the sequence diagrams come from them):
 * ``client→worker`` — a JSON-RPC call the harness makes as the client (HTTP or WebSocket);
 * ``worker→harness`` — a callback the worker made, with the harness's scripted reply, or
   ``worker→broker`` when the harness forwarded it to the broker and relayed the broker's reply;
-* ``harness→broker`` — an HTTP call to the broker, or a callback sent as the worker would.
+* ``harness→broker`` — an HTTP call to the broker, or a callback sent as the worker would;
+* ``worker→harness (sendgrid)`` / ``(smtp)`` — a verification mail the worker sent to the harness.
+
+Cases run one after the other; against a URL target they share the one worker, which is why
+suites use fresh wallets and addresses in every case.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import asyncio
 import itertools
 import json
 import re
+import shutil
 import tempfile
 import time
 from collections.abc import Callable
@@ -25,21 +30,20 @@ from typing import Any
 import aiohttp
 import yaml
 from cryptography.hazmat.primitives import serialization
-from hypothesis import HealthCheck, given, settings
-from hypothesis import seed as hypothesis_seed
-from hypothesis import strategies as st
 
 from agentkeys_kit.conformance.expr import ExprError, Keys, Scope
-from agentkeys_kit.conformance.fake_google import FakeGoogle
-from agentkeys_kit.conformance.mail_sink import MailSink
+from agentkeys_kit.conformance.fuzz import EDGE_PAYLOADS, generate_payloads
+from agentkeys_kit.conformance.mail_sink import Mailbox
 from agentkeys_kit.conformance.matchers import Mismatch, match
 from agentkeys_kit.conformance.model import Case, Step, Suite
+from agentkeys_kit.conformance.parties import OAUTH2_CLIENTS, Parties, PartyAddresses
 from agentkeys_kit.conformance.receiver import BROKER_PATHS, CallbackReceiver, CallbackScript
 from agentkeys_kit.conformance.targets import (
     BrokerSession,
     BrokerTarget,
     TeeSession,
     TeeTarget,
+    missing_reason,
     start_broker,
     start_tee,
     stop_broker,
@@ -141,7 +145,18 @@ class RunResult:
     started_at: float
     duration: float
     results: list[CaseResult]
+    #: the `OE_*` variables the worker needs to reach the harness's parties
     environment: dict[str, str]
+    #: "sim" (the harness configured its in-process simulator itself) or "url" (someone else did)
+    tee_kind: str = "sim"
+    profile: str = ""
+    #: what the run was told about the worker (key, mailer, clock), never assumed
+    declared: dict[str, str] = field(default_factory=dict)
+    #: every party and the URL the worker reaches it at
+    served: dict[str, str] = field(default_factory=dict)
+    #: the preflight's checks (URL targets): name, ok, detail
+    preflight: list[dict[str, Any]] = field(default_factory=list)
+    deviations: str = "none"
 
     @property
     def ok(self) -> bool:
@@ -171,6 +186,11 @@ def _path_get(value: Any, path: str) -> Any:
     return current
 
 
+def _compact(value: Any, limit: int = 400) -> str:
+    text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _json_or_text(raw: bytes) -> Any:
     try:
         return json.loads(raw)
@@ -179,7 +199,10 @@ def _json_or_text(raw: bytes) -> Any:
 
 
 class Harness:
-    """Owns the receiver, the SMTP sink and the targets; runs cases one after the other."""
+    """Owns the parties and the targets; runs cases one after the other, against one worker.
+
+    Everything it writes (the simulator's keystore, each local broker's database, the pinned
+    public key) lives in one temporary directory, removed when the harness closes."""
 
     def __init__(
         self,
@@ -187,64 +210,82 @@ class Harness:
         broker: BrokerTarget,
         deviations: dict[str, str] | None = None,
         deviation_steps: dict[str, int] | None = None,
+        *,
+        parties: PartyAddresses | None = None,
+        deviations_label: str = "none",
     ) -> None:
         self.tee = tee
         self.broker = broker
         self.deviations = deviations or {}
         #: case id → the step (1-based) where the listed deviation makes it fail
         self.deviation_steps = deviation_steps or {}
-        self.receiver = CallbackReceiver()
-        self.sink = MailSink()
-        self.google = FakeGoogle()
+        self.deviations_label = deviations_label
+        self.parties = Parties(parties)
         self.keys = Keys(tee.private_key, tee.public_key)
+        self.preflight_checks: list[dict[str, Any]] = []
         self._session: aiohttp.ClientSession | None = None
-        self._key_file = Path(tempfile.mkdtemp(prefix="conformance-key-")) / "tee_jwt_public_key.pem"
+        self._workdir: Path | None = None
         self._ids = itertools.count(1)
+        self._brokers = itertools.count(1)
+
+    @property
+    def receiver(self) -> CallbackReceiver:
+        return self.parties.receiver
+
+    @property
+    def mailbox(self) -> Mailbox:
+        return self.parties.mailbox
 
     @property
     def capabilities(self) -> set[str]:
         broker = {"broker"} if self.broker.kind != "none" else set()
         return self.tee.capabilities | broker | ({"broker-clock"} if self.broker.kind == "local" else set())
 
+    @property
+    def workdir(self) -> Path:
+        assert self._workdir is not None, "the harness is not open"
+        return self._workdir
+
+    @property
+    def key_file(self) -> Path:
+        return self.workdir / "tee_jwt_public_key.pem"
+
     async def __aenter__(self) -> Harness:
-        await self.receiver.start()
-        self.sink.start()
-        await self.google.start()
-        for client in ("wildmeta", "agentkeys"):
-            self.google.register_client(
-                f"{client}-conformance", f"{client}-secret", [self.receiver.url + "oauth2/callback"]
+        self._workdir = Path(tempfile.mkdtemp(prefix="conformance-"))
+        try:
+            if self.tee.kind == "sim":
+                self.tee.local_dir = self._workdir / "sim"
+            self.key_file.write_bytes(
+                self.tee.public_key.public_bytes(
+                    serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+                )
             )
-        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT))
-        self._key_file.write_bytes(
-            self.tee.public_key.public_bytes(
-                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-            )
-        )
+            await self.parties.start()
+            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT))
+        except BaseException:
+            await self.__aexit__()
+            raise
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         if self._session is not None:
             await self._session.close()
-        await self.receiver.close()
-        await self.google.close()
-        self.sink.stop()
+            self._session = None
+        await self.parties.close()
+        if self._workdir is not None:
+            shutil.rmtree(self._workdir, ignore_errors=True)  # the simulator's keys are in it
+            self._workdir = None
+
+    @property
+    def http(self) -> aiohttp.ClientSession:
+        assert self._session is not None, "the harness is not open"
+        return self._session
 
     def addresses(self) -> dict[str, str]:
-        """What a real worker must be configured with to call this harness."""
-        return {
-            "OE_PUMPX_API_BASE_URL": self.receiver.api_url("pumpx"),
-            "OE_AGENTKEYS_API_BASE_URL": self.receiver.api_url("agentkeys"),
-            "OE_WILDMETA_API_URL": self.receiver.url,
-            "SMTP sink (mailer type smtp)": self.sink.url,
-            "fake Google issuer": self.google.issuer,
-            "OE_GOOGLE_CLIENT_ID_AGENTKEYS": "agentkeys-conformance",
-            "OE_GOOGLE_CLIENT_SECRET_AGENTKEYS": "agentkeys-secret",
-            "OE_GOOGLE_CLIENT_ID_WILDMETA": "wildmeta-conformance",
-            "OE_GOOGLE_CLIENT_SECRET_WILDMETA": "wildmeta-secret",
-            "OAuth2 redirect_uri the cases use": self.receiver.url + "oauth2/callback",
-            "OE_WILDMETA_BACKEND_ECDSA_PUBKEY": self.keys.backend_pubkey_hex,
-            "OE_AGENTKEYS_BACKEND_ECDSA_PUBKEY": self.keys.backend_pubkey_hex,
-        }
+        """What a worker must be configured with to call this harness (for its declared mailer)."""
+        if self.tee.kind == "sim":
+            return self.parties.worker_env("sendgrid", oauth2_provider=True)
+        return self.parties.worker_env(self.tee.mailer, oauth2_provider=self.tee.oauth2_provider)
 
     # ------------------------------------------------------------------ running
 
@@ -265,13 +306,22 @@ class Harness:
             duration=time.time() - started,
             results=results,
             environment=self.addresses(),
+            tee_kind=self.tee.kind,
+            profile=self.tee.profile,
+            declared=self.tee.declared(),
+            served=self.parties.served(),
+            preflight=list(self.preflight_checks),
+            deviations=self.deviations_label,
         )
 
     def applicability(self, case: Case) -> str | None:
         if case.only is not None and case.only != self.tee.profile:
             return f"only for {case.only} targets"
         missing = [need for need in case.needs if need not in self.capabilities]
-        return f"target lacks {', '.join(missing)}" if missing else None
+        return "; ".join(missing_reason(need, self.tee, self.broker) for need in missing) if missing else None
+
+    def new_broker_dir(self) -> Path:
+        return self.workdir / f"broker-{next(self._brokers)}"
 
     async def run_case(self, case: Case) -> CaseResult:
         started = time.monotonic()
@@ -323,7 +373,7 @@ class _CaseRun:
     def __init__(self, harness: Harness, case: Case) -> None:
         self.h = harness
         self.case = case
-        self.scope = Scope(harness.keys, google=harness.google)
+        self.scope = Scope(harness.keys, google=harness.parties.google)
         self.steps: list[StepResult] = []
         self.exchanges: list[Exchange] = []
         self.verdict = Verdict.PASSED
@@ -335,18 +385,15 @@ class _CaseRun:
 
     @property
     def http(self) -> aiohttp.ClientSession:
-        assert self.h._session is not None
-        return self.h._session
+        return self.h.http
 
     async def setup(self) -> None:
         self.h.receiver.observed.clear()
-        self._mail_baseline = len(self.h.sink.mails())
+        self._mail_baseline = len(self.h.mailbox.mails())
         if "broker" in self.case.needs:  # only cases that say so get a broker (and pay its start)
-            self.broker = await start_broker(self.h.broker, self.h._key_file)
+            self.broker = await start_broker(self.h.broker, self.h.key_file, self.h.new_broker_dir())
         self.h.receiver.broker_url = self.broker.url if self.broker else None
-        self.tee = await start_tee(
-            self.h.tee, self.h.receiver, self.h.sink, self.h.google, self.h.keys.backend_pubkey_hex
-        )
+        self.tee = await start_tee(self.h.tee, self.h.parties)
         self.scope.values.update(
             {
                 "tee": {**self.tee.info(), "profile": self.h.tee.profile},
@@ -354,9 +401,8 @@ class _CaseRun:
                 "case": {"id": self.case.id},
                 # the OAuth2 clients registered at the fake Google for each worker client
                 "oauth2": {
-                    "redirect_uri": self.h.receiver.url + "oauth2/callback",
-                    "wildmeta": "wildmeta-conformance",
-                    "agentkeys": "agentkeys-conformance",
+                    "redirect_uri": self.h.parties.oauth2_redirect_uri,
+                    **{client: oauth_id for client, (oauth_id, _) in OAUTH2_CLIENTS.items()},
                 },
             }
         )
@@ -413,7 +459,29 @@ class _CaseRun:
         lines += ["problems:", *(f"  - {m}" for m in mismatches)] if mismatches else []
         if error:
             lines.append(f"error: {error}")
+        reply = self._error_reply(step)
+        if reply:
+            lines.append(reply)
         return "\n".join(lines)
+
+    def _error_reply(self, step: Step) -> str | None:
+        """The error the step got back, when it got one: often the cause of the failure."""
+        for exchange in reversed(self.exchanges):
+            if exchange.step != step.index:
+                continue
+            response = exchange.response if isinstance(exchange.response, dict) else {}
+            if exchange.leg == "client→worker":
+                status = response.get("http_status", response.get("status"))
+                body = response.get("body") if status is not None else response
+                if isinstance(body, dict) and "error" in body:
+                    return f"the worker answered: {_compact(body['error'])}"
+                if isinstance(status, int) and status >= 400:
+                    return f"the worker answered HTTP {status}: {_compact(body)}"
+            elif exchange.leg.startswith("harness→broker"):
+                status = response.get("status")
+                if isinstance(status, int) and status >= 400:
+                    return f"the broker answered HTTP {status}: {_compact(response.get('body'))}"
+        return None
 
     # ------------------------------------------------------------------ steps
 
@@ -625,13 +693,13 @@ class _CaseRun:
     async def step_email(self, step: Step) -> Any:
         spec = self.scope.evaluate(step.spec["email"])
         within = float(step.spec.get("within", DEFAULT_EMAIL_WAIT))
-        mail = await self.h.sink.wait_for(spec["to"], self._mail_baseline, within)
+        mail = await self.h.mailbox.wait_for(spec["to"], self._mail_baseline, within)
         if mail is None:
             raise StepFailed([f"no e-mail to {spec['to']} within {within} s"])
-        self._mail_baseline = self.h.sink.mails().index(mail) + 1
+        self._mail_baseline = self.h.mailbox.mails().index(mail) + 1
         view = mail.to_json()
         self.exchanges.append(
-            Exchange("worker→harness (smtp)", step.index, f"mail to {spec['to']}", {"to": mail.to}, view)
+            Exchange(f"worker→harness ({mail.via})", step.index, f"mail to {spec['to']}", {"to": mail.to}, view)
         )
         return view
 
@@ -695,74 +763,3 @@ class _CaseRun:
         if not isinstance(answer, dict) or not {"code", "message", "data"} <= answer.keys():
             return f"not an envelope: {str(answer)[:80]}"
         return None
-
-
-_JSON = st.recursive(
-    st.none()
-    | st.booleans()
-    | st.integers(-(2**70), 2**70)
-    | st.floats(allow_nan=False, allow_infinity=False)
-    | st.text(max_size=40),
-    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=12), children, max_size=4),
-    max_leaves=12,
-)
-_FIELD_NAMES = (
-    # worker params
-    "user_id",
-    "user_auth",
-    "client_auth",
-    "omni_account",
-    "user_email",
-    "email_code",
-    "google_code",
-    "invite_code",
-    "language",
-    # callback bodies
-    "userId",
-    "clientId",
-    "clientAuth",
-    "heimaLoginSuccess",
-    "email",
-    "inviteCode",
-    "googleCode",
-    "main_address",
-    "agent_address",
-    "login_type",
-)
-_SHAPED = st.fixed_dictionaries(
-    {},
-    optional={name: _JSON for name in _FIELD_NAMES}
-    | {"client_id": st.sampled_from(["wildmeta", "agentkeys", ""]) | _JSON},
-)
-
-
-def _nested(depth: int) -> Any:
-    value: Any = "x"
-    for level in range(depth):
-        value = [value] if level % 2 else {"a": value}
-    return value
-
-
-#: shapes hypothesis rarely reaches: deep nesting (recursion limits), huge numbers, odd strings
-EDGE_PAYLOADS: list[Any] = [
-    _nested(64),
-    _nested(900),
-    {"user_id": _nested(300)},
-    [10**400],
-    {"client_id": "\u0000" * 8, "user_email": "a@" + "b" * 5000 + ".io"},
-]
-
-
-def generate_payloads(examples: int, seed: int) -> list[Any]:
-    """Arbitrary JSON and near-miss shapes (every field name of the login path), generated by
-    hypothesis; the same `seed` gives the same payloads."""
-    collected: list[Any] = []
-
-    @hypothesis_seed(seed)
-    @settings(max_examples=examples, database=None, deadline=None, suppress_health_check=list(HealthCheck))
-    @given(st.one_of(_JSON, _SHAPED))
-    def collect(value: Any) -> None:
-        collected.append(value)
-
-    collect()
-    return collected[:examples]

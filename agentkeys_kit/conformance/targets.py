@@ -1,47 +1,115 @@
-"""The systems under test, chosen at run time.
+"""The systems under test, chosen at run time, and what each can offer.
 
-* TEE: ``sim`` — the simulator started in-process for every case (fresh stores, its clock under
-  the harness's control), in profile ``upstream`` or ``agentkeys-patch``, wired to the harness's
-  callback receiver and SMTP sink; or a URL — a worker someone else runs, configured with the
-  addresses the harness prints, whose JWT key is given with ``--tee-key`` (its public key, or its
-  `auth_token_key.bin` to also let the harness mint tokens as the worker would).
-* Broker: ``local`` — the broker started in-process for every case on a fresh SQLite database,
-  pinned to the TEE key; or a URL.
+* TEE ``sim`` — the simulator started in-process for every case (fresh stores, its clock under the
+  harness's control), in profile ``upstream`` or ``agentkeys-patch``, wired to the harness's
+  parties. It signs with a fresh key, or with ``--tee-key FILE`` (a private key) so that a deployed
+  broker pinned to that key accepts its tokens (``--tee sim --broker URL``).
+* TEE URL — a worker someone else runs, configured with the lines ``conformance serve`` prints.
+  Nothing about it is assumed: its JWT key comes with ``--tee-key`` (its ``auth_token_key.bin``,
+  which also lets the harness sign as the worker, or only its public key) and what else it offers
+  is declared (``--tee-mailer``, ``--tee-clock``, ``--tee-sim-endpoints`` or the target file).
+* Broker ``local`` — started in-process for every case on a fresh SQLite database pinned to the
+  TEE key; ``none``; or a URL.
 
-Capabilities decide which cases apply: ``sim-clock`` (the harness can move the worker's clock),
-``smtp`` (the worker mails codes to the harness's sink), ``tee-signing-key`` (the harness holds
-the TEE private key), ``broker`` (a broker is configured), ``broker-clock`` (the local broker,
-whose clock the harness moves), ``sim-internals``, ``oauth2-provider`` (the worker exchanges
-OAuth2 codes at the harness's fake Google: the simulator only, since the worker compiles in
-Google's and Apple's token endpoints).
+Capabilities decide which cases apply (`model.CAPABILITIES`); `missing_reason` says in one
+sentence why a target lacks one, and that sentence is the *not applicable* reason of the case.
+``oauth2-provider`` (the worker exchanges OAuth2 codes at the harness's fake Google) is the in-process
+simulator's, or an omni-sim URL's declared with ``--tee-oauth2-provider harness``, which then gets
+the simulator-only ``OE_SIM_*`` endpoint lines; a real worker cannot offer it: it compiles in
+Google's and Apple's endpoints (`oauth-providers/src/provider_config.rs@1c730467`).
 """
 
 from __future__ import annotations
 
-import tempfile
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from agentkeys_kit.broker.app import create_app as create_broker_app
 from agentkeys_kit.broker.config import config_from_env as broker_config
-from agentkeys_kit.broker.tee_keys import TeeKeyError, parse_public_key
-from agentkeys_kit.conformance.fake_google import FakeGoogle
-from agentkeys_kit.conformance.mail_sink import MailSink
-from agentkeys_kit.conformance.receiver import CallbackReceiver
+from agentkeys_kit.conformance.parties import MAILERS, Parties
 from agentkeys_kit.omni_sim.config import config_from_env as sim_config
-from agentkeys_kit.omni_sim.keystore import load_auth_token_key
 from agentkeys_kit.omni_sim.server import ServedApp, SimServer
 
 KIT_VERSION = "0.1.0"
+PROFILES = ("upstream", "agentkeys-patch")
+SIM_CALLBACK_TIMEOUT = "3"  # the in-process simulator gives up on a silent callback after 3 s
 
 
 class TargetError(ValueError):
     """A target that cannot be used as given."""
+
+
+# ---------------------------------------------------------------------------------------------- keys
+
+
+@dataclass(frozen=True, slots=True)
+class TeeKey:
+    public: rsa.RSAPublicKey
+    private: rsa.RSAPrivateKey | None
+    source: str  # the file, or "generated"
+
+    @property
+    def kind(self) -> str:
+        return "private key: the harness can sign as the worker" if self.private else "public key only"
+
+
+def load_tee_key(path: str | Path) -> TeeKey:
+    """The worker's JWT key from a file: its ``auth_token_key.bin`` (PKCS#1 DER private key, the
+    worker's own format), any PEM/DER RSA private key, or a PEM/DER RSA public key (SPKI or PKCS#1).
+
+    Unlike the broker, which refuses a private key (it must never be able to sign as the worker),
+    the harness takes one: with it, it mints tokens as the worker for the token attack cases."""
+    source = str(path)
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise TargetError(f"--tee-key {source}: cannot read: {exc.strerror or exc}") from None
+    loaded: object = None
+    for load_private in (serialization.load_der_private_key, serialization.load_pem_private_key):
+        try:
+            loaded = load_private(data, None)
+            break
+        except (ValueError, TypeError):
+            continue
+    if loaded is not None:
+        if not isinstance(loaded, rsa.RSAPrivateKey):
+            raise TargetError(f"--tee-key {source}: not the worker's RSA key but {type(loaded).__name__}")
+        return TeeKey(_sized(loaded.public_key(), source), loaded, source)
+    for load_public in (serialization.load_der_public_key, serialization.load_pem_public_key):
+        try:
+            loaded = load_public(data)
+            break
+        except (ValueError, TypeError):
+            continue
+    if loaded is None:
+        raise TargetError(
+            f"--tee-key {source}: not an RSA key (expected the worker's auth_token_key.bin, "
+            "or a PEM/DER RSA private or public key)"
+        )
+    if not isinstance(loaded, rsa.RSAPublicKey):
+        raise TargetError(f"--tee-key {source}: not the worker's RSA key but {type(loaded).__name__}")
+    return TeeKey(_sized(loaded, source), None, source)
+
+
+def _sized(key: rsa.RSAPublicKey, source: str) -> rsa.RSAPublicKey:
+    if key.key_size < 2048:
+        raise TargetError(f"--tee-key {source}: RSA-{key.key_size} is too small for the worker's RS256 key")
+    return key
+
+
+def generated_tee_key() -> TeeKey:
+    private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    return TeeKey(private.public_key(), private, "generated")
+
+
+# ---------------------------------------------------------------------------------------------- TEE
 
 
 @dataclass(slots=True)
@@ -49,10 +117,25 @@ class TeeTarget:
     kind: str  # "sim" or "url"
     url: str | None
     profile: str
-    public_key: rsa.RSAPublicKey
-    private_key: rsa.RSAPrivateKey | None
-    local_dir: Path | None = None
-    capabilities: set[str] = field(default_factory=set)
+    key: TeeKey
+    #: how the worker delivers verification mails: sendgrid / smtp (to the harness), console, none
+    mailer: str = "none"
+    #: the worker's clock can be moved through the simulator's /_sim/clock
+    clock: bool = False
+    #: the worker serves the simulator's /_sim/ endpoints
+    sim_endpoints: bool = False
+    #: the worker exchanges OAuth2 codes at the harness's fake Google (an omni-sim given the
+    #: simulator-only OE_SIM_* endpoint lines; never a real worker)
+    oauth2_provider: bool = False
+    local_dir: Path | None = None  # the in-process simulator's (set by the harness)
+
+    @property
+    def public_key(self) -> rsa.RSAPublicKey:
+        return self.key.public
+
+    @property
+    def private_key(self) -> rsa.RSAPrivateKey | None:
+        return self.key.private
 
     @property
     def label(self) -> str:
@@ -62,44 +145,76 @@ class TeeTarget:
     def version(self) -> str:
         return f"omni_sim {KIT_VERSION}" if self.kind == "sim" else "unknown (the worker exposes no version RPC)"
 
+    @property
+    def capabilities(self) -> set[str]:
+        if self.kind == "sim":
+            return {"sim-clock", "mail", "tee-signing-key", "sim-internals", "oauth2-provider"}
+        offered = {"mail"} if self.mailer in ("sendgrid", "smtp") else set()
+        offered |= {"sim-clock"} if self.clock else set()
+        offered |= {"sim-internals"} if self.sim_endpoints else set()
+        offered |= {"oauth2-provider"} if self.oauth2_provider else set()
+        return offered | ({"tee-signing-key"} if self.key.private is not None else set())
 
-def tee_target(spec: str, profile: str, key_file: str | None) -> TeeTarget:
+    def declared(self) -> dict[str, str]:
+        """What the run was told about the worker (for the reports)."""
+        if self.kind == "sim":
+            return {"worker": "in-process simulator, configured by the harness", "JWT key": self.key.source}
+        return {
+            "JWT key": f"{self.key.source} ({self.key.kind})",
+            "mailer": self.mailer,
+            "clock": "movable (/_sim/clock)" if self.clock else "not movable",
+            "simulator endpoints": "yes" if self.sim_endpoints else "no",
+            "OAuth2 provider": (
+                "the harness's fake Google (omni-sim's OE_SIM_* endpoints)"
+                if self.oauth2_provider
+                else "Google's and Apple's own (compiled into the worker)"
+            ),
+        }
+
+
+def tee_target(
+    spec: str,
+    profile: str,
+    key_file: str | Path | None,
+    *,
+    mailer: str | None = None,
+    clock: bool = False,
+    sim_endpoints: bool = False,
+    oauth2_provider: bool = False,
+) -> TeeTarget:
+    if profile not in PROFILES:
+        raise TargetError(f"profile {profile!r}: expected upstream or agentkeys-patch")
+    if mailer is not None and mailer not in MAILERS:
+        raise TargetError(f"mailer {mailer!r}: expected one of {', '.join(MAILERS)}")
     if spec == "sim":
-        local = Path(tempfile.mkdtemp(prefix="conformance-sim-"))
-        private = load_auth_token_key(local)
-        return TeeTarget(
-            "sim",
-            None,
-            profile,
-            private.public_key(),
-            private,
-            local,
-            {"sim-clock", "smtp", "tee-signing-key", "sim-internals", "oauth2-provider"},
-        )
+        if mailer is not None or clock or sim_endpoints or oauth2_provider:
+            raise TargetError(
+                "the in-process simulator's mailer, clock, endpoints and OAuth2 provider are the harness's: "
+                "declare them for a URL"
+            )
+        if key_file is None:
+            return TeeTarget("sim", None, profile, generated_tee_key())
+        key = load_tee_key(key_file)
+        if key.private is None:
+            raise TargetError(
+                f"--tee sim --tee-key {key_file}: the simulator signs with this key, so it must be a private key"
+            )
+        return TeeTarget("sim", None, profile, key)
     if not spec.startswith(("http://", "https://")):
         raise TargetError(f"--tee must be 'sim' or an http(s) URL, not {spec!r}")
     if key_file is None:
-        raise TargetError("--tee URL needs --tee-key (the worker's JWT public key or its auth_token_key.bin)")
-    data = Path(key_file).read_bytes()
-    signing_key = _maybe_private(data)
-    try:
-        public = parse_public_key(data, key_file)
-    except TeeKeyError as exc:
-        raise TargetError(str(exc)) from None
-    capabilities = {"smtp"} | ({"tee-signing-key"} if signing_key is not None else set())
-    return TeeTarget("url", spec.rstrip("/") + "/", profile, public, signing_key, None, capabilities)
-
-
-def _maybe_private(data: bytes) -> rsa.RSAPrivateKey | None:
-    from cryptography.hazmat.primitives import serialization
-
-    for load in (serialization.load_der_private_key, serialization.load_pem_private_key):
-        try:
-            key = load(data, None)
-        except (ValueError, TypeError):
-            continue
-        return key if isinstance(key, rsa.RSAPrivateKey) else None
-    return None
+        raise TargetError("--tee URL needs --tee-key: the worker's auth_token_key.bin or its JWT public key")
+    key = load_tee_key(key_file)
+    return TeeTarget(
+        "url",
+        spec.rstrip("/") + "/",
+        profile,
+        key,
+        mailer or "none",
+        clock,
+        sim_endpoints,
+        oauth2_provider=oauth2_provider,
+    )
 
 
 @dataclass(slots=True)
@@ -112,51 +227,22 @@ class TeeSession:
         return {"url": self.url, "ws_url": self.ws_url}
 
 
-async def start_tee(
-    target: TeeTarget,
-    receiver: CallbackReceiver,
-    sink: MailSink,
-    google: FakeGoogle | None = None,
-    backend_pubkey: str | None = None,
-) -> TeeSession:
+async def start_tee(target: TeeTarget, parties: Parties) -> TeeSession:
     if target.kind == "url":
         assert target.url is not None
         return TeeSession(target.url, "ws" + target.url[4:])
-    env = sim_env(receiver, sink, google, backend_pubkey)
+    assert target.local_dir is not None, "the harness gives the in-process simulator its directory"
+    env = {
+        **parties.worker_env("sendgrid", oauth2_provider=True),
+        "OE_SIM_CALLBACK_TIMEOUT_SECONDS": SIM_CALLBACK_TIMEOUT,
+    }
     config = sim_config(env, host="127.0.0.1", port=0, profile=target.profile, local_dir=target.local_dir)
-    sim = SimServer(config, jwt_key=target.private_key)
+    sim = SimServer(config, jwt_key=target.key.private)
     await sim.start()
     return TeeSession(sim.url, sim.ws_url, sim)
 
 
-def sim_env(
-    receiver: CallbackReceiver,
-    sink: MailSink,
-    google: FakeGoogle | None = None,
-    backend_pubkey: str | None = None,
-) -> dict[str, str]:
-    """What a worker under test must be configured with to call the harness."""
-    env = {
-        "OE_PUMPX_API_BASE_URL": receiver.api_url("pumpx"),
-        "OE_AGENTKEYS_API_BASE_URL": receiver.api_url("agentkeys"),
-        "OE_WILDMETA_API_URL": receiver.url,
-        "OE_SIM_CALLBACK_TIMEOUT_SECONDS": "3",
-    }
-    for client in ("WILDMETA", "AGENTKEYS"):
-        env[f"OE_MAILER_TYPE_{client}"] = "smtp"
-        env[f"OE_MAILER_SMTP_URL_{client}"] = sink.url
-        # OAuth2 clients registered at the fake Google (`Harness.__aenter__`); Apple's token
-        # endpoint is pointed at the same provider, which issues the claims Apple's IdToken needs.
-        for provider in ("GOOGLE", "APPLE"):
-            env[f"OE_{provider}_CLIENT_ID_{client}"] = f"{client.lower()}-conformance"
-            env[f"OE_{provider}_CLIENT_SECRET_{client}"] = f"{client.lower()}-secret"
-        if backend_pubkey is not None:
-            env[f"OE_{client}_BACKEND_ECDSA_PUBKEY"] = backend_pubkey
-    if google is not None:
-        for provider in ("GOOGLE", "APPLE"):
-            env[f"OE_SIM_{provider}_AUTHORIZE_URL"] = google.authorization_endpoint
-            env[f"OE_SIM_{provider}_TOKEN_URL"] = google.token_endpoint
-    return env
+# ---------------------------------------------------------------------------------------------- broker
 
 
 @dataclass(slots=True)
@@ -185,6 +271,7 @@ class BrokerSession:
     url: str
     served: ServedApp | None = None
     app: web.Application | None = None
+    directory: Path | None = None
     clock_offset: list[float] = field(default_factory=lambda: [0.0])
 
     def now(self) -> float:
@@ -195,20 +282,21 @@ class BrokerSession:
         self.clock_offset[0] += seconds
 
 
-async def start_broker(target: BrokerTarget, tee_public_key_pem: Path) -> BrokerSession | None:
+async def start_broker(target: BrokerTarget, tee_public_key_pem: Path, directory: Path) -> BrokerSession | None:
+    """`directory` (created here, removed by `stop_broker`) holds the local broker's database."""
     if target.kind == "none":
         return None
     if target.kind == "url":
         assert target.url is not None
         return BrokerSession(target.url)
-    directory = Path(tempfile.mkdtemp(prefix="conformance-broker-"))
+    directory.mkdir(parents=True)  # noqa: ASYNC240 - one small mkdir per case, before the broker serves
     config = broker_config(
         {
             "BROKER_DB_URL": f"sqlite:///{directory / 'broker.sqlite3'}",
             "BROKER_TEE_JWT_PUBLIC_KEY": str(tee_public_key_pem),
         }
     )
-    session = BrokerSession("", ServedApp())
+    session = BrokerSession("", ServedApp(), directory=directory)
     session.app = create_broker_app(config, clock=session.now)
     assert session.served is not None
     await session.served.start(session.app)
@@ -217,5 +305,43 @@ async def start_broker(target: BrokerTarget, tee_public_key_pem: Path) -> Broker
 
 
 async def stop_broker(session: BrokerSession | None) -> None:
-    if session is not None and session.served is not None:
+    if session is None:
+        return
+    if session.served is not None:
         await session.served.close()
+    if session.directory is not None:
+        shutil.rmtree(session.directory, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------------------- capabilities
+
+
+def missing_reason(capability: str, tee: TeeTarget, broker: BrokerTarget) -> str:
+    """Why the target lacks `capability`, in one sentence (the case's *not applicable* reason)."""
+    if capability == "mail":
+        if tee.mailer == "console":
+            return "the worker's mailer is console: its codes go to its log, which the harness cannot read"
+        return (
+            "no mailer declared that delivers to the harness (declare mailer sendgrid and configure the "
+            "worker's OE_MAILER_* lines; the harness serves a SendGrid stand-in)"
+        )
+    if capability == "tee-signing-key":
+        return "needs the worker's private key (--tee-key auth_token_key.bin): the case signs tokens as the worker"
+    if capability == "sim-clock":
+        return (
+            "needs a worker clock the harness can move (only the simulator's /_sim/clock; "
+            "declare clock: sim for an omni-sim URL)"
+        )
+    if capability == "sim-internals":
+        return "needs the simulator's /_sim/ endpoints"
+    if capability == "oauth2-provider":
+        return (
+            "needs a worker that exchanges OAuth2 codes at the harness's fake Google: a real worker posts them to "
+            "Google's and Apple's own token endpoints (only an omni-sim can be pointed elsewhere: "
+            "declare --tee-oauth2-provider harness)"
+        )
+    if capability == "broker":
+        return "no broker (--broker none)"
+    if capability == "broker-clock":
+        return "needs a broker clock the harness can move (only with --broker local)"
+    return f"the target lacks {capability}"

@@ -66,7 +66,9 @@ async def _serve(config: SimConfig) -> None:
             f"  pumpx API={config.pumpx_api_base_url}"
             f" agentkeys API={config.agentkeys_api_base_url}\n"
             f"  JWT public key: {sim.url}_sim/jwt-public-key\n"
-            f"{login_summary(config)}",
+            f"{login_summary(config)}\n"
+            + "".join(f"  mailer {mailer.describe()}\n" for mailer in config.mailers.values()),
+            end="",
             flush=True,
         )
         await asyncio.Event().wait()

@@ -51,7 +51,8 @@ class SimContext:
     passkey_challenges: PasskeyChallengeStore = field(default_factory=PasskeyChallengeStore)
     passkeys: PasskeyStore = field(default_factory=PasskeyStore)
     wildmeta_timestamps: WildmetaTimestampStore = field(default_factory=WildmetaTimestampStore)
-    session: aiohttp.ClientSession | None = None  # the worker's other HTTP clients (OAuth2 token endpoint)
+    #: the worker's other HTTP clients (the OAuth2 token endpoint, the SendGrid mailer)
+    session: aiohttp.ClientSession | None = None
     bundler: Bundler | None = None
     _mailers: dict[str, Mailer] = field(default_factory=dict)
 
@@ -123,7 +124,7 @@ class SimContext:
             mailer_config = self.config.mailer_for(client_id)
             if mailer_config is None:
                 return None
-            mailer = build_mailer(mailer_config, self.outbox)
+            mailer = build_mailer(mailer_config, self.outbox, self.http, self.config.callback_timeout)
             self._mailers[cache_key] = mailer
         return mailer
 

@@ -125,3 +125,21 @@ PROFILES = {profile.name: profile for profile in (UPSTREAM, AGENTKEYS_PATCH)}
 
 def profile_named(name: str) -> Profile:
     return PROFILES[ProfileName(name)]
+
+
+@dataclass(frozen=True, slots=True)
+class PatchClause:
+    number: int
+    title: str
+
+
+#: What `agentkeys-patch` adds to `upstream`, numbered as the README and the conformance reports
+#: number them; a suite case names the clause it checks with ``patch_clause: <number>``.
+PATCH_CLAUSES = (
+    PatchClause(1, "CLIENT_ID_AGENTKEYS: omni_userLogin for agentkeys calls post_heima_login on the agentkeys API"),
+    PatchClause(2, "the JWT audience allow-list gains agentkeys (protected methods, auth_token login)"),
+    PatchClause(3, "omni_addWallet and omni_requestJwt call the API of the token's / the request's client"),
+    PatchClause(4, "ClientAuth gains agentkeys_backend {signature}"),
+    PatchClause(5, "auth_token login for agentkeys is bound to the token's subject and audience"),
+    PatchClause(6, "web3 sign-in codes and e-mail codes live in separate stores"),
+)

@@ -1,13 +1,15 @@
 """Versioned schema migrations, one list per dialect, applied in order at start.
 
-Timestamps are unix seconds (BIGINT); ids are opaque text where they leave the broker. Every
-migration runs in its own transaction, under an exclusive lock, so replicas starting together
-apply it once.
+Timestamps are unix seconds (BIGINT); ids are opaque text where they leave the broker. Migrations
+run under an exclusive lock (PostgreSQL: an advisory lock taken before the schema is created;
+SQLite: the write lock), so replicas starting together apply each one once.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from agentkeys_kit.broker.storage.base import StorageError
 
 
 @dataclass(frozen=True, slots=True)
@@ -15,6 +17,10 @@ class Migration:
     version: int
     name: str
     statements: tuple[str, ...]
+    #: the migration removes secrets, which must then be unreadable in the database files too,
+    #: not only to SQL. PostgreSQL: its statements rewrite the table. SQLite: the driver runs
+    #: VACUUM after it commits (VACUUM cannot run inside a transaction) and truncates the WAL.
+    scrubs: bool = False
 
 
 def _schema_v1(pk: str) -> tuple[str, ...]:
@@ -90,16 +96,57 @@ _NEXT_WALLET_SLOT = (
 _NO_STORED_BEARERS = ("ALTER TABLE tee_tokens DROP COLUMN token",)
 _V1 = "users, wallets, tee_tokens, grants, audit_log"
 
+# v4: v3's DROP COLUMN hides the bearers from SQL but leaves them in the table file (PostgreSQL
+# marks the column dropped; SQLite rewrites the rows and leaves the old bytes in free space).
+# PostgreSQL: CLUSTER writes the table into a new file, copying live rows with dropped columns set
+# to NULL (`reform_and_rewrite_tuple`, src/backend/access/heap/heapam_handler.c), and truncates the
+# old file at commit; unlike VACUUM FULL it runs inside the migration's transaction.
+_SCRUB_TOKENS_POSTGRES = (
+    "CLUSTER tee_tokens USING tee_tokens_pkey",
+    "ALTER TABLE tee_tokens SET WITHOUT CLUSTER",
+)
+
+# v5: at most one open grant per (master, agent) pair, held by the database itself (a partial
+# unique index), whatever the concurrency and however many replicas. A grant stays "open"
+# (revoked_at and superseded_by NULL) past its expiry, since an index cannot use now(): creating a
+# grant for a pair whose open grant has expired closes that one first, recording the new grant's id
+# in its superseded_by (its status stays "expired"; revoked_at stays NULL, nobody revoked it).
+# Pairs that already hold several open grants (the race this index closes) keep the one with the
+# latest expiry (then the earliest created, then the smallest id): a pair was bound while any of
+# its open grants was unexpired, so keeping the latest expiry changes no isBound answer, now or
+# later; the others are superseded by it.
+_KEPT_OPEN_GRANT = (
+    "(SELECT k.grant_id FROM grants k WHERE k.master_wallet = grants.master_wallet "
+    "AND k.agent_wallet = grants.agent_wallet AND k.revoked_at IS NULL "
+    "ORDER BY k.expires_at DESC, k.created_at, k.grant_id LIMIT 1)"
+)
+_ONE_OPEN_GRANT_PER_PAIR = (
+    "ALTER TABLE grants ADD COLUMN superseded_by TEXT",
+    f"UPDATE grants SET superseded_by = {_KEPT_OPEN_GRANT} "  # noqa: S608 - constant SQL
+    f"WHERE revoked_at IS NULL AND grant_id <> {_KEPT_OPEN_GRANT}",
+    "CREATE UNIQUE INDEX grants_one_open_per_pair ON grants (master_wallet, agent_wallet) "
+    "WHERE revoked_at IS NULL AND superseded_by IS NULL",
+    # refused requests beyond a per-source budget are written as one row per kind and window,
+    # repeat_count telling how many refusals it stands for (`broker/audit.py`).
+    "ALTER TABLE audit_log ADD COLUMN repeat_count INTEGER NOT NULL DEFAULT 1",
+)
+_V4 = "tee_tokens rewritten without a trace of the bearers v3 dropped"
+_V5 = "one open grant per pair (grants.superseded_by), audit_log.repeat_count"
+
 SQLITE_MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, _V1, _schema_v1("INTEGER PRIMARY KEY AUTOINCREMENT")),
     Migration(2, "users.next_wallet_index", _NEXT_WALLET_SLOT),
     Migration(3, "tee_tokens without the bearer", _NO_STORED_BEARERS),
+    Migration(4, _V4, (), scrubs=True),
+    Migration(5, _V5, _ONE_OPEN_GRANT_PER_PAIR),
 )
 
 POSTGRES_MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, _V1, _schema_v1("BIGSERIAL PRIMARY KEY")),
     Migration(2, "users.next_wallet_index", _NEXT_WALLET_SLOT),
     Migration(3, "tee_tokens without the bearer", _NO_STORED_BEARERS),
+    Migration(4, _V4, _SCRUB_TOKENS_POSTGRES, scrubs=True),
+    Migration(5, _V5, _ONE_OPEN_GRANT_PER_PAIR),
 )
 
 SCHEMA_MIGRATIONS_TABLE = """CREATE TABLE IF NOT EXISTS schema_migrations (
@@ -110,3 +157,13 @@ SCHEMA_MIGRATIONS_TABLE = """CREATE TABLE IF NOT EXISTS schema_migrations (
 
 LATEST_SCHEMA_VERSION = SQLITE_MIGRATIONS[-1].version
 assert POSTGRES_MIGRATIONS[-1].version == LATEST_SCHEMA_VERSION, "both dialects carry every migration"
+
+
+def require_migrated(found: int, where: str) -> None:
+    """The operator's commands do not migrate: a database behind this release is refused, with
+    what to do (a newer one is fine: migrations only add)."""
+    if found < LATEST_SCHEMA_VERSION:
+        raise StorageError(
+            f"{where} is at schema version {found}, this release needs {LATEST_SCHEMA_VERSION}: "
+            "start the broker once (it migrates at start), then run this command again"
+        )

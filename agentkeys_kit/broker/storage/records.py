@@ -41,6 +41,8 @@ class GrantRecord:
     created_at: int
     expires_at: int
     revoked_at: int | None
+    #: the grant that replaced this one (an expired grant is closed by the next grant of its pair)
+    superseded_by: str | None
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> GrantRecord:
@@ -49,7 +51,10 @@ class GrantRecord:
     def status(self, now: int) -> str:
         if self.revoked_at is not None:
             return "revoked"
-        return "expired" if self.expires_at <= now else "active"
+        if self.expires_at <= now:
+            return "expired"
+        # only a duplicate from before the one-open-grant rule, closed by migration 5
+        return "superseded" if self.superseded_by is not None else "active"
 
     def to_json(self, now: int) -> dict[str, Any]:
         return {**asdict(self), "status": self.status(now)}
@@ -57,7 +62,8 @@ class GrantRecord:
 
 @dataclass(frozen=True, slots=True)
 class AuditEvent:
-    """One audit row. The bearer is only ever stored as its SHA-256."""
+    """One audit row. The bearer is only ever stored as its SHA-256. `repeat_count` > 1: the row
+    stands for that many refusals of one kind from one source (`broker/audit.py`)."""
 
     event: str
     outcome: str
@@ -67,3 +73,4 @@ class AuditEvent:
     bearer_sha256: str | None = None
     remote_addr: str | None = None
     detail: str | None = None
+    repeat_count: int = 1

@@ -7,14 +7,20 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
-from agentkeys_kit.broker.storage.base import Operation, Query
+from agentkeys_kit.broker.storage.base import Operation, Query, UniqueViolation
 from agentkeys_kit.broker.storage.records import AuditEvent, GrantRecord, UserRecord, WalletRecord
 
 _USER_COLUMNS = (
     "id, user_uid, client_id, identity_type, identity_value, omni_account, pumpx_omni_account, "
     "totp_secret, created_at, last_login_at"
 )
-_GRANT_COLUMNS = "grant_id, master_omni_account, master_wallet, agent_wallet, scope, created_at, expires_at, revoked_at"
+_GRANT_COLUMNS = (
+    "grant_id, master_omni_account, master_wallet, agent_wallet, scope, created_at, expires_at, revoked_at, "
+    "superseded_by"
+)
+#: the grant a pair is bound by: open (neither revoked nor superseded); at most one per pair, by the
+#: partial unique index grants_one_open_per_pair (migration 5), whose predicate this repeats.
+_OPEN = "revoked_at IS NULL AND superseded_by IS NULL"
 
 
 def new_user_uid() -> str:
@@ -33,7 +39,7 @@ _UPSERT_TOKEN = (
 )
 _INSERT_AUDIT = (
     "INSERT INTO audit_log (occurred_at, event, outcome, client_id, omni_account, bearer_sha256, "
-    "remote_addr, detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+    "remote_addr, detail, repeat_count) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 
 
@@ -48,6 +54,7 @@ def _audit(event: AuditEvent) -> Query:
         event.bearer_sha256,
         event.remote_addr,
         event.detail,
+        event.repeat_count,
     )
 
 
@@ -200,6 +207,12 @@ def write_audit(audit: AuditEvent) -> Operation[None]:
     yield _audit(audit)
 
 
+def write_audits(audits: list[AuditEvent]) -> Operation[None]:
+    """Several audit rows in one transaction (one commit, one fsync)."""
+    for audit in audits:
+        yield _audit(audit)
+
+
 def set_totp_secret(user_uid: str, secret: str | None) -> Operation[bool]:
     count = yield Query.run("UPDATE users SET totp_secret = ? WHERE user_uid = ?", secret, user_uid)
     return bool(count)
@@ -209,10 +222,10 @@ def set_totp_secret(user_uid: str, secret: str | None) -> Operation[bool]:
 
 
 def is_bound(*, main_address: str, agent_address: str, now: int, audit: AuditEvent) -> Operation[bool]:
-    """`check_hyper_agent_address`: an active grant from this master to this agent."""
+    """`check_hyper_agent_address`: an open, unexpired grant from this master to this agent."""
     row = yield Query.one(
-        "SELECT grant_id FROM grants WHERE master_wallet = ? AND agent_wallet = ? "
-        "AND revoked_at IS NULL AND expires_at > ? LIMIT 1",
+        f"SELECT grant_id FROM grants WHERE master_wallet = ? AND agent_wallet = ? AND {_OPEN} AND expires_at > ? "
+        "LIMIT 1",
         main_address.lower(),
         agent_address.lower(),
         now,
@@ -231,26 +244,38 @@ def create_grant(
     audit: AuditEvent,
 ) -> Operation[GrantRecord | None]:
     """A new grant, or ``None`` when the pair already has an active one (one active grant per pair
-    keeps "revoke" meaning "unbound")."""
-    active = yield Query.one(
-        "SELECT grant_id FROM grants WHERE master_wallet = ? AND agent_wallet = ? AND revoked_at IS NULL "
-        "AND expires_at > ? LIMIT 1",
-        master_wallet.lower(),
-        agent_wallet.lower(),
+    keeps "revoke" meaning "unbound").
+
+    The unique index decides, so concurrent creates on any number of replicas make one grant: an
+    insert that meets an open grant of the pair does nothing (on PostgreSQL it first waits for the
+    other transaction to end). An open grant that has expired is closed first (superseded by the
+    new one); if that update matched, the pair has no other open grant, so the insert cannot
+    conflict: should it, the operation is rerun rather than commit a link to a grant never made."""
+    grant_id = new_grant_id()
+    master, agent = master_wallet.lower(), agent_wallet.lower()
+    closed = yield Query.run(
+        f"UPDATE grants SET superseded_by = ? WHERE master_wallet = ? AND agent_wallet = ? AND {_OPEN} "
+        "AND expires_at <= ?",
+        grant_id,
+        master,
+        agent,
         audit.occurred_at,
     )
-    if active is not None:
-        return None
     row = yield Query.one(
-        f"INSERT INTO grants ({_GRANT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, NULL) RETURNING {_GRANT_COLUMNS}",
-        new_grant_id(),
+        f"INSERT INTO grants ({_GRANT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, NULL, NULL) "
+        f"ON CONFLICT (master_wallet, agent_wallet) WHERE {_OPEN} DO NOTHING RETURNING {_GRANT_COLUMNS}",
+        grant_id,
         master_omni_account,
-        master_wallet.lower(),
-        agent_wallet.lower(),
+        master,
+        agent,
         scope,
         audit.occurred_at,
         expires_at,
     )
+    if row is None:
+        if closed:
+            raise UniqueViolation("an open grant appeared after the expired one was closed")
+        return None
     yield _audit(audit)
     return GrantRecord.from_row(row)
 
@@ -259,25 +284,36 @@ def revoke_grant(*, grant_id: str, master_omni_account: str | None, audit: Audit
     """Revoke now; returns ``revoked``, ``already_revoked`` or ``not_found`` (another master's
     grant is ``not_found`` so ownership is not leaked). `master_omni_account=None`: operator.
 
-    One conditional UPDATE decides, so two concurrent revokes cannot both succeed; it also
-    revokes any other active grant of the same pair, so after a revoke the pair is unbound."""
+    One conditional UPDATE decides, so two concurrent revokes cannot both succeed. A revoke
+    unbinds the pair: revoking a superseded grant also revokes the pair's open grant. Locks are
+    taken in one order, the named grant first and the pair's open grant second, so concurrent
+    revokes and creates of a pair cannot deadlock."""
     row = yield Query.one(f"SELECT {_GRANT_COLUMNS} FROM grants WHERE grant_id = ?", grant_id)
     if row is None or (master_omni_account is not None and row["master_omni_account"] != master_omni_account):
         return "not_found"
     revoked = yield Query.run(
         "UPDATE grants SET revoked_at = ? WHERE grant_id = ? AND revoked_at IS NULL", audit.occurred_at, grant_id
     )
-    if revoked:
-        yield Query.run(
-            "UPDATE grants SET revoked_at = ? WHERE master_wallet = ? AND agent_wallet = ? AND revoked_at IS NULL",
-            audit.occurred_at,
-            row["master_wallet"],
-            row["agent_wallet"],
-        )
     if not revoked:
         return "already_revoked"
+    yield Query.run(
+        f"UPDATE grants SET revoked_at = ? WHERE master_wallet = ? AND agent_wallet = ? AND {_OPEN}",
+        audit.occurred_at,
+        row["master_wallet"],
+        row["agent_wallet"],
+    )
     yield _audit(audit)
     return "revoked"
+
+
+def find_open_grant(master_wallet: str, agent_wallet: str) -> Operation[GrantRecord | None]:
+    """The pair's open grant (there is at most one), expired or not."""
+    row = yield Query.one(
+        f"SELECT {_GRANT_COLUMNS} FROM grants WHERE master_wallet = ? AND agent_wallet = ? AND {_OPEN}",
+        master_wallet.lower(),
+        agent_wallet.lower(),
+    )
+    return None if row is None else GrantRecord.from_row(row)
 
 
 def list_grants(master_omni_account: str | None) -> Operation[list[GrantRecord]]:
@@ -293,8 +329,8 @@ def list_grants(master_omni_account: str | None) -> Operation[list[GrantRecord]]
 
 def audit_rows(limit: int = 1000) -> Operation[list[dict[str, Any]]]:
     rows = yield Query.all(
-        "SELECT id, occurred_at, event, outcome, client_id, omni_account, bearer_sha256, remote_addr, detail "
-        "FROM audit_log ORDER BY id DESC LIMIT ?",
+        "SELECT id, occurred_at, event, outcome, client_id, omni_account, bearer_sha256, remote_addr, detail, "
+        "repeat_count FROM audit_log ORDER BY id DESC LIMIT ?",
         limit,
     )
     return list(rows)
