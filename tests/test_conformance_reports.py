@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from agentkeys_kit.conformance.diff import compare, normalise_value, write_diff
+from agentkeys_kit.conformance.diff import compare, diff_legs, normalise_value, write_diff
 from agentkeys_kit.conformance.model import Case, Step, load_suite
 from agentkeys_kit.conformance.reports import junit_xml, markdown_report, mermaid_label, sequence_diagram, write_reports
 from agentkeys_kit.conformance.runner import CaseResult, Exchange, Harness, RunResult, StepResult, Verdict
@@ -529,6 +529,33 @@ def test_diff_of_two_equivalent_runs_is_all_same(tmp_path: Path) -> None:
     data = json.loads((tmp_path / "diff.json").read_text(encoding="utf-8"))
     assert all(entry["same"] for entry in data["cases"]) and len(data["cases"]) == 7
     assert data["a"]["tee"] == "sim (agentkeys-patch)" and data["b"]["tee"] == "sim (agentkeys-patch), again"
+
+
+def oauth2_and_passkey_exchanges(scope: str = "openid email") -> list[Exchange]:
+    """An OAuth2 authorisation and a passkey attach, with the random values a worker draws on each run."""
+    state, nonce, credential = secrets.token_hex(16), secrets.token_urlsafe(24), secrets.token_urlsafe(16)
+    url = f"https://accounts.google.com/o/oauth2/v2/auth?response_type=code&scope={scope}&state={state}&nonce={nonce}"
+    id_token = jwt({"aud": "wildmeta-conformance", "nonce": nonce})
+    attached = secrets.token_urlsafe(16)  # in the CBOR attestation only, never a field of its own
+    business = json.dumps({"action": "trade", "timestamp": random.randrange(1_700_000_000, 1_900_000_000)})
+    return [
+        Exchange("client→worker", 0, "omni_getOAuth2AuthorizationData", {"json": {"id_token": id_token}},
+                 {"result": {"authorize_url": url, "state": state, "nonce": nonce, "scope": scope}}),
+        Exchange("client→worker", 1, "omni_attachPasskey",
+                 {"json": {"params": {"attestation_object": secrets.token_urlsafe(90),
+                                      "client_data_json": secrets.token_urlsafe(60)}}},
+                 {"result": {"success": True, "message": f"Passkey ({attached}) successfully attached"}}),
+        Exchange("client→worker", 2, "omni_listPasskey", {"json": {}},
+                 {"result": {"passkeys": [{"credential_id": credential, "alias_name": credential}]}}),
+        Exchange("client→worker", 3, "omni_submitUserOpWithAuth", {"json": {"business_json": business}}, {"error": {}}),
+    ]  # fmt: skip
+
+
+def test_diff_hides_the_values_a_worker_draws_at_random_but_not_a_real_difference() -> None:
+    a, b = oauth2_and_passkey_exchanges(), oauth2_and_passkey_exchanges()
+    assert diff_legs(a, b) == []
+    changed = diff_legs(a, oauth2_and_passkey_exchanges(scope="email"))
+    assert {f.path for leg in changed for f in leg.fields} == {"response.result.authorize_url", "response.result.scope"}
 
 
 def test_diff_detects_a_changed_leg(tmp_path: Path) -> None:

@@ -23,7 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from agentkeys_kit.conformance.expr import backend_test_pubkey_hex
-from agentkeys_kit.conformance.fake_google import FakeGoogle
+from agentkeys_kit.conformance.fake_google import AUTHORIZATION_PATH, TOKEN_PATH, FakeGoogle
 from agentkeys_kit.conformance.mail_sink import Mailbox, SendGridStandIn, SmtpSink
 from agentkeys_kit.conformance.receiver import CallbackReceiver
 
@@ -126,6 +126,12 @@ class Parties:
     def oauth2_redirect_uri(self) -> str:
         return self.receiver.url + OAUTH2_REDIRECT_PATH
 
+    @property
+    def google_endpoints(self) -> tuple[str, str]:
+        """The fake Google's authorize and token URLs at the address the worker reaches it at."""
+        base = f"http://{self.addresses.host_for_worker}:{self.google.port}"
+        return base + AUTHORIZATION_PATH, base + TOKEN_PATH
+
     async def close(self) -> None:
         if "google" in self._started:
             await self.google.close()
@@ -164,9 +170,10 @@ class Parties:
             env[f"OE_{client}_BACKEND_ECDSA_PUBKEY"] = backend_key
         if oauth2_provider:
             # Apple's endpoints go to the same provider, which issues the claims Apple's IdToken needs
+            authorize, token = self.google_endpoints
             for provider in OAUTH2_PROVIDERS:
-                env[f"OE_SIM_{provider}_AUTHORIZE_URL"] = self.google.authorization_endpoint
-                env[f"OE_SIM_{provider}_TOKEN_URL"] = self.google.token_endpoint
+                env[f"OE_SIM_{provider}_AUTHORIZE_URL"] = authorize
+                env[f"OE_SIM_{provider}_TOKEN_URL"] = token
         for client in MAIL_CLIENTS:
             if mailer == "sendgrid":
                 env[f"OE_MAILER_TYPE_{client}"] = "sendgrid"

@@ -127,6 +127,8 @@ class CaseResult:
             "profile": self.case.profile,
             "only": self.case.only,
             "needs": list(self.case.needs),
+            "tags": list(self.case.tags),
+            "patch_clause": self.case.patch_clause,
             "verdict": self.verdict.value,
             "reason": self.reason,
             "deviation": self.deviation,

@@ -142,4 +142,15 @@ PATCH_CLAUSES = (
     PatchClause(4, "ClientAuth gains agentkeys_backend {signature}"),
     PatchClause(5, "auth_token login for agentkeys is bound to the token's subject and audience"),
     PatchClause(6, "web3 sign-in codes and e-mail codes live in separate stores"),
+    PatchClause(
+        7,
+        "omni_submitUserOpWithAuth for agentkeys sends check_hyper_agent_address to the agentkeys API "
+        "(the broker answers from its grants), not to the wildmeta API",
+    ),
+    PatchClause(8, "o_auth2 and passkey logins for agentkeys mint tokens only for the identity they proved"),
+    PatchClause(
+        9,
+        "wildmeta_hl for agentkeys stores the replay timestamp only after the link check, "
+        "under the lowercased main address",
+    ),
 )
