@@ -213,6 +213,14 @@ def test_review_of_a_directory_without_a_transcript_is_one_error(tmp_path: Path)
     assert not (tmp_path / "review.md").exists()
 
 
+def test_a_review_that_cannot_be_written_is_one_error(runs: Runs, tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("", encoding="utf-8")
+    done = conformance("review", str(runs.upstream), "--out", str(blocker / "review.md"))
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.startswith(f"conformance: {blocker / 'review.md'}: cannot write:")
+
+
 def _ran(report: Path, case_id: str) -> bool:
     return any(case["id"] == case_id for case in transcript(report)["cases"])
 

@@ -158,9 +158,9 @@ CLAUSE_CHANGES: dict[int, tuple[WorkerChange, ...]] = {
         ),
         WorkerChange(
             "wildmeta-api/src/methods/verify_hyperliquid_link.rs@20a922b2",
-            "`verify_hyperliquid_link`",
-            'the URL is `base.join("/v1/account/check_hyper_agent_address")`, an absolute path that drops the base '
-            'path; for the agentkeys API join the relative `"v1/account/check_hyper_agent_address"` so '
+            "`verify_hyperliquid_link_impl`",
+            'the URL is `client.base_url.join("/v1/account/check_hyper_agent_address")`, an absolute path that '
+            'drops the base path; for the agentkeys API join the relative `"v1/account/check_hyper_agent_address"` so '
             "`OE_AGENTKEYS_API_BASE_URL`'s path prefix is kept.",
         ),
     ),
@@ -607,7 +607,9 @@ def _findings(runs: Sequence[RunResult]) -> list[str]:
         "Facts about today's worker, each read from its source and shown by a case on the `upstream` profile "
         "when a run in this document could run it. A finding is *demonstrated* only when its case passed: the "
         "case's expectations are the gap. Where it was not, the reason is given and the source reading stands "
-        f"alone. {shown} of {len(observed)} demonstrated by these runs.",
+        "alone. Shown on the simulator's `upstream` profile, a finding is the source reading made executable; "
+        "shown on a worker at a URL, it is that worker's own behaviour. "
+        f"{shown} of {len(observed)} demonstrated by these runs.",
         "",
         "| # | finding | closed by | observed |",
         "|---|---|---|---|",
@@ -684,6 +686,10 @@ def _method(runs: Sequence[RunResult]) -> list[str]:
 
 
 def write_review(runs: Sequence[RunResult], path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_text(path, review_document(runs))
+    document = review_document(runs)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_text(path, document)
+    except OSError as exc:
+        raise ReviewError(f"{path}: cannot write: {exc.strerror or exc}") from None
     return path
