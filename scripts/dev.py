@@ -66,8 +66,14 @@ def main() -> int:
         conformance = [str(PYTHON), "-m", "agentkeys_kit.conformance.cli", "run", "--tee", "sim", "--broker", "local"]
         patched = run(*conformance, "--tee-profile", "agentkeys-patch", "--report", "reports/agentkeys-patch", *rest)
         upstream = run(*conformance, "--tee-profile", "upstream", "--report", "reports/upstream", *rest)
-        print("\nreports: reports/agentkeys-patch/report.md, reports/upstream/report.md (what the patch must do)")
-        return patched or upstream
+        # the reviewers' document for Litentry, from both runs' transcripts
+        review = [str(PYTHON), "-m", "agentkeys_kit.conformance.cli", "review", "reports/agentkeys-patch"]
+        reviewed = run(*review, "reports/upstream", "--out", "reports/review.md")
+        print(
+            "\nreports: reports/agentkeys-patch/report.md, reports/upstream/report.md; "
+            "for Litentry: reports/review.md (what the patch must do, the upstream gaps)"
+        )
+        return patched or upstream or reviewed
     if command == "bench":
         return run(str(PYTHON), str(ROOT / "scripts" / "bench_sim.py"), *rest) or run(
             str(PYTHON), str(ROOT / "scripts" / "bench_broker.py"), *rest

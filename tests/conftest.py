@@ -48,6 +48,7 @@ def sim_env(backend_url: str, **extra: str) -> dict[str, str]:
     return {
         "OE_PUMPX_API_BASE_URL": backend_url,
         "OE_AGENTKEYS_API_BASE_URL": backend_url + "agentkeys/",
+        "OE_WILDMETA_API_URL": backend_url,
         "OE_MAILER_TYPE_WILDMETA": "console",
         "OE_MAILER_TYPE_AGENTKEYS": "console",
         "OE_SIM_CALLBACK_TIMEOUT_SECONDS": "2",

@@ -23,6 +23,7 @@ from processes import SimProcess, clean_env, free_port, free_port_base, parse_en
 from agentkeys_kit.broker.app import create_app as create_broker_app
 from agentkeys_kit.broker.config import config_from_env as broker_config
 from agentkeys_kit.conformance.cli import main
+from agentkeys_kit.conformance.expr import Keys
 from agentkeys_kit.conformance.mail_sink import Mailbox, SendGridStandIn, find_code
 from agentkeys_kit.conformance.parties import Parties, PartiesError, PartyAddresses
 from agentkeys_kit.conformance.target_file import TargetFileError, load_target_file
@@ -31,6 +32,9 @@ from agentkeys_kit.omni_sim.server import ServedApp
 
 ROOT = Path(__file__).parent.parent
 FIXTURE_KEY = ROOT / "fixtures" / "keys" / "auth_token_key.test.bin"
+SUITES = ROOT / "agentkeys_kit" / "conformance" / "suites"
+#: what the harness signs wildmeta_backend / agentkeys_backend with, as the worker must be told
+BACKEND_KEY = Keys(None, rsa.generate_private_key(public_exponent=65537, key_size=2048).public_key()).backend_pubkey_hex
 HEALTH_CASE = {
     "id": "tiny.health",
     "clause": "omni_getHealth answers OK",
@@ -42,6 +46,11 @@ def write_suite(tmp_path: Path, *cases: dict[str, Any]) -> Path:
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump({"suite": "tiny", "title": "tiny", "cases": list(cases)}), encoding="utf-8")
     return path
+
+
+def verdicts(report: Path) -> dict[str, dict[str, Any]]:
+    transcript = yaml.safe_load((report / "transcript.json").read_text(encoding="utf-8"))
+    return {case["id"]: case for case in transcript["cases"]}
 
 
 def public_pem(private_der: Path, out: Path) -> Path:
@@ -167,9 +176,29 @@ def test_fixed_parties_give_the_lines_a_worker_is_configured_with() -> None:
         "OE_MAILER_TYPE_AGENTKEYS": "sendgrid",
         "OE_MAILER_API_HOST_AGENTKEYS": "http://10.1.2.3:7001/v3/mail/send",
         "OE_MAILER_API_KEY_AGENTKEYS": "conformance-stand-in",
+        # the OAuth2 clients the fake Google knows, as load_oauth2_configs reads them
+        **{
+            f"OE_{provider}_CLIENT_{part}_{client.upper()}": f"{client}-{'conformance' if part == 'ID' else 'secret'}"
+            for provider in ("GOOGLE", "APPLE")
+            for part in ("ID", "SECRET")
+            for client in ("wildmeta", "agentkeys")
+        },
+        # the public half of the key the harness signs wildmeta_backend / agentkeys_backend with
+        "OE_WILDMETA_BACKEND_ECDSA_PUBKEY": BACKEND_KEY,
+        "OE_AGENTKEYS_BACKEND_ECDSA_PUBKEY": BACKEND_KEY,
     }
     assert "OE_MAILER_TYPE_WILDMETA" not in parties.worker_env("console")
     assert parties.worker_env("smtp")["OE_MAILER_SMTP_URL_AGENTKEYS"] == "smtp://10.1.2.3:7002"
+    # omni-sim's provider endpoints only for a worker declared to use the harness's provider,
+    # at the advertised address
+    assert not any(name.startswith("OE_SIM_") for name in env)
+    provider = parties.worker_env("sendgrid", oauth2_provider=True)
+    assert {name: value for name, value in provider.items() if name.startswith("OE_SIM_")} == {
+        "OE_SIM_GOOGLE_AUTHORIZE_URL": "http://10.1.2.3:7003/o/oauth2/v2/auth",
+        "OE_SIM_GOOGLE_TOKEN_URL": "http://10.1.2.3:7003/token",
+        "OE_SIM_APPLE_AUTHORIZE_URL": "http://10.1.2.3:7003/o/oauth2/v2/auth",
+        "OE_SIM_APPLE_TOKEN_URL": "http://10.1.2.3:7003/token",
+    }
 
 
 @pytest.mark.parametrize(
@@ -395,7 +424,9 @@ def test_serve_prints_the_lines_waits_for_the_worker_and_checks_it(tmp_path: Pat
             printed += line
         lines = parse_env_lines(printed)
         assert lines == parse_env_lines((tmp_path / "worker.env").read_text())
-        assert len(lines) == 9
+        assert len(lines) == 19  # receiver 3, mail 6, OAuth2 clients 8, backend keys 2; no OE_SIM_* line
+        assert not any(name.startswith("OE_SIM_") for name in lines) and "OE_SIM_" not in printed
+        assert "configure them only on a worker under test" in printed
         local.mkdir()
         sim = SimProcess(lines, port, "agentkeys-patch", local, tmp_path / "sim.log")
         sims.append(sim)
@@ -503,3 +534,51 @@ def test_a_declared_clock_is_checked_and_a_moved_one_refused(
     assert "ok   clock:" in capsys.readouterr().out
     assert main([*args, "--deviations", "none", "--report", str(tmp_path / "second")]) == 3
     assert "clock: the worker's clock was moved before this run (offset 60 s" in capsys.readouterr().err
+
+
+def test_a_declared_oauth2_provider_is_checked_and_only_an_omni_sim_given_the_sim_lines_passes(
+    tmp_path: Path, sims: list[SimProcess], capsys: pytest.CaptureFixture[str]
+) -> None:
+    base = free_port_base()
+    target = ["--tee", "http://w/", "--port-base", str(base)]
+    assert main(["env", *target]) == 0
+    plain = parse_env_lines(capsys.readouterr().out)
+    assert main(["env", *target, "--tee-oauth2-provider", "harness"]) == 0
+    printed = capsys.readouterr()
+    with_provider = parse_env_lines(printed.out)
+    assert set(with_provider) - set(plain) == {
+        f"OE_SIM_{provider}_{kind}_URL" for provider in ("GOOGLE", "APPLE") for kind in ("AUTHORIZE", "TOKEN")
+    }
+    assert "read by omni-sim only" in printed.err
+    suite = SUITES / "tee-oauth2.yaml"
+
+    # a worker whose OAuth2 endpoints are Google's own (as every real worker's are) fails the declaration
+    real_like = start_sim(sims, tmp_path, plain)
+    key = str(real_like.local_dir / "keystore" / "auth_token_key.bin")
+    args = ["run", str(suite), "--tee-key", key, "--port-base", str(base), "--deviations", "none"]
+    assert (
+        main([*args, "--tee", real_like.url, "--report", str(tmp_path / "refused"), "--tee-oauth2-provider", "harness"])
+        == 3
+    )
+    err = capsys.readouterr().err
+    assert (
+        "OAuth2 (wildmeta): declared --tee-oauth2-provider harness, but the authorize URL is https://accounts.google.com/o/oauth2/v2/auth"
+        in err
+    )
+    assert "a real worker cannot use the harness's provider" in err
+    # undeclared, the same worker runs: the code-exchange cases are not applicable, with the reason
+    assert main([*args, "--tee", real_like.url, "--report", str(tmp_path / "undeclared")]) == 0
+    assert "ok   OAuth2 (wildmeta): the Google client is wildmeta-conformance" in capsys.readouterr().out
+    undeclared = verdicts(tmp_path / "undeclared")
+    assert undeclared["tee-oauth2.login-with-oauth2.google"]["verdict"] == "not_applicable"
+    assert "Google's and Apple's own token endpoints" in undeclared["tee-oauth2.login-with-oauth2.google"]["reason"]
+    assert undeclared["tee-oauth2.authorization-data.google"]["verdict"] == "passed"
+
+    # an omni-sim given the OE_SIM_* lines offers the provider: the code-exchange cases run and pass
+    sim = start_sim(sims, tmp_path, with_provider)
+    key = str(sim.local_dir / "keystore" / "auth_token_key.bin")
+    args = ["run", str(suite), "--tee", sim.url, "--tee-key", key, "--port-base", str(base), "--deviations", "none"]
+    assert main([*args, "--tee-oauth2-provider", "harness", "--report", str(tmp_path / "declared")]) == 0
+    assert "authorizing at the harness's fake Google" in capsys.readouterr().out
+    declared = verdicts(tmp_path / "declared")
+    assert {case["verdict"] for case in declared.values()} == {"passed"}

@@ -966,8 +966,22 @@ def test_era_independent_objects(catalog: ErrorCatalog) -> None:
     }
 
 
-def test_invalid_email_data_key_order() -> None:
-    error = CURRENT.invalid_email("notanemail").to_json()
+def test_invalid_email_is_invalid_params_in_the_newest_worker() -> None:
+    """`validate_email` (`utils/validation.rs@c7751f89:81-102`) answers `invalid_params`."""
+    assert CURRENT.invalid_email("notanemail").to_json() == {
+        "code": -32602,
+        "message": "Invalid params",
+        "data": {"field": "email", "reason": "invalid email address: notanemail"},
+    }
+    assert CURRENT.email_without_tld("test@example").to_json() == {
+        "code": -32602,
+        "message": "Invalid params",
+        "data": {"field": "email", "reason": "expect TLD in email address: test@example"},
+    }
+
+
+def test_invalid_email_data_key_order_in_era_a() -> None:
+    error = LEGACY.invalid_email("notanemail").to_json()
     assert error["code"] == -32107
     assert error["message"] == "Invalid email format"
     assert list(error["data"]) == ["field", "expected", "received", "suggestion"]
@@ -975,12 +989,22 @@ def test_invalid_email_data_key_order() -> None:
     assert error["data"]["received"] == "notanemail"
 
 
-def test_email_without_tld_differs_from_invalid_email() -> None:
-    no_tld = CURRENT.email_without_tld("test@example").to_json()
-    invalid = CURRENT.invalid_email("test@example").to_json()
+def test_email_without_tld_differs_from_invalid_email_in_era_a() -> None:
+    no_tld = LEGACY.email_without_tld("test@example").to_json()
+    invalid = LEGACY.invalid_email("test@example").to_json()
     assert no_tld["code"] == invalid["code"] == -32107
     assert no_tld["data"]["expected"] != invalid["data"]["expected"]
     assert no_tld["data"]["suggestion"] == "Email domain must include a top-level domain (TLD)"
+
+
+def test_backend_code_wraps_to_i32_in_the_newest_worker() -> None:
+    """`response.code as i32` (`detailed_error.rs@4a07c15e`): 2**31 and above become negative."""
+    assert CURRENT.post_heima_login_code(2**31, "m").to_json()["data"]["backend_response"] == {
+        "code": -(2**31),
+        "message": "m",
+    }
+    assert CURRENT.add_wallet_code(4294967295, "m").to_json()["data"]["backend_response"]["code"] == -1
+    assert CURRENT.user_connect_code(2**31 - 1, "m").to_json()["data"]["backend_response"]["code"] == 2**31 - 1
 
 
 def test_mailer_not_configured_data() -> None:

@@ -172,7 +172,24 @@ worker2:
     differing = {c["id"] for c in result["cases"] if not c["same"]}
     assert "tee.login.evm.agentkeys" in differing and "tee.sign-in-message.shape" not in differing
 
-    # 7. the same worker on both sides of a diff: no difference (exit 0)
+    # 7. the review document from the runs of today's worker and the patched one
+    review = conformance(
+        "review", str(tmp_path / "upstream"), str(tmp_path / "patched"), "--out", str(tmp_path / "review.md")
+    )
+    assert review.returncode == 0, review.stdout + review.stderr
+    document = (tmp_path / "review.md").read_text(encoding="utf-8")
+    today, patched_label = f"{upstream.url} (upstream)", f"http://127.0.0.1:{patched_port}/ (agentkeys-patch)"
+    assert f"| 1. {today} | 🟡 not done, as the deviation file expects" in document
+    assert f"| 2. {patched_label} | ✅ done" in document
+    # shown on today's worker, with what it answered; not shown where the worker cannot offer what the case needs
+    upstream_cases = {c["id"]: c for c in verdicts_of(tmp_path / "upstream")}
+    assert upstream_cases["tee-user-op.wildmeta-hl.timestamp-burned-before-link-check"]["verdict"] == "passed"
+    assert f"demonstrated on {today}" in document
+    oauth2 = upstream_cases["tee-oauth2.user-login.wildmeta-subject-unbound"]
+    assert oauth2["verdict"] == "not_applicable"
+    assert f"not demonstrated: not applicable on {today} ({oauth2['reason']})" in document
+
+    # 8. the same worker on both sides of a diff: no difference (exit 0)
     same = conformance(
         "diff", "--target", str(target), "--tee2", f"http://127.0.0.1:{patched_port}/", "--tee2-profile",
         "agentkeys-patch", "--tee2-key", str(patched_dir / "keystore" / "auth_token_key.bin"), "--tee2-deviations",

@@ -1,6 +1,6 @@
 """Bad input against the real simulator over HTTP: every request gets the worker's answer.
 
-The worker is jsonrpsee 0.24 (spec heima-protocol.md §2): a request is tried as `Request`, then
+The worker is jsonrpsee 0.26 (0.24 in era A; spec heima-protocol.md §2): a request is tried as `Request`, then
 as `Notification`, then only its `id` is salvaged (`InvalidRequest`) for a -32600, else -32700
 with a null id. Nothing here may produce a traceback, an HTTP 500 or a hang: every request is
 bounded by `asyncio.wait_for(..., 10)`.
@@ -56,7 +56,7 @@ PARSE_ERROR_BYTES = b'{"jsonrpc":"2.0","id":null,"error":{"code":-32700,"message
 METHODS = (
     "omni_getHealth",
     "omni_getShieldingKey",
-    "omni_getOmniAccount",
+    "omni_listPasskey",
     "omni_getWeb3SignInMessage",
     "omni_requestEmailVerificationCode",
     "omni_userLogin",
@@ -64,7 +64,13 @@ METHODS = (
     "omni_addWallet",
 )
 PARAMS_METHODS = (
-    "omni_getOmniAccount",
+    "omni_listPasskey",
+    "omni_requestPasskeyChallenge",
+    "omni_loginWithOAuth2",
+    "omni_attachPasskey",
+    "omni_removePasskey",
+    "omni_renamePasskeyAliasName",
+    "omni_submitUserOpWithAuth",
     "omni_getWeb3SignInMessage",
     "omni_requestEmailVerificationCode",
     "omni_userLogin",
@@ -315,8 +321,8 @@ async def test_lone_surrogate_in_typed_params_is_the_params_parse_error(
     """The surrogate reaches `parse_rpc_params`, whose `serde_json::from_str` into a `String`
     does validate it: -32700 with the params reason, id kept."""
     body = (
-        b'{"jsonrpc":"2.0","id":1,"method":"omni_getOmniAccount",'
-        b'"params":{"client_id":"wildmeta","user_email":"a\\ud800@b.com"}}'
+        b'{"jsonrpc":"2.0","id":1,"method":"omni_listPasskey",'
+        b'"params":{"client_id":"wildmeta","user_id":{"type":"email","value":"a\\ud800@b.com"}}}'
     )
     reply = await post_raw(http, sim.url, body)
     assert reply.status == 200, reply
@@ -407,8 +413,8 @@ async def test_batch_of_two_valid_and_one_invalid_answers_all_three(
         {
             "jsonrpc": "2.0",
             "id": 2,
-            "method": "omni_getOmniAccount",
-            "params": ["wildmeta", "hello.world@test.com"],
+            "method": "omni_listPasskey",
+            "params": [{"type": "email", "value": "hello.world@test.com"}, "wildmeta"],
         },
         {"id": 9},
     ]
@@ -418,7 +424,7 @@ async def test_batch_of_two_valid_and_one_invalid_answers_all_three(
     assert isinstance(answers, list)
     assert answers == [
         {"jsonrpc": "2.0", "id": 1, "result": "OK"},
-        {"jsonrpc": "2.0", "id": 2, "result": EMAIL_VECTOR},
+        {"jsonrpc": "2.0", "id": 2, "result": {"passkeys": []}},
         {"jsonrpc": "2.0", "id": 9, "error": INVALID_REQUEST},
     ]
     for answer in answers:
@@ -429,7 +435,7 @@ async def test_batch_skips_notifications_and_answers_method_errors(sim: SimServe
     batch = [
         {"jsonrpc": "2.0", "method": "omni_getHealth"},
         {"jsonrpc": "2.0", "id": "a", "method": "omni_nope"},
-        {"jsonrpc": "2.0", "id": "b", "method": "omni_getOmniAccount", "params": 5},
+        {"jsonrpc": "2.0", "id": "b", "method": "omni_listPasskey", "params": 5},
     ]
     reply = await post_raw(http, sim.url, json.dumps(batch).encode())
     assert reply.status == 200, reply
@@ -555,7 +561,13 @@ async def test_body_of_exactly_ten_mib_is_served(sim: SimServer, http: aiohttp.C
 WRONG_ARITY: dict[str, list[Any]] = {
     "omni_getHealth": [1, 2, 3],
     "omni_getShieldingKey": ["x"],
-    "omni_getOmniAccount": ["wildmeta"],
+    "omni_listPasskey": [{"type": "email", "value": "a@b.com"}],
+    "omni_requestPasskeyChallenge": [{"type": "email", "value": "a@b.com"}, "wildmeta", "x"],
+    "omni_loginWithOAuth2": ["wildmeta", "google", "code", "state", None, "uid"],
+    "omni_attachPasskey": [{"type": "email", "value": "a@b.com"}, {"type": "email", "value": "1"}, "wildmeta"],
+    "omni_removePasskey": [{"type": "email", "value": "a@b.com"}],
+    "omni_renamePasskeyAliasName": [{"type": "email", "value": "a@b.com"}, None, "wildmeta", "c", "n", "x"],
+    "omni_submitUserOpWithAuth": [[], 1, 0],
     "omni_getWeb3SignInMessage": ["wildmeta", "0x" + ACCOUNT_HEX, "extra"],
     "omni_requestEmailVerificationCode": [],
     # client_auth is Option, but a positional array must still carry it (null)
@@ -571,7 +583,44 @@ WRONG_ARITY: dict[str, list[Any]] = {
 WRONG_TYPES: dict[str, dict[str, Any]] = {
     "omni_getHealth": {"x": "object"},
     "omni_getShieldingKey": {"n": 1},
-    "omni_getOmniAccount": {"client_id": 1, "user_email": "a@b.com"},
+    "omni_listPasskey": {"user_id": {"type": "email", "value": "a@b.com"}, "client_id": 1},
+    "omni_requestPasskeyChallenge": {"user_id": "a@b.com", "client_id": "wildmeta"},
+    "omni_loginWithOAuth2": {
+        "client_id": "wildmeta",
+        "provider": "google",
+        "code": 1,
+        "state": "s",
+        "uid": "u",
+        "id_token": "t",
+    },
+    "omni_attachPasskey": {
+        "user_id": {"type": "email", "value": "a@b.com"},
+        "user_auth": {"type": "email", "value": "123456"},
+        "client_id": "wildmeta",
+        "attestation_object": b"x".hex(),
+        "client_data_json": None,
+    },
+    "omni_removePasskey": {
+        "user_id": {"type": "email", "value": "a@b.com"},
+        "user_auth": {"type": "email", "value": "123456"},
+        "client_id": "wildmeta",
+        "credential_id": 7,
+    },
+    "omni_renamePasskeyAliasName": {
+        "user_id": {"type": "email", "value": "a@b.com"},
+        "user_auth": {"type": "email", "value": "123456"},
+        "client_id": "wildmeta",
+        "credential_id": "c",
+        "new_alias_name": ["n"],
+    },
+    "omni_submitUserOpWithAuth": {
+        "user_operations": [],
+        "chain_id": -1,
+        "wallet_index": 0,
+        "user_id": {"type": "evm", "value": "0x" + "11" * 20},
+        "client_id": "wildmeta",
+        "client_auth": {"type": "wildmeta_backend", "value": {"signature": "0x"}},
+    },
     "omni_getWeb3SignInMessage": {"client_id": "wildmeta", "omni_account": 5},
     "omni_requestEmailVerificationCode": {"client_id": "wildmeta", "user_email": None},
     "omni_userLogin": {
@@ -658,11 +707,11 @@ async def test_add_wallet_with_a_bad_token_is_authentication_failed(
     assert error == AUTHENTICATION_FAILED
 
 
-@pytest.mark.parametrize("params", [[{"client_id": "wildmeta", "user_email": "a@b.com"}]])
+@pytest.mark.parametrize("params", [[{"user_id": {"type": "email", "value": "a@b.com"}, "client_id": "wildmeta"}]])
 async def test_array_holding_one_object_is_not_struct_params(
     sim: SimServer, http: aiohttp.ClientSession, params: Any
 ) -> None:
-    error = await error_of(http, sim.url, "omni_getOmniAccount", params)
+    error = await error_of(http, sim.url, "omni_listPasskey", params)
     assert error == PARAMS_PARSE_ERROR
 
 
@@ -673,8 +722,8 @@ async def test_duplicate_param_key_is_params_parse_error_like_serde(
     `client_id``), so `parse_rpc_params` answers -32700 with its reason. Python's `json.loads`
     keeps the last value instead, and the simulator computes an account."""
     body = (
-        b'{"jsonrpc":"2.0","id":1,"method":"omni_getOmniAccount","params":'
-        b'{"client_id":"wildmeta","client_id":"other","user_email":"a@b.com"}}'
+        b'{"jsonrpc":"2.0","id":1,"method":"omni_listPasskey","params":'
+        b'{"client_id":"wildmeta","client_id":"other","user_id":{"type":"email","value":"a@b.com"}}}'
     )
     reply = await post_raw(http, sim.url, body)
     assert reply.status == 200, reply
@@ -684,7 +733,25 @@ async def test_duplicate_param_key_is_params_parse_error_like_serde(
 # --------------------------------------------------------------------------- omni_getOmniAccount
 
 
-async def test_get_omni_account_positional_equals_object_form(sim: SimServer, http: aiohttp.ClientSession) -> None:
+async def test_get_omni_account_is_not_a_method_of_the_newest_worker(
+    sim: SimServer, http: aiohttp.ClientSession
+) -> None:
+    """`methods/omni/mod.rs@29cca4f9` registers no `get_omni_account` (era A only)."""
+    error = await error_of(http, sim.url, "omni_getOmniAccount", ["wildmeta", "hello.world@test.com"])
+    assert error == METHOD_NOT_FOUND
+    async with http.get(
+        sim.url + "_sim/omni-account", params={"client_id": "wildmeta", "user_email": "HELLO.world@test.com"}
+    ) as response:
+        assert response.status == 200
+        assert await response.json() == {"omni_account": EMAIL_VECTOR}
+    async with http.get(sim.url + "_sim/omni-account", params={"client_id": "wildmeta"}) as response:
+        assert response.status == 400
+
+
+async def test_get_omni_account_positional_equals_object_form_in_the_legacy_era(
+    make_sim: SimFactory, http: aiohttp.ClientSession
+) -> None:
+    sim = await make_sim(error_era="legacy")
     positional = await result_of(http, sim.url, "omni_getOmniAccount", ["wildmeta", "Hello.World@test.com"])
     by_name = await result_of(
         http,
@@ -694,9 +761,7 @@ async def test_get_omni_account_positional_equals_object_form(sim: SimServer, ht
     )
     lower = await result_of(http, sim.url, "omni_getOmniAccount", ["wildmeta", "hello.world@test.com"])
     assert positional == by_name == lower == EMAIL_VECTOR
-
-
-async def test_get_omni_account_does_not_validate_the_email(sim: SimServer, http: aiohttp.ClientSession) -> None:
+    # no validation of the address
     result = await result_of(http, sim.url, "omni_getOmniAccount", ["", ""])
     assert re.fullmatch(r"0x[0-9a-f]{64}", result)
 
@@ -875,6 +940,47 @@ def _assert_detail_order(data: dict[str, Any]) -> None:
 
 
 async def test_request_email_code_invalid_email(sim: SimServer, http: aiohttp.ClientSession) -> None:
+    """The newest `validate_email` (`utils/validation.rs@c7751f89:81-92`): -32602 with field/reason."""
+    error = await error_of(
+        http,
+        sim.url,
+        "omni_requestEmailVerificationCode",
+        {"client_id": "wildmeta", "user_email": "notanemail"},
+    )
+    assert error == {
+        "code": -32602,
+        "message": "Invalid params",
+        "data": {"field": "email", "reason": "invalid email address: notanemail"},
+    }
+    _assert_detail_order(error["data"])
+
+
+async def test_request_email_code_email_without_tld(sim: SimServer, http: aiohttp.ClientSession) -> None:
+    error = await error_of(http, sim.url, "omni_requestEmailVerificationCode", ["wildmeta", "test@example"])
+    assert error == {
+        "code": -32602,
+        "message": "Invalid params",
+        "data": {"field": "email", "reason": "expect TLD in email address: test@example"},
+    }
+
+
+@pytest.mark.parametrize("email", ["@example.com", "test@", "test@.com", ""])
+async def test_request_email_code_other_invalid_vectors(
+    sim: SimServer, http: aiohttp.ClientSession, email: str
+) -> None:
+    error = await error_of(http, sim.url, "omni_requestEmailVerificationCode", ["wildmeta", email])
+    assert error == {
+        "code": -32602,
+        "message": "Invalid params",
+        "data": {"field": "email", "reason": f"invalid email address: {email}"},
+    }
+
+
+async def test_request_email_code_invalid_email_in_the_legacy_era(
+    make_sim: SimFactory, http: aiohttp.ClientSession
+) -> None:
+    """Era A (`utils/validation.rs@2afa2455`): -32107 with field, expected, received, suggestion."""
+    sim = await make_sim(error_era="legacy")
     error = await error_of(
         http,
         sim.url,
@@ -892,10 +998,6 @@ async def test_request_email_code_invalid_email(sim: SimServer, http: aiohttp.Cl
         },
     }
     assert list(error["data"]) == ["field", "expected", "received", "suggestion"]
-    _assert_detail_order(error["data"])
-
-
-async def test_request_email_code_email_without_tld(sim: SimServer, http: aiohttp.ClientSession) -> None:
     error = await error_of(http, sim.url, "omni_requestEmailVerificationCode", ["wildmeta", "test@example"])
     assert error == {
         "code": -32107,
@@ -907,16 +1009,6 @@ async def test_request_email_code_email_without_tld(sim: SimServer, http: aiohtt
             "suggestion": "Email domain must include a top-level domain (TLD)",
         },
     }
-    _assert_detail_order(error["data"])
-
-
-@pytest.mark.parametrize("email", ["@example.com", "test@", "test@.com", ""])
-async def test_request_email_code_other_invalid_vectors(
-    sim: SimServer, http: aiohttp.ClientSession, email: str
-) -> None:
-    error = await error_of(http, sim.url, "omni_requestEmailVerificationCode", ["wildmeta", email])
-    assert error["code"] == -32107
-    assert error["data"]["expected"] == "Valid email address (e.g., user@example.com)"
 
 
 async def test_request_email_code_client_without_mailer(sim: SimServer, http: aiohttp.ClientSession) -> None:

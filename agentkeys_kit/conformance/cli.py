@@ -1,6 +1,7 @@
 """The ``conformance`` command.
 
-    conformance run   [SUITES…] [TARGET] [--report DIR] [-k TEXT] [--wait-for-worker S]
+    conformance run   [SUITES…] [TARGET] [--report DIR] [-k TEXT] [--wait-for-worker S] [--review]
+    conformance review REPORT_DIR… [--out FILE]             # the reviewers' document from earlier runs
     conformance diff  [SUITES…] [TARGET] --tee2 sim|URL [--tee2-…] [--report DIR]
     conformance serve [TARGET] [--wait S] [--env-file FILE]   # configure a worker, then check it
     conformance env   [TARGET]                                # only the OE_* lines
@@ -9,14 +10,15 @@
     conformance schema
 
 TARGET is ``--target FILE`` (`target_file`) and/or flags: ``--tee sim|URL``, ``--tee-profile``,
-``--tee-key``, ``--tee-mailer``, ``--tee-clock``, ``--tee-sim-endpoints``, ``--deviations``,
+``--tee-key``, ``--tee-mailer``, ``--tee-clock``, ``--tee-sim-endpoints``,
+``--tee-oauth2-provider``, ``--deviations``,
 ``--broker``, ``--listen``, ``--advertise``, ``--port-base``.
 
 Exit status: ``run`` — 0 when every applicable case passed or failed as a listed deviation, 1 when
 a case needs attention, 2 for a usage, suite, target or deviation-file error, 3 when the worker was
 unreachable or its preflight failed (no case ran). ``diff`` — 0 when the two workers did the same on
 every leg of every case, 1 when they differ on at least one case (clause), 2 and 3 as for ``run``.
-``serve`` — 0 when the worker passed the preflight, 2, 3. ``check`` and ``list`` — 0 or 2.
+``serve`` — 0 when the worker passed the preflight, 2, 3. ``check``, ``list`` and ``review`` — 0 or 2.
 """
 
 from __future__ import annotations
@@ -43,6 +45,15 @@ from agentkeys_kit.conformance.preflight import (
     wait_for_worker,
 )
 from agentkeys_kit.conformance.reports import console_line, console_summary, write_reports
+from agentkeys_kit.conformance.review import (
+    FINDINGS,
+    REVIEW_FILE,
+    ReviewError,
+    findings_section,
+    load_run,
+    observe,
+    write_review,
+)
 from agentkeys_kit.conformance.runner import CaseResult, Harness, RunResult
 from agentkeys_kit.conformance.target_file import TargetFile, TargetFileError, WorkerSpec, load_target_file
 from agentkeys_kit.conformance.targets import TargetError, TeeTarget, broker_target, tee_target
@@ -64,6 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     _suite_args(run)
     _target_args(run)
     run.add_argument("--report", metavar="DIR", default="reports", help="directory for every report (default: reports)")
+    run.add_argument(
+        "--review", action="store_true", help="also write review.md, the reviewers' document, from this run"
+    )
     diff = sub.add_parser("diff", help="run suites against two workers and diff every leg")
     _suite_args(diff)
     _target_args(diff)
@@ -80,6 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check", help="validate suites and deviation files without running anything")
     _suite_args(check)
     check.add_argument("--deviations", action="append", default=[], help="a deviation file (or shipped name) to check")
+    review = sub.add_parser("review", help="write the reviewers' document from the reports of earlier runs")
+    review.add_argument("reports", nargs="+", type=Path, metavar="REPORT_DIR", help="directories with transcript.json")
+    review.add_argument("--out", type=Path, default=None, help="the document (default: review.md in the first DIR)")
     sub.add_parser("schema", help="print the suite JSON Schema")
     return parser
 
@@ -127,6 +144,12 @@ def _worker_args(parser: argparse.ArgumentParser, prefix: str, what: str) -> Non
     parser.add_argument(f"{flag}-mailer", default=None, choices=list(MAILERS), help="declared mailer of a URL worker")
     parser.add_argument(f"{flag}-clock", default=None, choices=["sim", "none"], help="sim: its /_sim/clock may move")
     parser.add_argument(f"{flag}-sim-endpoints", action="store_true", default=None, help="it serves /_sim/ endpoints")
+    parser.add_argument(
+        f"{flag}-oauth2-provider",
+        default=None,
+        choices=["harness", "none"],
+        help="harness: an omni-sim exchanging OAuth2 codes at the harness's fake Google (OE_SIM_* lines)",
+    )
     deviations = "--deviations" if prefix == "tee" else f"{flag}-deviations"
     parser.add_argument(
         deviations,
@@ -146,6 +169,7 @@ class WorkerChoice:
     clock: bool
     sim_endpoints: bool
     deviations: str | None
+    oauth2_provider: bool = False
 
     def target(self) -> TeeTarget:
         return tee_target(
@@ -155,6 +179,7 @@ class WorkerChoice:
             mailer=self.mailer,
             clock=self.clock,
             sim_endpoints=self.sim_endpoints,
+            oauth2_provider=self.oauth2_provider,
         )
 
 
@@ -175,6 +200,8 @@ def _choose(args: argparse.Namespace, prefix: str, spec: WorkerSpec, fallback: W
         raise TargetError(f"--{prefix}: which worker? ('sim' or its URL)")
     clock_flag = getattr(args, f"{prefix}_clock", None)
     clock = (clock_flag == "sim") if clock_flag is not None else pick("clock", False)
+    provider_flag = getattr(args, f"{prefix}_oauth2_provider", None)
+    provider = (provider_flag == "harness") if provider_flag is not None else pick("oauth2_provider", False)
     is_sim = url == "sim"
     return WorkerChoice(
         spec=url,
@@ -184,6 +211,7 @@ def _choose(args: argparse.Namespace, prefix: str, spec: WorkerSpec, fallback: W
         clock=False if is_sim else bool(clock),
         sim_endpoints=False if is_sim else bool(pick("sim_endpoints", False)),
         deviations=pick("deviations", None),
+        oauth2_provider=False if is_sim else bool(provider),
     )
 
 
@@ -287,7 +315,7 @@ async def serve(args: argparse.Namespace, target: TargetFile) -> int:
     _early_key_check(worker, args.wait)
     parties = _parties(args, target, worker, fixed=True)
     mailer = worker.mailer or "none"
-    lines = Parties(parties).worker_env(mailer)
+    lines = Parties(parties).worker_env(mailer, oauth2_provider=worker.oauth2_provider)
     url = worker.spec.rstrip("/") + "/"
     _print(f"configure the worker at {url} with these variables (one per line, ready for an env file):")
     _print()
@@ -296,6 +324,9 @@ async def serve(args: argparse.Namespace, target: TargetFile) -> int:
     _print()
     if mailer not in ("sendgrid", "smtp"):
         _print("(no mailer lines: declare --tee-mailer sendgrid to run the e-mail cases against this worker)")
+    _print(_BACKEND_KEY_NOTE)
+    if worker.oauth2_provider:
+        _print(_OE_SIM_NOTE)
     if args.env_file is not None:
         args.env_file.write_text("".join(f"{name}={value}\n" for name, value in lines.items()), encoding="utf-8")
         _print(f"(also written to {args.env_file})")
@@ -316,6 +347,7 @@ def _target_flags(args: argparse.Namespace) -> list[str]:
         "tee_key",
         "tee_mailer",
         "tee_clock",
+        "tee_oauth2_provider",
         "listen",
         "advertise",
         "port_base",
@@ -328,14 +360,27 @@ def _target_flags(args: argparse.Namespace) -> list[str]:
     return flags
 
 
+_BACKEND_KEY_NOTE = (
+    "(the *_BACKEND_ECDSA_PUBKEY lines are the harness's backend test key, whose secret is published "
+    "with this kit: configure them only on a worker under test)"
+)
+_OE_SIM_NOTE = (
+    "(the OE_SIM_* lines are read by omni-sim only: a real worker's OAuth2 endpoints are compiled in, "
+    "so only an omni-sim can be declared --tee-oauth2-provider harness)"
+)
+
+
 def env_lines(args: argparse.Namespace, target: TargetFile) -> int:
     worker = _choose(args, "tee", target.worker, None)
     mailer = "sendgrid" if worker.spec == "sim" else worker.mailer or "none"
     parties = Parties(_parties(args, target, worker, fixed=True))  # addresses only: nothing is started
-    for name, value in parties.worker_env(mailer).items():
+    for name, value in parties.worker_env(mailer, oauth2_provider=worker.oauth2_provider).items():
         _print(f"{name}={value}")
     if mailer not in ("sendgrid", "smtp"):
         print("(no mailer lines: declare --tee-mailer sendgrid to run the e-mail cases)", file=sys.stderr)
+    print(_BACKEND_KEY_NOTE, file=sys.stderr)
+    if worker.oauth2_provider:
+        print(_OE_SIM_NOTE, file=sys.stderr)
     return EXIT_OK
 
 
@@ -373,10 +418,21 @@ def run_command(args: argparse.Namespace, target: TargetFile) -> int:
     parties = _parties(args, target, worker)
     broker = args.broker or target.broker
     result = _run(execute(worker, broker, parties, suites, known, args.wait_for_worker))
-    paths = write_reports(result, Path(args.report))
+    paths = write_reports(result, Path(args.report), extra_sections=[findings_section])
+    if args.review:
+        paths.append(write_review([result], Path(args.report) / REVIEW_FILE))
     _print(console_summary(result))
     _print("reports: " + ", ".join(str(p) for p in paths))
     return EXIT_OK if result.ok else EXIT_CASES
+
+
+def review_command(args: argparse.Namespace) -> int:
+    runs = [load_run(directory) for directory in args.reports]
+    out = args.out if args.out is not None else args.reports[0] / REVIEW_FILE
+    path = write_review(runs, out)
+    demonstrated = sum(1 for finding in FINDINGS if observe(finding, runs).demonstrated)
+    _print(f"review: {path} ({len(runs)} run(s); {demonstrated} of {len(FINDINGS)} findings demonstrated)")
+    return EXIT_OK
 
 
 def diff_command(args: argparse.Namespace, target: TargetFile) -> int:
@@ -438,6 +494,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands: dict[str, Callable[[], int]] = {
         "list": lambda: list_cases(args),
         "check": lambda: check_files(args),
+        "review": lambda: review_command(args),
     }
     try:
         if args.command in commands:
@@ -450,7 +507,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "run":
             return run_command(args, target)
         return diff_command(args, target)
-    except (SuiteError, TargetError, TargetFileError, PartiesError) as exc:
+    except (SuiteError, TargetError, TargetFileError, PartiesError, ReviewError) as exc:
         print(f"conformance: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except (WorkerUnreachable, PreflightFailed) as exc:

@@ -11,7 +11,12 @@ run to run by design cannot be compared literally, so each exchange is normalise
   handles, grant ids) ``<hex>``; base58 of 32 to 50 characters in mixed case (Solana and Substrate
   addresses) ``<base58>``; 6- or 8-digit codes ``<code>``; a token shaped like a JWT that does not
   decode (a tampered one) ``<token>``; the port of a loopback URL ``<port>``; an integer that is a
-  Unix time in seconds or milliseconds (2017–2128) ``<time>``;
+  Unix time in seconds or milliseconds (2017–2128) ``<time>``, and so are 10- or 13-digit times
+  inside text (the ``timestamp`` of a ``business_json``);
+* a string the case recorded under a field that is random by design (`RANDOM_FIELDS`: OAuth2
+  ``state``, ``nonce`` and ``code``, passkey challenges, credential ids and WebAuthn structures,
+  signatures) becomes ``<random>``, wherever it appears in the case's exchanges (in a URL's
+  query, in a message), and so does the credential id in the worker's passkey messages;
 * headers every HTTP client adds (Host, Content-Length, …), the raw ``body_text`` next to the
   parsed body, the JSON-RPC ``id`` the harness chose and the time of a mail are dropped.
 
@@ -56,6 +61,29 @@ _CODE = re.compile(r"(?<![0-9A-Za-z])(?:[0-9]{8}|[0-9]{6})(?![0-9A-Za-z])")
 _TOKEN = re.compile(r"^(Bearer )?[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*$")
 _LOOPBACK_PORT = re.compile(r"(127\.0\.0\.1|localhost|\[::1\]|0\.0\.0\.0):[0-9]{1,5}")
 _UNIX_SECONDS = (1_500_000_000, 5_000_000_000)
+_UNIX_IN_TEXT = re.compile(r"(?<![0-9A-Za-z])1[5-9][0-9]{8}(?:[0-9]{3})?(?![0-9A-Za-z])")
+#: fields whose string values are random by design: a fresh draw on every run
+RANDOM_FIELDS = frozenset(
+    {
+        "state",
+        "nonce",
+        "code",
+        "challenge",
+        "credential_id",
+        "alias_name",
+        "attestation_object",
+        "client_data_json",
+        "auth_data",
+        "signature",
+    }
+)
+_RANDOM_MIN_LENGTH = 8  # shorter values (a 0x, a test literal) are compared as they are
+#: the credential id in the worker's passkey messages (attach, remove, rename), which the case never
+#: sends as a field (it travels inside the CBOR attestation)
+_PASSKEY_MESSAGE_ID = re.compile(
+    r"(?<=Passkey \()[A-Za-z0-9_-]{8,}(?=\))|(?<=Passkey )[A-Za-z0-9_-]{8,}(?= successfully)"
+    r"|(?<=for credential )[A-Za-z0-9_-]{8,}(?= successfully)"
+)
 
 
 def _base58(found: re.Match[str]) -> str:
@@ -72,19 +100,38 @@ def _is_unix_time(value: int) -> bool:
 ABSENT = "(absent)"
 
 
-def normalise_value(value: Any) -> Any:
-    """The comparable form of a recorded value (see the module docstring)."""
+def random_strings(value: Any) -> set[str]:
+    """The strings `value` holds under `RANDOM_FIELDS`, at any depth."""
+    found: set[str] = set()
     if isinstance(value, dict):
-        return {key: normalise_value(item) for key, item in value.items()}
+        for key, item in value.items():
+            if key in RANDOM_FIELDS and isinstance(item, str) and len(item) >= _RANDOM_MIN_LENGTH:
+                found.add(item)
+            else:
+                found |= random_strings(item)
+    elif isinstance(value, list):
+        for item in value:
+            found |= random_strings(item)
+    return found
+
+
+def normalise_value(value: Any, random: frozenset[str] = frozenset()) -> Any:
+    """The comparable form of a recorded value (see the module docstring); `random` are the strings
+    that are random by design in this case."""
+    if isinstance(value, dict):
+        return {key: normalise_value(item, random) for key, item in value.items()}
     if isinstance(value, list):
-        return [normalise_value(item) for item in value]
+        return [normalise_value(item, random) for item in value]
     if isinstance(value, str):
+        for drawn in sorted(random, key=len, reverse=True):
+            if drawn in value:
+                value = value.replace(drawn, "<random>")
         jwt = split_bearer_jwt(value)
         if jwt is not None:
             prefix, header, claims = jwt
             decoded = {
-                "header": normalise_value(header),
-                "claims": normalise_value({k: v for k, v in claims.items() if k not in VOLATILE_CLAIMS}),
+                "header": normalise_value(header, random),
+                "claims": normalise_value({k: v for k, v in claims.items() if k not in VOLATILE_CLAIMS}, random),
                 "claims_order": list(claims),
             }
             if prefix == "Bearer ":
@@ -99,6 +146,8 @@ def normalise_value(value: Any) -> Any:
         text = _PREFIXED_HEX.sub("<hex>", text)
         text = _HEX.sub("<hex>", text)
         text = _BASE58.sub(_base58, text)
+        text = _PASSKEY_MESSAGE_ID.sub("<random>", text)
+        text = _UNIX_IN_TEXT.sub("<time>", text)
         text = _CODE.sub("<code>", text)
         return _LOOPBACK_PORT.sub(r"\1:<port>", text)
     if isinstance(value, int) and not isinstance(value, bool) and _is_unix_time(value):
@@ -106,7 +155,7 @@ def normalise_value(value: Any) -> Any:
     return value
 
 
-def normalise_exchange(exchange: Exchange) -> dict[str, Any]:
+def normalise_exchange(exchange: Exchange, random: frozenset[str] = frozenset()) -> dict[str, Any]:
     request = without_noise(exchange.request)
     response = without_noise(exchange.response)
     if exchange.leg == "client→worker" and isinstance(response, dict):
@@ -118,9 +167,9 @@ def normalise_exchange(exchange: Exchange) -> dict[str, Any]:
     return {
         "leg": exchange.leg,
         "step": exchange.step + 1,
-        "summary": normalise_value(exchange.summary),
-        "request": normalise_value(request),
-        "response": normalise_value(response),
+        "summary": normalise_value(exchange.summary, random),
+        "request": normalise_value(request, random),
+        "response": normalise_value(response, random),
     }
 
 
@@ -209,8 +258,11 @@ def field_differences(a: Any, b: Any, path: str = "") -> list[FieldDifference]:
 
 
 def diff_legs(a: list[Exchange], b: list[Exchange]) -> list[LegDifference]:
-    left = [normalise_exchange(exchange) for exchange in a]
-    right = [normalise_exchange(exchange) for exchange in b]
+    random = frozenset(
+        drawn for exchange in (*a, *b) for drawn in random_strings([exchange.request, exchange.response])
+    )
+    left = [normalise_exchange(exchange, random) for exchange in a]
+    right = [normalise_exchange(exchange, random) for exchange in b]
     matcher = difflib.SequenceMatcher(None, [_signature(r) for r in left], [_signature(r) for r in right], False)
     found: list[LegDifference] = []
     for tag, i1, i2, j1, j2 in matcher.get_opcodes():

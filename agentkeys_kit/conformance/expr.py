@@ -23,9 +23,18 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import base58
+from coincurve import PrivateKey
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from eth_abi.abi import encode as abi_encode
+from eth_abi.grammar import ABIType, BasicType, TupleType, parse
+from eth_account.messages import encode_typed_data
+from eth_hash.auto import keccak
+from eth_utils.address import to_checksum_address
 
+from agentkeys_kit.conformance.fake_google import FakeGoogle
+from agentkeys_kit.conformance.soft_authenticator import SoftCredential
+from agentkeys_kit.protocol import base64url
 from agentkeys_kit.protocol.signatures import (
     SignatureScheme,
     evm_address,
@@ -35,6 +44,7 @@ from agentkeys_kit.protocol.signatures import (
     sign_solana,
     sign_substrate,
 )
+from agentkeys_kit.protocol.user_operation import DEFAULT_ENTRY_POINT_ADDRESS
 
 _WHOLE = re.compile(r"^\$\{([^{}]+)\}$")
 _INNER = re.compile(r"\$\{([^{}]+)\}")
@@ -44,21 +54,40 @@ class ExprError(ValueError):
     """A suite value that cannot be evaluated (unknown variable, bad function arguments)."""
 
 
+#: The harness's backend signing key for `wildmeta_backend` / `agentkeys_backend`: a fixed, public
+#: test key (a worker under test is configured with its public key, printed by the harness). Never
+#: use it anywhere else.
+BACKEND_TEST_SECRET = hashlib.sha256(b"agentkeys-kit conformance backend key (public test key)").digest()
+
+
+def backend_test_pubkey_hex() -> str:
+    """The compressed public key of `BACKEND_TEST_SECRET`, as ``OE_<CLIENT>_BACKEND_ECDSA_PUBKEY`` takes it."""
+    return PrivateKey(BACKEND_TEST_SECRET).public_key.format(compressed=True).hex()
+
+
 class Keys:
-    """Keys the functions may use: the TEE's (when the target gives the private key) and a
-    foreign RSA key of the harness's own, for forgeries."""
+    """Keys the functions may use: the TEE's (when the target gives the private key), a foreign
+    RSA key of the harness's own, for forgeries, and the backend test key."""
 
     def __init__(self, tee_private: rsa.RSAPrivateKey | None, tee_public: rsa.RSAPublicKey) -> None:
         self.tee_private = tee_private
         self.tee_public = tee_public
         self.foreign = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        self.backend = PrivateKey(BACKEND_TEST_SECRET)
+
+    @property
+    def backend_pubkey_hex(self) -> str:
+        """What `OE_WILDMETA_BACKEND_ECDSA_PUBKEY` / `OE_AGENTKEYS_BACKEND_ECDSA_PUBKEY` must be."""
+        return self.backend.public_key.format(compressed=True).hex()
 
 
 class Scope:
-    """Variables of one case, with the keys and functions its values may call."""
+    """Variables of one case, with the keys, the fake Google provider and the functions its values
+    may call."""
 
-    def __init__(self, keys: Keys, values: Mapping[str, Any] | None = None) -> None:
+    def __init__(self, keys: Keys, values: Mapping[str, Any] | None = None, google: FakeGoogle | None = None) -> None:
         self.keys = keys
+        self.google = google
         self.values: dict[str, Any] = dict(values or {})
 
     def lookup(self, path: str) -> Any:
@@ -89,7 +118,12 @@ class Scope:
             if len(value) == 1:
                 ((key, argument),) = value.items()
                 if isinstance(key, str) and key in FUNCTIONS:
-                    return FUNCTIONS[key](self, self.evaluate(argument))
+                    try:
+                        return FUNCTIONS[key](self, self.evaluate(argument))
+                    except ExprError:
+                        raise
+                    except (ValueError, KeyError, TypeError, IndexError) as exc:
+                        raise ExprError(f"{key}: {type(exc).__name__}: {exc}") from None
             return {key: self.evaluate(item) for key, item in value.items()}
         return value
 
@@ -244,10 +278,12 @@ def mint_jwt(scope: Scope, argument: Any) -> str:
 
 
 def upper(scope: Scope, argument: Any) -> str:
+    """A text in upper case (Unicode rules)."""
     return str(argument).upper()
 
 
 def lower(scope: Scope, argument: Any) -> str:
+    """A text in lower case (Unicode rules)."""
     return str(argument).lower()
 
 
@@ -265,7 +301,193 @@ def jwt_claims(scope: Scope, argument: Any) -> dict[str, Any]:
 
 
 def sha256_hex(scope: Scope, argument: Any) -> str:
+    """Lowercase hex SHA-256 of a text's UTF-8."""
     return hashlib.sha256(str(argument).encode()).hexdigest()
+
+
+# --------------------------------------------------------------------------- passkeys
+
+
+def passkey_credential(scope: Scope, argument: Any) -> dict[str, str]:
+    """``{$passkey_credential: {seed?}}``: a P-256 credential of the software authenticator."""
+    seed = (argument or {}).get("seed") if isinstance(argument, Mapping) else None
+    return SoftCredential.generate(None if seed is None else str(seed).encode()).to_json()
+
+
+def _passkey_options(args: dict[str, Any]) -> dict[str, Any]:
+    return {key: args[key] for key in ("type", "flags", "counter", "signature_format") if key in args}
+
+
+def passkey_attestation(scope: Scope, argument: Any) -> dict[str, str]:
+    """``{credential, challenge, origin, rp_id, type?, flags?}`` → ``{attestation_object,
+    client_data_json, credential_id}`` as `navigator.credentials.create` gives them."""
+    args = _args(argument, "$passkey_attestation", "credential", "challenge", "origin", "rp_id")
+    credential = SoftCredential.from_json(args["credential"])
+    options = {key: args[key] for key in ("type", "flags") if key in args}
+    return credential.attestation(str(args["challenge"]), str(args["origin"]), str(args["rp_id"]), **options)
+
+
+def passkey_assertion(scope: Scope, argument: Any) -> dict[str, str]:
+    """``{credential, challenge, origin, rp_id, type?, flags?, counter?, signature_format?:
+    der|raw}`` → ``{credential_id, auth_data, client_data_json, signature}``."""
+    args = _args(argument, "$passkey_assertion", "credential", "challenge", "origin", "rp_id")
+    credential = SoftCredential.from_json(args["credential"])
+    return credential.assertion(
+        str(args["challenge"]), str(args["origin"]), str(args["rp_id"]), **_passkey_options(args)
+    )
+
+
+def b64url(scope: Scope, argument: Any) -> str:
+    """Base64url without padding of a text's UTF-8 (hand-made client data for negative cases)."""
+    return base64url.encode(str(argument).encode("utf-8"))
+
+
+# --------------------------------------------------------------------------- user operations
+
+
+_USER_OP_TYPES = {
+    "EIP712Domain": [
+        {"name": "name", "type": "string"},
+        {"name": "version", "type": "string"},
+        {"name": "chainId", "type": "uint256"},
+        {"name": "verifyingContract", "type": "address"},
+    ],
+    "PackedUserOperation": [
+        {"name": "sender", "type": "address"},
+        {"name": "nonce", "type": "uint256"},
+        {"name": "initCode", "type": "bytes"},
+        {"name": "callData", "type": "bytes"},
+        {"name": "accountGasLimits", "type": "bytes32"},
+        {"name": "preVerificationGas", "type": "uint256"},
+        {"name": "gasFees", "type": "bytes32"},
+        {"name": "paymasterAndData", "type": "bytes"},
+    ],
+}
+
+
+def eip712_user_op_hash(op: Mapping[str, Any], entry_point: bytes, chain_id: int) -> bytes:
+    """The EntryPoint v0.8 userOpHash (EIP-712, domain ``ERC4337``/``1``) of a user operation in the
+    worker's JSON form, computed with eth-account's typed-data encoder: independent of
+    `protocol.user_operation`, which the simulator uses."""
+    message = {
+        "sender": to_checksum_address(_hex_bytes(str(op["sender"]))),
+        "nonce": int(op["nonce"]),
+        "initCode": _hex_bytes(str(op["init_code"])),
+        "callData": _hex_bytes(str(op["call_data"])),
+        "accountGasLimits": _hex_bytes(str(op["account_gas_limits"])),
+        "preVerificationGas": int(op["pre_verification_gas"]),
+        "gasFees": _hex_bytes(str(op["gas_fees"])),
+        "paymasterAndData": _hex_bytes(str(op["paymaster_and_data"])),
+    }
+    domain = {
+        "name": "ERC4337",
+        "version": "1",
+        "chainId": chain_id,
+        "verifyingContract": to_checksum_address(entry_point),
+    }
+    signable = encode_typed_data(
+        full_message={
+            "types": _USER_OP_TYPES,
+            "primaryType": "PackedUserOperation",
+            "domain": domain,
+            "message": message,
+        }
+    )
+    return keccak(b"\x19" + signable.version + signable.header + signable.body)
+
+
+def _user_op_hashes(args: Mapping[str, Any], operations: list[Any]) -> list[bytes]:
+    entry_point = _hex_bytes(str(args.get("entry_point", DEFAULT_ENTRY_POINT_ADDRESS)))
+    try:
+        return [eip712_user_op_hash(op, entry_point, int(args["chain_id"])) for op in operations]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ExprError(f"not a user operation the harness can hash: {exc}") from None
+
+
+def user_op_hash(scope: Scope, argument: Any) -> str:
+    """``{user_operation, chain_id, entry_point?}`` → the EntryPoint's EIP-712 userOpHash."""
+    args = _args(argument, "$user_op_hash", "user_operation", "chain_id")
+    return "0x" + _user_op_hashes(args, [args["user_operation"]])[0].hex()
+
+
+def backend_signature(scope: Scope, argument: Any) -> str:
+    """``{user_operations, chain_id, entry_point?, v_offset?}``: the harness backend key's
+    signature over keccak256 of the operations' hashes, ``r ‖ s ‖ v`` with v 0/1 (plus
+    `v_offset`, e.g. 27 for the Ethereum form the worker refuses)."""
+    args = _args(argument, "$backend_signature", "user_operations", "chain_id")
+    digest = keccak(b"".join(_user_op_hashes(args, list(args["user_operations"]))))
+    signature = scope.keys.backend.sign_recoverable(digest, hasher=None)
+    return "0x" + (signature[:64] + bytes([signature[64] + int(args.get("v_offset", 0))])).hex()
+
+
+def _abi_value(abi_type: ABIType, value: Any) -> Any:
+    if abi_type.is_array:
+        return [_abi_value(abi_type.item_type, item) for item in value]
+    if isinstance(abi_type, TupleType):
+        return tuple(_abi_value(component, item) for component, item in zip(abi_type.components, value, strict=True))
+    if isinstance(abi_type, BasicType) and abi_type.base == "bytes" and isinstance(value, str):
+        return _hex_bytes(value)
+    return value
+
+
+def abi_call(scope: Scope, argument: Any) -> str:
+    """``{signature: "transfer(address,uint256)", args: [...]}`` → ``0x`` selector ‖ ABI-encoded
+    arguments (``bytes`` given as hex)."""
+    args = _args(argument, "$abi_call", "signature", "args")
+    signature = str(args["signature"])
+    name, _, rest = signature.partition("(")
+    types = parse("(" + rest)
+    if not isinstance(types, TupleType) or not name:
+        raise ExprError(f"$abi_call: not a function signature: {signature!r}")
+    values = _abi_value(types, list(args["args"]))
+    encoded = abi_encode([component.to_type_str() for component in types.components], list(values))
+    return "0x" + (keccak(signature.encode())[:4] + encoded).hex()
+
+
+def checksum(scope: Scope, argument: Any) -> str:
+    """EIP-55 form of an EVM address (as the worker's Debug prints `Address`)."""
+    return str(to_checksum_address(_hex_bytes(str(argument))))
+
+
+# --------------------------------------------------------------------------- the fake Google
+
+
+def _google(scope: Scope, name: str) -> FakeGoogle:
+    if scope.google is None:
+        raise ExprError(f"{name} needs the harness's fake Google provider")
+    return scope.google
+
+
+def google_code(scope: Scope, argument: Any) -> str:
+    """``{client_id, redirect_uri, email, nonce?}``: an authorization code of the fake Google for
+    that user (added on first use), as its authorization endpoint would redirect with it."""
+    args = _args(argument, "$google_code", "client_id", "redirect_uri", "email")
+    google = _google(scope, "$google_code")
+    if google.find_user(str(args["email"])) is None:
+        google.add_user(str(args["email"]))
+    nonce = args.get("nonce")
+    return google.issue_code(
+        str(args["client_id"]), str(args["redirect_uri"]), str(args["email"]), None if nonce is None else str(nonce)
+    )
+
+
+def google_id_token(scope: Scope, argument: Any) -> str:
+    """``{client_id, email, nonce?, claims?}``: an id_token signed by the fake Google (the worker
+    does not check the signature of the client's token; ``claims`` overrides, ``null`` removes)."""
+    args = _args(argument, "$google_id_token", "client_id", "email")
+    google = _google(scope, "$google_id_token")
+    if google.find_user(str(args["email"])) is None:
+        google.add_user(str(args["email"]))
+    return google.mint_id_token(
+        str(args["client_id"]), str(args["email"]), nonce=args.get("nonce"), extra_claims=args.get("claims")
+    )
+
+
+def google_sub(scope: Scope, argument: Any) -> str:
+    """The fake Google's ``sub`` of an e-mail address."""
+    google = _google(scope, "$google_sub")
+    user = google.find_user(str(argument)) or google.add_user(str(argument))
+    return user.sub
 
 
 FUNCTIONS: dict[str, Callable[[Scope, Any], Any]] = {
@@ -281,4 +503,24 @@ FUNCTIONS: dict[str, Callable[[Scope, Any], Any]] = {
     "$upper": upper,
     "$lower": lower,
     "$claims": jwt_claims,
+    "$passkey_credential": passkey_credential,
+    "$passkey_attestation": passkey_attestation,
+    "$passkey_assertion": passkey_assertion,
+    "$b64url": b64url,
+    "$user_op_hash": user_op_hash,
+    "$backend_signature": backend_signature,
+    "$abi_call": abi_call,
+    "$checksum": checksum,
+    "$google_code": google_code,
+    "$google_id_token": google_id_token,
+    "$google_sub": google_sub,
 }
+
+
+def function_reference() -> dict[str, str]:
+    """Each function's name and the first paragraph of its docstring (published in the schema)."""
+    reference = {}
+    for name, function in FUNCTIONS.items():
+        first = (function.__doc__ or "").strip().split("\n\n")[0]
+        reference[name] = " ".join(first.split())
+    return reference

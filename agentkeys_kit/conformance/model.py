@@ -32,6 +32,7 @@ from typing import Any
 import jsonschema
 import yaml
 
+from agentkeys_kit.conformance.expr import function_reference
 from agentkeys_kit.conformance.static_checks import StaticProblem, check_case
 from agentkeys_kit.omni_sim.profiles import PATCH_CLAUSES
 
@@ -39,7 +40,7 @@ PATCH_CLAUSE_NUMBERS = frozenset(clause.number for clause in PATCH_CLAUSES)
 
 SCHEMA_PATH = Path(__file__).with_name("suite.schema.json")
 STEP_KINDS = ("let", "rpc", "raw", "broker", "callback", "email", "clock", "fuzz")
-CAPABILITIES = ("sim-clock", "mail", "tee-signing-key", "broker", "broker-clock", "sim-internals")
+CAPABILITIES = ("sim-clock", "mail", "tee-signing-key", "broker", "broker-clock", "sim-internals", "oauth2-provider")
 #: older names still accepted in `needs`: `smtp` was the name of `mail` when mail only came over SMTP
 CAPABILITY_ALIASES = {"smtp": "mail"}
 PROFILES = ("upstream", "agentkeys-patch")
@@ -295,6 +296,24 @@ class Suite:
     description: str = ""
     raw: dict[str, Any] = field(default_factory=dict)
 
+
+SCHEMA["$defs"] = {
+    "function_call": {
+        "description": (
+            "Anywhere a value is expected, a mapping with one key that starts with `$` calls a harness "
+            "function (agentkeys_kit/conformance/expr.py); `${path}` refers to a variable or capture."
+        ),
+        "oneOf": [
+            {
+                "type": "object",
+                "additionalProperties": False,
+                "required": [name],
+                "properties": {name: {"description": doc}},
+            }
+            for name, doc in function_reference().items()
+        ],
+    }
+}
 
 _validator = jsonschema.Draft202012Validator(SCHEMA)
 

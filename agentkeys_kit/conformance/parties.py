@@ -2,7 +2,14 @@
 
 * the callback receiver (``/pumpx/``, ``/agentkeys/`` and the wildmeta API at its root);
 * the SendGrid stand-in and the SMTP sink, both delivering into one mailbox;
-* the fake Google OpenID provider.
+* the fake Google OpenID provider, with an OAuth2 client registered for each worker client.
+
+`worker_env` also gives the worker the OAuth2 client of each client id (``OE_GOOGLE_CLIENT_ID_<CLIENT>``
+and its secret, Apple's likewise, as the worker reads them) and the public half of the harness's
+backend test key (``OE_<CLIENT>_BACKEND_ECDSA_PUBKEY``). The provider's own endpoints are compiled
+into a real worker; only omni-sim reads them from ``OE_SIM_<PROVIDER>_AUTHORIZE_URL`` /
+``OE_SIM_<PROVIDER>_TOKEN_URL``, which `worker_env` adds when the worker is declared to use the
+harness's provider (``oauth2_provider``).
 
 Against the in-process simulator every party takes a free port. Against a worker someone else
 runs they listen on fixed ports (`DEFAULT_PORTS`, or the target file, or ``--port-base``), so the
@@ -15,7 +22,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from agentkeys_kit.conformance.fake_google import FakeGoogle
+from agentkeys_kit.conformance.expr import backend_test_pubkey_hex
+from agentkeys_kit.conformance.fake_google import AUTHORIZATION_PATH, TOKEN_PATH, FakeGoogle
 from agentkeys_kit.conformance.mail_sink import Mailbox, SendGridStandIn, SmtpSink
 from agentkeys_kit.conformance.receiver import CallbackReceiver
 
@@ -26,6 +34,15 @@ MAIL_CLIENTS = ("WILDMETA", "AGENTKEYS")
 #: not a secret: the stand-in accepts any key, the worker only needs one to send
 STAND_IN_API_KEY = "conformance-stand-in"
 MAILERS = ("sendgrid", "smtp", "console", "none")
+#: the OAuth2 client (id, secret) each worker client has at the fake Google; not secrets: test values
+OAUTH2_CLIENTS = {
+    "wildmeta": ("wildmeta-conformance", "wildmeta-secret"),
+    "agentkeys": ("agentkeys-conformance", "agentkeys-secret"),
+}
+#: the redirect URI registered for them, relative to the receiver (nothing is served there: the
+#: cases read the code from the fake Google's redirect)
+OAUTH2_REDIRECT_PATH = "oauth2/callback"
+OAUTH2_PROVIDERS = ("GOOGLE", "APPLE")
 _WILDCARD_HOSTS = ("0.0.0.0", "::", "")  # noqa: S104 - recognised, never chosen
 
 
@@ -83,6 +100,8 @@ class Parties:
         self.sendgrid = SendGridStandIn(self.mailbox, host, self.addresses.sendgrid_port, advertise)
         self.smtp = SmtpSink(self.mailbox, host, self.addresses.smtp_port, advertise)
         self.google = FakeGoogle(host=host, port=self.addresses.google_port)
+        if self.addresses.advertise and self.addresses.google_port:  # `env` prints it without starting
+            self.google.issuer_override = f"http://{self.addresses.advertise}:{self.addresses.google_port}"
         self._started: list[str] = []
 
     async def start(self) -> None:
@@ -100,10 +119,18 @@ class Parties:
             raise PartiesError(f"cannot listen on {self.addresses.listen}: {exc.strerror or exc}") from None
         if self.addresses.advertise:
             self.google.issuer_override = f"http://{self.addresses.advertise}:{self.google.port}"
-        for client in ("wildmeta", "agentkeys"):
-            self.google.register_client(
-                f"{client}-conformance", f"{client}-secret", [self.receiver.url + "oauth2/callback"]
-            )
+        for client_id, secret in OAUTH2_CLIENTS.values():
+            self.google.register_client(client_id, secret, [self.oauth2_redirect_uri])
+
+    @property
+    def oauth2_redirect_uri(self) -> str:
+        return self.receiver.url + OAUTH2_REDIRECT_PATH
+
+    @property
+    def google_endpoints(self) -> tuple[str, str]:
+        """The fake Google's authorize and token URLs at the address the worker reaches it at."""
+        base = f"http://{self.addresses.host_for_worker}:{self.google.port}"
+        return base + AUTHORIZATION_PATH, base + TOKEN_PATH
 
     async def close(self) -> None:
         if "google" in self._started:
@@ -125,13 +152,28 @@ class Parties:
             "fake Google": self.google.url,
         }
 
-    def worker_env(self, mailer: str) -> dict[str, str]:
-        """The `OE_*` variables a worker needs to call these parties, for the declared `mailer`."""
+    def worker_env(self, mailer: str, *, oauth2_provider: bool = False) -> dict[str, str]:
+        """The `OE_*` variables a worker needs to call these parties, for the declared `mailer`;
+        with `oauth2_provider`, also omni-sim's endpoints of the fake Google (``OE_SIM_*``)."""
         env = {
             "OE_PUMPX_API_BASE_URL": self.receiver.api_url("pumpx"),
             "OE_AGENTKEYS_API_BASE_URL": self.receiver.api_url("agentkeys"),
             "OE_WILDMETA_API_URL": self.receiver.url,
         }
+        backend_key = backend_test_pubkey_hex()
+        for client in MAIL_CLIENTS:
+            # `core/src/config/config.rs@29cca4f9` `load_oauth2_configs`: both must be non-empty
+            oauth_id, oauth_secret = OAUTH2_CLIENTS[client.lower()]
+            for provider in OAUTH2_PROVIDERS:
+                env[f"OE_{provider}_CLIENT_ID_{client}"] = oauth_id
+                env[f"OE_{provider}_CLIENT_SECRET_{client}"] = oauth_secret
+            env[f"OE_{client}_BACKEND_ECDSA_PUBKEY"] = backend_key
+        if oauth2_provider:
+            # Apple's endpoints go to the same provider, which issues the claims Apple's IdToken needs
+            authorize, token = self.google_endpoints
+            for provider in OAUTH2_PROVIDERS:
+                env[f"OE_SIM_{provider}_AUTHORIZE_URL"] = authorize
+                env[f"OE_SIM_{provider}_TOKEN_URL"] = token
         for client in MAIL_CLIENTS:
             if mailer == "sendgrid":
                 env[f"OE_MAILER_TYPE_{client}"] = "sendgrid"

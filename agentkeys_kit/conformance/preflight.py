@@ -17,6 +17,10 @@ each with "the worker made 0 calls"; one clear message instead is the point of t
      each client must arrive at the SendGrid stand-in (or SMTP sink);
    * *clock* and *simulator endpoints*, when declared — the simulator's ``/_sim/`` answers, and its
      clock has not been moved yet (it only moves forward: one run per omni-sim started);
+   * *OAuth2 (<client>)* — ``omni_getOAuth2AuthorizationData`` names the OAuth2 client the harness
+     printed (``OE_GOOGLE_CLIENT_ID_<CLIENT>``); with ``--tee-oauth2-provider harness`` its
+     authorize URL must also be the fake Google's, which only an omni-sim given the ``OE_SIM_*``
+     lines can do (a real worker's endpoints are compiled in);
 
    A failed fatal check stops the run before any case, with every problem and the variable that
    fixes it (`PreflightFailed`).
@@ -113,6 +117,8 @@ async def run_preflight(h: Harness, health: Any) -> list[Check]:
         checks.append(await _clock_check(h, url))
     if h.tee.sim_endpoints:
         checks.append(await _sim_endpoint_check(h, url, "_sim/info", "simulator endpoints"))
+    for client in ("wildmeta", "agentkeys"):
+        checks.append(await _oauth2_check(h, url, client))
     return checks
 
 
@@ -202,6 +208,37 @@ async def _mail_check(h: Harness, url: str, client: str) -> Check:
     if mail.code is None:
         return Check(name, False, f"a mail arrived via {mail.via} but the harness found no 6-digit code in it")
     return Check(name, True, f"a verification code arrived via {mail.via}")
+
+
+async def _oauth2_check(h: Harness, url: str, client: str) -> Check:
+    """The OAuth2 client the harness printed is the worker's; with the harness's provider declared,
+    the authorize URL is the fake Google's (`get_oauth2_authorization_data.rs@60635e7f`)."""
+    name = f"OAuth2 ({client})"
+    lines = h.addresses()
+    upper = client.upper()
+    oauth_id = lines[f"OE_GOOGLE_CLIENT_ID_{upper}"]
+    fix = f"set OE_GOOGLE_CLIENT_ID_{upper}={oauth_id} and OE_GOOGLE_CLIENT_SECRET_{upper}"
+    params = {"provider": "google", "uid": f"preflight-{secrets.token_hex(4)}", "client_id": client}
+    try:
+        answer = await WorkerClient(h.http, url).call("omni_getOAuth2AuthorizationData", params)
+    except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+        return Check(name, False, f"omni_getOAuth2AuthorizationData failed: {exc!r}")
+    result = answer.get("result") if isinstance(answer, dict) else None
+    authorize = result.get("authorize_url") if isinstance(result, dict) else None
+    if not isinstance(authorize, str):
+        return Check(name, False, f"the worker answered {_short(answer)}: {fix}")
+    if f"client_id={oauth_id}&" not in authorize:
+        return Check(name, False, f"the worker's Google client is not the harness's ({_short(authorize)}): {fix}")
+    endpoint = h.parties.google_endpoints[0]
+    if h.tee.oauth2_provider and not authorize.startswith(endpoint + "?"):
+        detail = (
+            f"declared --tee-oauth2-provider harness, but the authorize URL is {authorize.split('?')[0][:200]}: "
+            f"set OE_SIM_GOOGLE_AUTHORIZE_URL={endpoint} and the other OE_SIM_* lines (omni-sim only; "
+            "a real worker cannot use the harness's provider: drop the declaration)"
+        )
+        return Check(name, False, detail)
+    where = "the harness's fake Google" if h.tee.oauth2_provider else "the provider compiled into the worker"
+    return Check(name, True, f"the Google client is {oauth_id}, authorizing at {where}")
 
 
 async def _sim_endpoint_check(h: Harness, url: str, path: str, name: str) -> Check:

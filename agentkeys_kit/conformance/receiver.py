@@ -72,6 +72,7 @@ class ObservedCallback:
     headers: dict[str, str]
     body_text: str
     at: float
+    raw_query: str = ""  # the query string as sent, percent-encoding included
     expectation: int | None = None  # index of the expectation that took it
     reply_status: int | None = None
     reply_body: Any = None
@@ -95,6 +96,7 @@ class ObservedCallback:
             "method": self.method,
             "path": self.path,
             "query": self.query,
+            "raw_query": self.raw_query,
             "headers": Headers(self.headers),
             "body": self.body,
             "body_text": self.body_text,
@@ -156,6 +158,12 @@ class CallbackReceiver:
         app.router.add_route(
             "*", "/v1/account/check_hyper_agent_address", self._handler("wildmeta", "check_hyper_agent_address")
         )
+        # The agentkeys patch joins the path relative to OE_AGENTKEYS_API_BASE_URL, keeping /agentkeys/.
+        app.router.add_route(
+            "*",
+            "/agentkeys/v1/account/check_hyper_agent_address",
+            self._handler("agentkeys", "check_hyper_agent_address"),
+        )
         app.router.add_route("*", "/{tail:.*}", self._handler("unknown", "unknown"))
         self.port = await self._served.start(app)
         self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30))
@@ -195,6 +203,7 @@ class CallbackReceiver:
                 headers=dict(request.headers),
                 body_text=(await request.read()).decode("utf-8", errors="replace"),
                 at=time.time(),
+                raw_query=request.raw_path.partition("?")[2],
             )
             self.observed.append(observed)
             self._arrivals.set()

@@ -127,7 +127,8 @@ def write_text(path: Path, text: str) -> None:
     path.write_text(text, encoding="utf-8", errors="backslashreplace")
 
 
-def write_reports(run: RunResult, directory: Path) -> list[Path]:
+def write_reports(run: RunResult, directory: Path, extra_sections: Sequence[Section] = ()) -> list[Path]:
+    """Every report file; `extra_sections` go into report.md (`markdown_report`)."""
     directory.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
 
@@ -141,7 +142,7 @@ def write_reports(run: RunResult, directory: Path) -> list[Path]:
     written.append(path)
 
     path = directory / "report.md"
-    write_text(path, markdown_report(run))
+    write_text(path, markdown_report(run, extra_sections))
     written.append(path)
 
     path = directory / "summary.txt"
@@ -346,25 +347,26 @@ def _shorten(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def _compact_value(value: Any) -> Any:
-    """Readable evidence: JWTs decoded, long strings shortened."""
+def _compact_value(value: Any, claim_limit: int = 24) -> Any:
+    """Readable evidence: JWTs decoded (each claim cut to `claim_limit` characters), long strings shortened."""
     if isinstance(value, dict):
-        return {key: _compact_value(item) for key, item in value.items()}
+        return {key: _compact_value(item, claim_limit) for key, item in value.items()}
     if isinstance(value, list):
-        return [_compact_value(item) for item in value]
+        return [_compact_value(item, claim_limit) for item in value]
     if isinstance(value, str):
         jwt = split_bearer_jwt(value)
         if jwt is not None:
             prefix, header, claims = jwt
-            fields = " ".join(f"{key}={_shorten(str(item), 24)}" for key, item in claims.items())
+            fields = " ".join(f"{key}={_shorten(str(item), claim_limit)}" for key, item in claims.items())
             return f"{prefix}<JWT {header.get('alg', '?')} {fields}>"
         if len(value) > 120:
             return f"{value[:100]}…(+{len(value) - 100} chars)"
     return value
 
 
-def compact_json(value: Any, limit: int = 1200) -> str:
-    text = json.dumps(_compact_value(without_noise(value)), ensure_ascii=False, separators=(",", ":"), default=str)
+def compact_json(value: Any, limit: int = 1200, claim_limit: int = 24) -> str:
+    compacted = _compact_value(without_noise(value), claim_limit)
+    text = json.dumps(compacted, ensure_ascii=False, separators=(",", ":"), default=str)
     return text if len(text) <= limit else text[:limit] + f" …(+{len(text) - limit} chars, see transcript.json)"
 
 

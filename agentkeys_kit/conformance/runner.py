@@ -36,7 +36,7 @@ from agentkeys_kit.conformance.fuzz import EDGE_PAYLOADS, generate_payloads
 from agentkeys_kit.conformance.mail_sink import Mailbox
 from agentkeys_kit.conformance.matchers import Mismatch, match
 from agentkeys_kit.conformance.model import Case, Step, Suite
-from agentkeys_kit.conformance.parties import Parties, PartyAddresses
+from agentkeys_kit.conformance.parties import OAUTH2_CLIENTS, Parties, PartyAddresses
 from agentkeys_kit.conformance.receiver import BROKER_PATHS, CallbackReceiver, CallbackScript
 from agentkeys_kit.conformance.targets import (
     BrokerSession,
@@ -127,6 +127,8 @@ class CaseResult:
             "profile": self.case.profile,
             "only": self.case.only,
             "needs": list(self.case.needs),
+            "tags": list(self.case.tags),
+            "patch_clause": self.case.patch_clause,
             "verdict": self.verdict.value,
             "reason": self.reason,
             "deviation": self.deviation,
@@ -283,7 +285,9 @@ class Harness:
 
     def addresses(self) -> dict[str, str]:
         """What a worker must be configured with to call this harness (for its declared mailer)."""
-        return self.parties.worker_env("sendgrid" if self.tee.kind == "sim" else self.tee.mailer)
+        if self.tee.kind == "sim":
+            return self.parties.worker_env("sendgrid", oauth2_provider=True)
+        return self.parties.worker_env(self.tee.mailer, oauth2_provider=self.tee.oauth2_provider)
 
     # ------------------------------------------------------------------ running
 
@@ -371,7 +375,7 @@ class _CaseRun:
     def __init__(self, harness: Harness, case: Case) -> None:
         self.h = harness
         self.case = case
-        self.scope = Scope(harness.keys)
+        self.scope = Scope(harness.keys, google=harness.parties.google)
         self.steps: list[StepResult] = []
         self.exchanges: list[Exchange] = []
         self.verdict = Verdict.PASSED
@@ -397,6 +401,11 @@ class _CaseRun:
                 "tee": {**self.tee.info(), "profile": self.h.tee.profile},
                 "broker": {"url": self.broker.url if self.broker else None},
                 "case": {"id": self.case.id},
+                # the OAuth2 clients registered at the fake Google for each worker client
+                "oauth2": {
+                    "redirect_uri": self.h.parties.oauth2_redirect_uri,
+                    **{client: oauth_id for client, (oauth_id, _) in OAUTH2_CLIENTS.items()},
+                },
             }
         )
 

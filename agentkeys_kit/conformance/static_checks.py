@@ -26,9 +26,9 @@ from typing import Any
 from agentkeys_kit.conformance.expr import FUNCTIONS
 from agentkeys_kit.conformance.matchers import MATCHER_NAMES
 
-BUILTIN_VARIABLES = frozenset({"tee", "broker", "case"})
+BUILTIN_VARIABLES = frozenset({"tee", "broker", "case", "oauth2"})
 #: what a callback expectation is matched against (`receiver.ObservedCallback.request_view`)
-CALLBACK_FIELDS = ("api", "op", "method", "path", "query", "headers", "body", "body_text")
+CALLBACK_FIELDS = ("api", "op", "method", "path", "query", "raw_query", "headers", "body", "body_text")
 CALLBACK_REPLY_FIELDS = ("status", "body")
 _VARIABLE = re.compile(r"\$\{([^{}]+)\}")
 

@@ -13,6 +13,7 @@ worker is configured once and every run reuses that configuration::
       mailer: sendgrid           # sendgrid | smtp | console | none
       clock: none                # sim: an omni-sim whose /_sim/clock the harness may move
       sim_endpoints: false       # true: an omni-sim's /_sim/ endpoints may be used
+      oauth2_provider: none      # harness: an omni-sim exchanging OAuth2 codes at the fake Google
       deviations: worker-upstream   # a shipped name, a file, or none (default: by target)
     worker2: { … }               # the second worker of `conformance diff` (flags --tee2…)
     broker: local                # local | none | URL
@@ -42,6 +43,7 @@ _WORKER = {
         "mailer": {"enum": list(MAILERS)},
         "clock": {"enum": ["sim", "none"]},
         "sim_endpoints": {"type": "boolean"},
+        "oauth2_provider": {"enum": ["harness", "none"]},
         "deviations": {"type": "string"},
     },
 }
@@ -76,6 +78,7 @@ class WorkerSpec:
     clock: bool | None = None
     sim_endpoints: bool | None = None
     deviations: str | None = None
+    oauth2_provider: bool | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,4 +140,5 @@ def _worker(raw: dict[str, Any], base: Path) -> WorkerSpec:
         clock=None if "clock" not in raw else raw["clock"] == "sim",
         sim_endpoints=raw.get("sim_endpoints"),
         deviations=deviations,
+        oauth2_provider=None if "oauth2_provider" not in raw else raw["oauth2_provider"] == "harness",
     )

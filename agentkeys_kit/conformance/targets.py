@@ -13,6 +13,10 @@
 
 Capabilities decide which cases apply (`model.CAPABILITIES`); `missing_reason` says in one
 sentence why a target lacks one, and that sentence is the *not applicable* reason of the case.
+``oauth2-provider`` (the worker exchanges OAuth2 codes at the harness's fake Google) is the in-process
+simulator's, or an omni-sim URL's declared with ``--tee-oauth2-provider harness``, which then gets
+the simulator-only ``OE_SIM_*`` endpoint lines; a real worker cannot offer it: it compiles in
+Google's and Apple's endpoints (`oauth-providers/src/provider_config.rs@1c730467`).
 """
 
 from __future__ import annotations
@@ -120,6 +124,9 @@ class TeeTarget:
     clock: bool = False
     #: the worker serves the simulator's /_sim/ endpoints
     sim_endpoints: bool = False
+    #: the worker exchanges OAuth2 codes at the harness's fake Google (an omni-sim given the
+    #: simulator-only OE_SIM_* endpoint lines; never a real worker)
+    oauth2_provider: bool = False
     local_dir: Path | None = None  # the in-process simulator's (set by the harness)
 
     @property
@@ -141,10 +148,11 @@ class TeeTarget:
     @property
     def capabilities(self) -> set[str]:
         if self.kind == "sim":
-            return {"sim-clock", "mail", "tee-signing-key", "sim-internals"}
+            return {"sim-clock", "mail", "tee-signing-key", "sim-internals", "oauth2-provider"}
         offered = {"mail"} if self.mailer in ("sendgrid", "smtp") else set()
         offered |= {"sim-clock"} if self.clock else set()
         offered |= {"sim-internals"} if self.sim_endpoints else set()
+        offered |= {"oauth2-provider"} if self.oauth2_provider else set()
         return offered | ({"tee-signing-key"} if self.key.private is not None else set())
 
     def declared(self) -> dict[str, str]:
@@ -156,6 +164,11 @@ class TeeTarget:
             "mailer": self.mailer,
             "clock": "movable (/_sim/clock)" if self.clock else "not movable",
             "simulator endpoints": "yes" if self.sim_endpoints else "no",
+            "OAuth2 provider": (
+                "the harness's fake Google (omni-sim's OE_SIM_* endpoints)"
+                if self.oauth2_provider
+                else "Google's and Apple's own (compiled into the worker)"
+            ),
         }
 
 
@@ -167,15 +180,17 @@ def tee_target(
     mailer: str | None = None,
     clock: bool = False,
     sim_endpoints: bool = False,
+    oauth2_provider: bool = False,
 ) -> TeeTarget:
     if profile not in PROFILES:
         raise TargetError(f"profile {profile!r}: expected upstream or agentkeys-patch")
     if mailer is not None and mailer not in MAILERS:
         raise TargetError(f"mailer {mailer!r}: expected one of {', '.join(MAILERS)}")
     if spec == "sim":
-        if mailer is not None or clock or sim_endpoints:
+        if mailer is not None or clock or sim_endpoints or oauth2_provider:
             raise TargetError(
-                "the in-process simulator's mailer, clock and endpoints are the harness's: declare them for a URL"
+                "the in-process simulator's mailer, clock, endpoints and OAuth2 provider are the harness's: "
+                "declare them for a URL"
             )
         if key_file is None:
             return TeeTarget("sim", None, profile, generated_tee_key())
@@ -190,7 +205,16 @@ def tee_target(
     if key_file is None:
         raise TargetError("--tee URL needs --tee-key: the worker's auth_token_key.bin or its JWT public key")
     key = load_tee_key(key_file)
-    return TeeTarget("url", spec.rstrip("/") + "/", profile, key, mailer or "none", clock, sim_endpoints)
+    return TeeTarget(
+        "url",
+        spec.rstrip("/") + "/",
+        profile,
+        key,
+        mailer or "none",
+        clock,
+        sim_endpoints,
+        oauth2_provider=oauth2_provider,
+    )
 
 
 @dataclass(slots=True)
@@ -208,7 +232,10 @@ async def start_tee(target: TeeTarget, parties: Parties) -> TeeSession:
         assert target.url is not None
         return TeeSession(target.url, "ws" + target.url[4:])
     assert target.local_dir is not None, "the harness gives the in-process simulator its directory"
-    env = {**parties.worker_env("sendgrid"), "OE_SIM_CALLBACK_TIMEOUT_SECONDS": SIM_CALLBACK_TIMEOUT}
+    env = {
+        **parties.worker_env("sendgrid", oauth2_provider=True),
+        "OE_SIM_CALLBACK_TIMEOUT_SECONDS": SIM_CALLBACK_TIMEOUT,
+    }
     config = sim_config(env, host="127.0.0.1", port=0, profile=target.profile, local_dir=target.local_dir)
     sim = SimServer(config, jwt_key=target.key.private)
     await sim.start()
@@ -307,6 +334,12 @@ def missing_reason(capability: str, tee: TeeTarget, broker: BrokerTarget) -> str
         )
     if capability == "sim-internals":
         return "needs the simulator's /_sim/ endpoints"
+    if capability == "oauth2-provider":
+        return (
+            "needs a worker that exchanges OAuth2 codes at the harness's fake Google: a real worker posts them to "
+            "Google's and Apple's own token endpoints (only an omni-sim can be pointed elsewhere: "
+            "declare --tee-oauth2-provider harness)"
+        )
     if capability == "broker":
         return "no broker (--broker none)"
     if capability == "broker-clock":

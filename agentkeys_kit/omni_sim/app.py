@@ -1,12 +1,15 @@
 """The aiohttp application: JSON-RPC over HTTP POST and WebSocket on one port (jsonrpsee's
 default), plus simulator-only endpoints under `/_sim/` that the worker does not have.
 
-HTTP framing follows jsonrpsee 0.24 (`server/src/transport/http.rs`): POST with a JSON content
+HTTP framing follows jsonrpsee (`server/src/transport/http.rs`; 0.24's defaults, not re-read at the
+newest worker's 0.26): POST with a JSON content
 type (``application/json`` or ``application/json-rpc``, optionally ``; charset=utf-8``) on any
 path; another content type is 415, another method 405 (both plain text); a body above
 `max_request_body_size` (10 MiB) is 413 with the JSON-RPC error -32007; JSON-RPC errors are
 HTTP 200. A WebSocket takes its ``Authorization`` header from the upgrade request, for every call
-on that connection (jsonrpsee PR #1389).
+on that connection (jsonrpsee PR #1389). An ``Authorization`` value with a byte outside visible
+ASCII (and tab) is treated as absent, as `HeaderValue::to_str().ok()` in the worker's HTTP
+middleware does (`middlewares/http_middleware.rs@d403b4df`).
 """
 
 from __future__ import annotations
@@ -27,8 +30,11 @@ from agentkeys_kit.omni_sim.clock import SimClock
 from agentkeys_kit.omni_sim.config import SimConfig
 from agentkeys_kit.omni_sim.context import SimContext
 from agentkeys_kit.omni_sim.keystore import public_key_pem
-from agentkeys_kit.omni_sim.methods import METHODS
+from agentkeys_kit.omni_sim.methods import methods_for
 from agentkeys_kit.omni_sim.rpc import RpcDispatcher, encode, failure
+from agentkeys_kit.protocol.errors import ErrorEra
+from agentkeys_kit.protocol.hexcodec import hex_encode
+from agentkeys_kit.protocol.identity import email_omni_account
 
 log = logging.getLogger(__name__)
 
@@ -62,10 +68,16 @@ def create_app(
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300)
-        async with aiohttp.ClientSession(connector=connector, skip_auto_headers=("User-Agent",)) as session:
+        # reqwest (default features plus json) sends neither a User-Agent nor an Accept-Encoding.
+        skip = ("User-Agent", "Accept-Encoding")
+        async with aiohttp.ClientSession(connector=connector, skip_auto_headers=skip) as session:
             ctx = SimContext.create(config, session, clock=clock, jwt_key=jwt_key)
             app[SIM_CONTEXT] = ctx
-            app[DISPATCHER] = RpcDispatcher(ctx, METHODS)
+            app[DISPATCHER] = RpcDispatcher(
+                ctx,
+                methods_for(config.error_era),
+                batch_bypasses_auth=config.error_era is not ErrorEra.LEGACY,
+            )
             yield
 
     app.cleanup_ctx.append(lifecycle)
@@ -79,6 +91,10 @@ def create_app(
     app.router.add_delete("/_sim/callbacks", sim_callbacks_clear)
     app.router.add_get("/_sim/clock", sim_clock)
     app.router.add_post("/_sim/clock", sim_clock_move)
+    app.router.add_get("/_sim/omni-account", sim_omni_account)
+    app.router.add_get("/_sim/user-operations", sim_user_operations)
+    app.router.add_delete("/_sim/user-operations", sim_user_operations_clear)
+    app.router.add_get("/_sim/signer-wallet", sim_signer_wallet)
     app.router.add_route("*", "/_sim/{tail:.*}", sim_not_found)
     app.router.add_route("*", "/{tail:.*}", rpc_endpoint)
     return app
@@ -100,8 +116,17 @@ async def rpc_endpoint(request: web.Request) -> web.StreamResponse:
     if body is None:
         error = request.app[SIM_CONTEXT].errors.oversized_request(limit)
         return web.Response(status=413, body=encode(failure(None, error)), headers=_JSON_HEADERS)
-    reply = await dispatcher.handle_body(body, request.headers.get("Authorization"))
+    reply = await dispatcher.handle_body(body, authorization_header(request))
     return web.Response(status=reply.http_status, body=reply.body or b"", headers=_JSON_HEADERS)
+
+
+def authorization_header(request: web.Request) -> str | None:
+    """`headers().get(AUTHORIZATION).and_then(|hv| hv.to_str().ok())`: only visible ASCII (32–126)
+    and tab make a readable value; anything else and the header counts as absent."""
+    value = request.headers.get("Authorization")
+    if value is None or not all(" " <= char <= "~" or char == "\t" for char in value):
+        return None
+    return value
 
 
 async def _read_limited(request: web.Request, limit: int) -> bytes | None:
@@ -122,7 +147,7 @@ async def rpc_websocket(request: web.Request) -> web.WebSocketResponse:
     limit = request.app[CONFIG].max_request_body_size
     ws = web.WebSocketResponse(max_msg_size=limit + 1)
     await ws.prepare(request)
-    authorization = request.headers.get("Authorization")
+    authorization = authorization_header(request)
     pending: set[asyncio.Task[None]] = set()
 
     async def answer(body: bytes) -> None:
@@ -171,6 +196,16 @@ async def sim_info(request: web.Request) -> web.Response:
             "backends": {name.value: api.base_url for name, api in ctx.backends.items()},
             "mailers": {key: mailer.type.value for key, mailer in config.mailers.items()},
             "jwt_key_sha256": _key_fingerprint(ctx.jwt_public_key),
+            "oauth2_clients": {
+                client: sorted(provider.value for provider in providers)
+                for client, providers in sorted(config.oauth2_clients.items())
+            },
+            "oauth2_token_urls": {provider.value: ep.token_url for provider, ep in config.oauth2_providers.items()},
+            "passkey_overrides": {
+                client: {"rp_id": pk.rp_id, "allowed_origins": list(pk.allowed_origins)}
+                for client, pk in sorted(config.passkey_overrides.items())
+            },
+            "entry_point": "0x" + config.entry_point_address.hex(),
             "clock": {
                 "now": ctx.clock.now(),
                 "offset": ctx.clock.offset,
@@ -247,3 +282,35 @@ async def sim_clock_move(request: web.Request) -> web.Response:
             return _sim_error(400, "bad_request", "freeze must be a unix time or null")
         clock.freeze(at)
     return await sim_clock(request)
+
+
+async def sim_omni_account(request: web.Request) -> web.Response:
+    """The e-mail OmniAccount the newest worker no longer serves (`omni_getOmniAccount`)."""
+    client_id, email = request.query.get("client_id"), request.query.get("user_email")
+    if client_id is None or email is None:
+        return _sim_error(400, "bad_request", "query parameters client_id and user_email are required")
+    return web.json_response({"omni_account": hex_encode(email_omni_account(client_id, email))})
+
+
+async def sim_user_operations(request: web.Request) -> web.Response:
+    """What the simulated bundler received, signed, with its transaction hash."""
+    batches = request.app[SIM_CONTEXT].user_op_bundler.batches
+    return web.json_response({"batches": [batch.to_json() for batch in batches]})
+
+
+async def sim_user_operations_clear(request: web.Request) -> web.Response:
+    request.app[SIM_CONTEXT].user_op_bundler.batches.clear()
+    return web.json_response({"cleared": True})
+
+
+async def sim_signer_wallet(request: web.Request) -> web.Response:
+    """The simulated signer's EVM wallet for ``omni_account`` (0x + 64 hex) and ``wallet_index``."""
+    try:
+        account = bytes.fromhex(request.query["omni_account"].removeprefix("0x"))
+        index = int(request.query.get("wallet_index", "0"))
+    except (KeyError, ValueError):
+        return _sim_error(400, "bad_request", "omni_account (0x + 64 hex) and an integer wallet_index are required")
+    if len(account) != 32 or not 0 <= index < 2**32:
+        return _sim_error(400, "bad_request", "omni_account must be 32 bytes and wallet_index a u32")
+    address = request.app[SIM_CONTEXT].user_op_bundler.wallet_address(account, index)
+    return web.json_response({"omni_account": hex_encode(account), "wallet_index": index, "address": address})

@@ -3,8 +3,16 @@ profile) the agentkeys API, with a journal of every exchange for `/_sim/callback
 
 Fidelity notes (spec §8):
 
-* reqwest default header ``X-Language: en``, overridden per call by `language` (`user_connect`);
-  bearer via `bearer_auth`; `add_wallet` has no body (``Content-Length: 0``);
+* reqwest default header ``X-Language: en``, overridden per call by `language` exactly as given
+  (`language.unwrap_or("en")`: an empty string is sent as an empty header); bearer via
+  `bearer_auth`; `add_wallet` has no body: ``Content-Length: 0`` and no ``Content-Type``
+  (`clients/pumpx/.../add_wallet.rs`);
+* `get_account_user_id` sends its query as serde_urlencoded writes it (``@`` → ``%40``, space → ``+``),
+  and the journal keeps that URL, query included;
+* `check_hyper_agent_address` is the wildmeta client (`wildmeta-api/src/lib.rs@323d6f4a`): no
+  default headers (no ``X-Language``, no Authorization), JSON body, `error_for_status`, and an
+  absolute path that replaces the base URL's path; the agentkeys patch sends it to the agentkeys
+  API relative to its base URL;
 * `post_heima_login`, `add_wallet` and `user_connect` call `error_for_status`; `get_account_user_id`
   only decodes JSON, so a 500 with a decodable envelope is accepted;
 * the worker's client has no timeout; the simulator applies `callback_timeout` so a test cannot
@@ -23,10 +31,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
+import yarl
 
 from agentkeys_kit.protocol.callbacks import (
     ADD_WALLET_DATA,
     ADD_WALLET_PATH,
+    CHECK_HYPER_AGENT_ADDRESS_DATA,
+    CHECK_HYPER_AGENT_ADDRESS_PATH,
     DEFAULT_LANGUAGE,
     GET_ACCOUNT_USER_ID_DATA,
     GET_ACCOUNT_USER_ID_PATH,
@@ -35,7 +46,9 @@ from agentkeys_kit.protocol.callbacks import (
     USER_CONNECT_DATA,
     USER_CONNECT_PATH,
     ApiResponse,
+    check_hyper_agent_address_body,
     decode_api_response,
+    form_urlencode,
     join_url,
 )
 from agentkeys_kit.protocol.serde_rules import Field, SerdeError
@@ -118,9 +131,12 @@ class BackendApi:
         session: aiohttp.ClientSession,
         journal: CallbackJournal,
         timeout: float,
+        *,
+        check_hyper_agent_address_path: str = CHECK_HYPER_AGENT_ADDRESS_PATH,
     ) -> None:
         self.name = name
         self.base_url = base_url
+        self.check_hyper_agent_address_path = check_hyper_agent_address_path
         self._session = session
         self._journal = journal
         self._timeout = aiohttp.ClientTimeout(total=timeout)
@@ -144,8 +160,19 @@ class BackendApi:
             "GET",
             GET_ACCOUNT_USER_ID_PATH,
             GET_ACCOUNT_USER_ID_DATA,
-            query={"email": email},
+            query=form_urlencode([("email", email)]),
             check_status=False,
+        )
+
+    async def check_hyper_agent_address(self, main_address: str, agent_address: str, login_type: int) -> ApiResponse:
+        """`verify_hyperliquid_link_impl` (`verify_hyperliquid_link.rs@20a922b2`)."""
+        return await self._call(
+            "check_hyper_agent_address",
+            "POST",
+            self.check_hyper_agent_address_path,
+            CHECK_HYPER_AGENT_ADDRESS_DATA,
+            json_body=check_hyper_agent_address_body(main_address, agent_address, login_type),
+            x_language=False,
         )
 
     async def user_connect(self, access_token: str, body: dict[str, Any], language: str | None) -> ApiResponse:
@@ -168,18 +195,25 @@ class BackendApi:
         *,
         token: str | None = None,
         json_body: Any = None,
-        query: dict[str, str] | None = None,
+        query: str | None = None,
         language: str | None = None,
         check_status: bool = True,
+        x_language: bool = True,
     ) -> ApiResponse:
         url = join_url(self.base_url, path)
-        headers = {"X-Language": language or DEFAULT_LANGUAGE, "Accept": "*/*"}
+        if query is not None:
+            url = f"{url}?{query}"  # already encoded as reqwest encodes it
+        headers = {"Accept": "*/*"}  # reqwest's default header
+        if x_language:
+            headers["X-Language"] = DEFAULT_LANGUAGE if language is None else language
         if token is not None:
             headers["Authorization"] = f"Bearer {token}"
-        payload = b""
+        payload: bytes | None = None
         if json_body is not None:
             headers["Content-Type"] = "application/json"
             payload = json.dumps(json_body, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+        elif method == "POST":
+            headers["Content-Length"] = "0"  # `.header("Content-Length", 0)`, no body, no Content-Type
         entry = self._journal.open(
             backend=self.name,
             operation=operation,
@@ -190,7 +224,7 @@ class BackendApi:
         )
         started = time.perf_counter()
         try:
-            return await self._exchange(entry, method, url, headers, payload, query, data_fields, check_status)
+            return await self._exchange(entry, method, url, headers, payload, data_fields, check_status)
         finally:
             entry.duration_ms = (time.perf_counter() - started) * 1000
 
@@ -200,20 +234,20 @@ class BackendApi:
         method: str,
         url: str,
         headers: dict[str, str],
-        payload: bytes,
-        query: dict[str, str] | None,
+        payload: bytes | None,
         data_fields: tuple[Field, ...],
         check_status: bool,
     ) -> ApiResponse:
         try:
             async with self._session.request(
                 method,
-                url,
+                yarl.URL(url, encoded=True),
                 headers=headers,
-                data=payload if method != "GET" else None,
-                params=query,
+                data=payload,
                 timeout=self._timeout,
                 allow_redirects=True,
+                # aiohttp would add `Content-Type: application/octet-stream` to a bodiless POST
+                skip_auto_headers=("Content-Type",) if payload is None else (),
             ) as response:
                 entry.status = response.status
                 raw = await response.read()

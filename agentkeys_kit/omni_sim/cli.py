@@ -66,11 +66,32 @@ async def _serve(config: SimConfig) -> None:
             f"  pumpx API={config.pumpx_api_base_url}"
             f" agentkeys API={config.agentkeys_api_base_url}\n"
             f"  JWT public key: {sim.url}_sim/jwt-public-key\n"
+            f"{login_summary(config)}\n"
             + "".join(f"  mailer {mailer.describe()}\n" for mailer in config.mailers.values()),
             end="",
             flush=True,
         )
         await asyncio.Event().wait()
+
+
+def login_summary(config: SimConfig) -> str:
+    """OAuth2 clients (ids only, never secrets), provider token endpoints, passkey overrides, the
+    EntryPoint and the backend signers of ``omni_submitUserOpWithAuth``."""
+    oauth = ", ".join(
+        f"{client}:{'+'.join(sorted(providers))}" for client, providers in sorted(config.oauth2_clients.items())
+    )
+    endpoints = ", ".join(f"{provider}={ep.token_url}" for provider, ep in config.oauth2_providers.items())
+    passkeys = ", ".join(
+        f"{client}: rp_id={pk.rp_id} origins={','.join(pk.allowed_origins)}"
+        for client, pk in sorted(config.passkey_overrides.items())
+    )
+    return (
+        f"  OAuth2 clients: {oauth or 'none'}; token endpoints: {endpoints}\n"
+        f"  passkey overrides: {passkeys or 'none (compiled-in RP ids and origins)'}\n"
+        f"  wildmeta API={config.wildmeta_api_url} EntryPoint=0x{config.entry_point_address.hex()}\n"
+        f"  wildmeta backend key: {config.wildmeta_backend_ecdsa_pubkey.hex()}"
+        f" agentkeys backend key: {config.agentkeys_backend_ecdsa_pubkey.hex()}"
+    )
 
 
 if __name__ == "__main__":

@@ -5,11 +5,13 @@ Worker variables read (`core/src/config/config.rs@29cca4f9`): `OE_PUMPX_API_BASE
 `OE_PUMPX_WORKER_URL` (its port is the RPC port when ``--port`` is not given),
 `OE_WILDMETA_API_URL`, `OE_WILDMETA_BACKEND_ECDSA_PUBKEY`, `OE_RPC_SERVER_MAX_CONNECTIONS`, and per
 mail client `OE_MAILER_TYPE_<CLIENT>`, `OE_MAILER_API_HOST_<CLIENT>`, `OE_MAILER_API_KEY_<CLIENT>`,
-`OE_MAILER_FROM_EMAIL_<CLIENT>`, `OE_MAILER_FROM_NAME_<CLIENT>` (`load_mailer_configs`).
+`OE_MAILER_FROM_EMAIL_<CLIENT>`, `OE_MAILER_FROM_NAME_<CLIENT>` (`load_mailer_configs`);
+`OE_ENTRY_POINT_ADDRESS`, `OE_{GOOGLE,APPLE}_CLIENT_{ID,SECRET}_<CLIENT>` (`login_config`).
 Patch variables: `OE_AGENTKEYS_API_BASE_URL`, `OE_AGENTKEYS_BACKEND_ECDSA_PUBKEY`.
 Simulator-only variables (no worker counterpart): `OE_MAILER_SMTP_URL_<CLIENT>` (for the
 simulator-only mailer type ``smtp``), `OE_SIM_PROFILE`, `OE_SIM_ERROR_ERA`,
-`OE_SIM_CALLBACK_TIMEOUT_SECONDS`.
+`OE_SIM_CALLBACK_TIMEOUT_SECONDS`, and the OAuth2 endpoint and passkey overrides of
+`login_config` (`OE_SIM_GOOGLE_TOKEN_URL`, …).
 
 Simulator-only default: the RPC port is 2100 when neither ``--port`` nor `OE_PUMPX_WORKER_URL` is
 given. The worker has no such default of its own: it listens on the port of `OE_PUMPX_WORKER_URL`,
@@ -27,9 +29,19 @@ from pathlib import Path
 from typing import TypeVar
 from urllib.parse import urlsplit
 
+from agentkeys_kit.omni_sim.login_config import (
+    OAuth2ClientConfig,
+    OAuth2Provider,
+    OAuth2ProviderEndpoints,
+    PasskeyConfig,
+    oauth2_clients_from_env,
+    passkey_overrides_from_env,
+    provider_endpoints_from_env,
+)
 from agentkeys_kit.omni_sim.profiles import ProfileName
 from agentkeys_kit.protocol.errors import ErrorEra
 from agentkeys_kit.protocol.hexcodec import HexError, decode_hex
+from agentkeys_kit.protocol.user_operation import DEFAULT_ENTRY_POINT_ADDRESS, AddressError, parse_evm_address
 
 E = TypeVar("E", bound=StrEnum)
 
@@ -119,6 +131,13 @@ class SimConfig:
     max_request_body_size: int = DEFAULT_MAX_REQUEST_BODY
     max_connections: int = DEFAULT_MAX_CONNECTIONS
     callback_timeout: float = DEFAULT_CALLBACK_TIMEOUT
+    # --- OAuth2, passkeys and user operations (see `login_config`) ---
+    oauth2_clients: Mapping[str, Mapping[OAuth2Provider, OAuth2ClientConfig]] = field(default_factory=dict)
+    oauth2_providers: Mapping[OAuth2Provider, OAuth2ProviderEndpoints] = field(
+        default_factory=lambda: provider_endpoints_from_env({})
+    )
+    passkey_overrides: Mapping[str, PasskeyConfig] = field(default_factory=dict)
+    entry_point_address: bytes = bytes.fromhex(DEFAULT_ENTRY_POINT_ADDRESS[2:])
 
     def mailer_for(self, client_id: str) -> MailerConfig | None:
         """`ConfigLoader::get_mailer_config`: per client, by its lowercased id."""
@@ -225,6 +244,14 @@ def config_from_env(env: Mapping[str, str] | None = None, **overrides: object) -
         except ValueError:
             raise ConfigError("OE_SIM_CALLBACK_TIMEOUT_SECONDS must be a number") from None
     values["mailers"] = mailers_from_env(env)
+    values["oauth2_clients"] = oauth2_clients_from_env(env)
+    values["oauth2_providers"] = provider_endpoints_from_env(env)
+    values["passkey_overrides"] = passkey_overrides_from_env(env)
+    if "OE_ENTRY_POINT_ADDRESS" in env:
+        try:
+            values["entry_point_address"] = parse_evm_address(env["OE_ENTRY_POINT_ADDRESS"])
+        except AddressError as exc:
+            raise ConfigError(f"OE_ENTRY_POINT_ADDRESS: {exc.display}") from None
     values.update({key: value for key, value in overrides.items() if value is not None})
     if "profile" in values:
         values["profile"] = _enum(ProfileName, "--profile", str(values["profile"]))

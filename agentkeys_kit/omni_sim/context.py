@@ -17,7 +17,16 @@ from agentkeys_kit.omni_sim.config import SimConfig
 from agentkeys_kit.omni_sim.keystore import load_auth_token_key, load_shielding_key
 from agentkeys_kit.omni_sim.mailer import Mailer, Outbox, build_mailer
 from agentkeys_kit.omni_sim.profiles import BackendName, Profile, profile_named
-from agentkeys_kit.omni_sim.stores import HeimaJwtStore, VerificationCodeStore
+from agentkeys_kit.omni_sim.stores import (
+    HeimaJwtStore,
+    OAuth2StateVerifierStore,
+    PasskeyChallengeStore,
+    PasskeyStore,
+    VerificationCodeStore,
+    WildmetaTimestampStore,
+)
+from agentkeys_kit.omni_sim.user_op_bundler import Bundler
+from agentkeys_kit.protocol.callbacks import AGENTKEYS_CHECK_HYPER_AGENT_ADDRESS_PATH
 from agentkeys_kit.protocol.errors import ErrorCatalog, catalog_for
 from agentkeys_kit.protocol.tee_jwt import AUTH_TOKEN_LIFETIME_SECONDS, AuthTokenClaims, encode_auth_token
 
@@ -38,8 +47,14 @@ class SimContext:
     jwts: HeimaJwtStore = field(default_factory=HeimaJwtStore)
     #: the e-mail codes' store: `codes` itself upstream, a store of its own in the patch
     email_codes: VerificationCodeStore | None = None
+    oauth2_states: OAuth2StateVerifierStore = field(default_factory=OAuth2StateVerifierStore)
+    passkey_challenges: PasskeyChallengeStore = field(default_factory=PasskeyChallengeStore)
+    passkeys: PasskeyStore = field(default_factory=PasskeyStore)
+    wildmeta_timestamps: WildmetaTimestampStore = field(default_factory=WildmetaTimestampStore)
+    #: the worker's other HTTP clients (the OAuth2 token endpoint, the SendGrid mailer)
+    session: aiohttp.ClientSession | None = None
+    bundler: Bundler | None = None
     _mailers: dict[str, Mailer] = field(default_factory=dict)
-    http: aiohttp.ClientSession | None = None  # the outbound client (the SendGrid mailer posts with it)
 
     @classmethod
     def create(
@@ -55,7 +70,15 @@ class SimContext:
         timeout = config.callback_timeout
         backends = {
             BackendName.PUMPX: BackendApi("pumpx", config.pumpx_api_base_url, session, journal, timeout),
-            BackendName.AGENTKEYS: BackendApi("agentkeys", config.agentkeys_api_base_url, session, journal, timeout),
+            BackendName.AGENTKEYS: BackendApi(
+                "agentkeys",
+                config.agentkeys_api_base_url,
+                session,
+                journal,
+                timeout,
+                check_hyper_agent_address_path=AGENTKEYS_CHECK_HYPER_AGENT_ADDRESS_PATH,
+            ),
+            BackendName.WILDMETA: BackendApi("wildmeta", config.wildmeta_api_url, session, journal, timeout),
         }
         profile = profile_named(config.profile)
         codes = VerificationCodeStore()
@@ -72,7 +95,8 @@ class SimContext:
             backends=backends,
             codes=codes,
             email_codes=VerificationCodeStore() if profile.separate_code_stores else codes,
-            http=session,
+            session=session,
+            bundler=Bundler.for_key(key, config.entry_point_address),
         )
 
     @property
@@ -81,6 +105,16 @@ class SimContext:
 
     def backend(self, name: BackendName) -> BackendApi:
         return self.backends[name]
+
+    @property
+    def http(self) -> aiohttp.ClientSession:
+        assert self.session is not None, "SimContext.create sets the session"
+        return self.session
+
+    @property
+    def user_op_bundler(self) -> Bundler:
+        assert self.bundler is not None, "SimContext.create sets the bundler"
+        return self.bundler
 
     def mailer_for(self, client_id: str) -> Mailer | None:
         """`MailerFactory::get_mailer_for_client`: cached per lowercased client id."""

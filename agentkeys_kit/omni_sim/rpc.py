@@ -1,5 +1,13 @@
-"""JSON-RPC 2.0 dispatch with jsonrpsee 0.24's framing rules, and the worker's protected-method
-middleware (`middlewares/rpc_middleware.rs`).
+"""JSON-RPC 2.0 dispatch with jsonrpsee's framing rules, and the worker's protected-method
+middleware (`middlewares/rpc_middleware.rs@677675c8`).
+
+Batches follow the jsonrpsee of each era. The newest worker uses jsonrpsee 0.26
+(`Cargo.toml@701b0755`), whose `RpcService::batch` runs the entries one after another through its
+*own* `call`, and whose `AuthRpcService::batch` only forwards the batch: the protected-method check
+never runs inside a batch, so a batched `omni_addWallet` finds no `RpcExtensions` and answers
+-32002 "Invalid rpc extension" whatever the Authorization header says. Era A (jsonrpsee 0.24, the
+`legacy` era) authenticated every call, batched or not; the simulator keeps its former concurrent
+batch handling there.
 
 Why not jsonrpcserver: its `Request` loses the raw `params` (absent params and string params both
 become ``[]``), a JSON object without ``method`` turns into a -32000 "Server error" (KeyError in
@@ -9,7 +17,7 @@ become ``[]``), a JSON object without ``method`` turns into a -32000 "Server err
 `inspect.signature` on every call. Reproducing jsonrpsee needs the raw request, so dispatch is
 kept here, thin.
 
-jsonrpsee rules reproduced (server 0.24, `transport/http.rs` and `server.rs`): the first
+jsonrpsee rules reproduced (server 0.24/0.26, `transport/http.rs` and `server.rs`): the first
 non-whitespace byte decides single (``{``) or batch (``[``), anything else is -32700 with a null
 id; a single value that is not a request but carries a valid ``id`` gets -32600 with that id,
 otherwise -32700 with a null id; notifications get no answer; an empty batch is -32600; ids are
@@ -169,9 +177,11 @@ class _Body:
 
 
 class RpcDispatcher:
-    def __init__(self, ctx: SimContext, methods: Mapping[str, Handler]) -> None:
+    def __init__(self, ctx: SimContext, methods: Mapping[str, Handler], *, batch_bypasses_auth: bool = True) -> None:
         self._ctx = ctx
         self._methods = dict(methods)
+        #: jsonrpsee 0.26: batch entries skip the middleware and run sequentially.
+        self._batch_bypasses_auth = batch_bypasses_auth
 
     @property
     def method_names(self) -> list[str]:
@@ -189,15 +199,25 @@ class RpcDispatcher:
         if isinstance(parsed.value, list):
             if not parsed.value:
                 return RpcReply(encode(failure(None, self._ctx.errors.invalid_request())))
-            answers = await asyncio.gather(
-                *(self.handle_value(item, authorization, parsed.raw_utf8_errors, batch=True) for item in parsed.value)
-            )
+            answers = await self._run_batch(parsed.value, authorization, parsed.raw_utf8_errors)
             batch = [answer for answer in answers if answer is not None]
             return RpcReply(encode(batch) if batch else None)
         if not isinstance(parsed.value, dict):
             return RpcReply(parse_error)
         answer = await self.handle_value(parsed.value, authorization, parsed.raw_utf8_errors)
         return RpcReply(None if answer is None else encode(answer))
+
+    async def _run_batch(
+        self, items: list[Any], authorization: str | None, raw_utf8_errors: bool
+    ) -> list[dict[str, Any] | None]:
+        if not self._batch_bypasses_auth:
+            return list(
+                await asyncio.gather(
+                    *(self.handle_value(item, authorization, raw_utf8_errors, batch=True) for item in items)
+                )
+            )
+        # jsonrpsee 0.26 `RpcService::batch`: `for … { service.call(req).await }`, no middleware.
+        return [await self.handle_value(item, None, raw_utf8_errors, batch=True, skip_auth=True) for item in items]
 
     @staticmethod
     def _parse(body: bytes) -> _Body | None:
@@ -228,7 +248,13 @@ class RpcDispatcher:
         return not with_id or ("id" in request and _valid_id(request["id"]))
 
     async def handle_value(
-        self, request: Any, authorization: str | None, raw_utf8_errors: bool = False, *, batch: bool = False
+        self,
+        request: Any,
+        authorization: str | None,
+        raw_utf8_errors: bool = False,
+        *,
+        batch: bool = False,
+        skip_auth: bool = False,
     ) -> dict[str, Any] | None:
         if not self._is_call(request, raw_utf8_errors, with_id=True):
             if self._is_call(request, raw_utf8_errors, with_id=False):
@@ -241,15 +267,17 @@ class RpcDispatcher:
             return failure(None, self._ctx.errors.parse_error())
         request_id = request["id"]
         try:
-            result = await self.call(request["method"], request.get("params", ABSENT), authorization)
+            result = await self.call(
+                request["method"], request.get("params", ABSENT), authorization, skip_auth=skip_auth
+            )
         except RpcError as error:
             return failure(request_id, error)
         return success(request_id, result)
 
-    async def call(self, method: str, params: Any, authorization: str | None) -> Any:
+    async def call(self, method: str, params: Any, authorization: str | None, *, skip_auth: bool = False) -> Any:
         """The RPC middleware, then the method; raises `RpcError` with the worker's object."""
         extensions = None
-        if method in PROTECTED_METHODS:
+        if method in PROTECTED_METHODS and not skip_auth:
             extensions = self._authenticate(method, authorization)
         handler = self._methods.get(method)
         if handler is None:
@@ -273,6 +301,7 @@ class RpcDispatcher:
                 expected_type=token_type_for_method(method),
                 audiences=ctx.profile.audiences,
                 now=ctx.clock.now(),
+                worker_exp_rules=True,
             )
         except TokenRejected as exc:
             log.debug("protected method %s: token refused (%s)", method, exc)

@@ -217,7 +217,8 @@ def parse_client_auth(value: Any, variants: dict[str, tuple[Field, ...]] = CLIEN
 
 
 class OmniAuthError(ValueError):
-    """`to_omni_auth` refused the pairing (the worker answers a bare -32700)."""
+    """`to_omni_auth` refused the pairing. `omni_userLogin` answers a bare -32700; the passkey
+    methods show the message (`str(error)`, the worker's `&'static str`) in ``data.reason``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -258,6 +259,13 @@ _WEB3_PAIRING = {
     UserAuthKind.SOLANA: IdentityKind.SOLANA,
     UserAuthKind.BITCOIN: IdentityKind.BITCOIN,
 }
+#: `to_omni_auth`'s own messages for a web3 signature paired with another identity kind.
+_WEB3_MISMATCH = {
+    IdentityKind.SUBSTRATE: "User ID must be a Substrate identity for Substrate authentication",
+    IdentityKind.EVM: "User ID must be an EVM identity for EVM authentication",
+    IdentityKind.SOLANA: "User ID must be a Solana identity for Solana authentication",
+    IdentityKind.BITCOIN: "User ID must be a Bitcoin identity for Bitcoin authentication",
+}
 
 
 def to_omni_auth(user_auth: UserAuth, user_id: UserId, client_id: str) -> OmniAuth:
@@ -273,7 +281,7 @@ def to_omni_auth(user_auth: UserAuth, user_id: UserId, client_id: str) -> OmniAu
         except IdentityError as exc:
             raise OmniAuthError("Invalid user ID format") from exc
         if identity.kind is not expected:
-            raise OmniAuthError(f"User ID must be a {expected} identity for {expected} authentication")
+            raise OmniAuthError(_WEB3_MISMATCH[expected])
         return Web3Auth(client_id, identity, user_auth.signature)
     if user_auth.kind is UserAuthKind.AUTH_TOKEN:
         return AuthTokenAuth(user_auth.value)

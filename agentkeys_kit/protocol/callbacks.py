@@ -30,6 +30,9 @@ GET_ACCOUNT_USER_ID_PATH = "v3/account/get_account_user_id"
 USER_CONNECT_PATH = "v3/account/user_connect"
 VERIFY_GOOGLE_CODE_PATH = "v3/account/verify_google_code"
 CHECK_HYPER_AGENT_ADDRESS_PATH = "/v1/account/check_hyper_agent_address"
+#: The agentkeys patch calls the same endpoint on the agentkeys API, *relative* to its base URL,
+#: so a base path (``http://broker/agentkeys/``) is kept as it is for the v3 callbacks.
+AGENTKEYS_CHECK_HYPER_AGENT_ADDRESS_PATH = "v1/account/check_hyper_agent_address"
 
 DEFAULT_LANGUAGE = "en"  # reqwest default header `X-Language: en`
 
@@ -37,6 +40,35 @@ DEFAULT_LANGUAGE = "en"  # reqwest default header `X-Language: en`
 def join_url(base: str, path: str) -> str:
     """`Url::join(path)`: RFC 3986 resolution, so the trailing-slash rule of the worker holds."""
     return urljoin(base, path)
+
+
+_FORM_SAFE = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789*-._")
+
+
+def form_urlencode(pairs: list[tuple[str, str]]) -> str:
+    """`serde_urlencoded` (reqwest's `.query()` and `.form()`), i.e. `form_urlencoded::byte_serialize`:
+    ASCII letters, digits and ``*-._`` stay, a space is ``+``, every other UTF-8 byte is ``%XX``
+    (upper case). Python's `quote_plus` differs (it keeps ``~``), hence this short function."""
+
+    def encode(text: str) -> str:
+        out = []
+        for byte in text.encode("utf-8"):
+            if byte in _FORM_SAFE:
+                out.append(chr(byte))
+            elif byte == 0x20:
+                out.append("+")
+            else:
+                out.append(f"%{byte:02X}")
+        return "".join(out)
+
+    return "&".join(f"{encode(name)}={encode(value)}" for name, value in pairs)
+
+
+def check_hyper_agent_address_body(main_address: str, agent_address: str, login_type: int) -> dict[str, Any]:
+    """`HyperliquidLinkRequest` (`wildmeta-api/src/methods/verify_hyperliquid_link.rs@20a922b2`):
+    snake_case, in this order, ``login_type`` as ``i32`` (a u32 above 2³¹−1 wraps)."""
+    wrapped = login_type - (1 << 32) if login_type >= 1 << 31 else login_type
+    return {"main_address": main_address, "agent_address": agent_address, "login_type": wrapped}
 
 
 def post_heima_login_body(
@@ -82,6 +114,8 @@ USER_CONNECT_DATA = (
     Field("userId", string, optional=True),
     Field("googleAuthCheck", boolean, optional=True),
 )
+#: `HyperliquidLinkResponseData` (camelCase): ``isBound`` is required.
+CHECK_HYPER_AGENT_ADDRESS_DATA = (Field("isBound", boolean),)
 
 
 def decode_api_response(body: Any, data_fields: tuple[Field, ...], struct: str) -> ApiResponse:
@@ -101,6 +135,8 @@ def decode_api_response(body: Any, data_fields: tuple[Field, ...], struct: str) 
 __all__ = [
     "ADD_WALLET_DATA",
     "ADD_WALLET_PATH",
+    "AGENTKEYS_CHECK_HYPER_AGENT_ADDRESS_PATH",
+    "CHECK_HYPER_AGENT_ADDRESS_DATA",
     "CHECK_HYPER_AGENT_ADDRESS_PATH",
     "DEFAULT_LANGUAGE",
     "GET_ACCOUNT_USER_ID_DATA",
@@ -112,8 +148,10 @@ __all__ = [
     "USER_CONNECT_PATH",
     "ApiResponse",
     "SerdeError",
+    "check_hyper_agent_address_body",
     "decode_api_response",
     "envelope",
+    "form_urlencode",
     "join_url",
     "post_heima_login_body",
     "user_connect_body",

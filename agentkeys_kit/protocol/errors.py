@@ -10,10 +10,12 @@ Three producers exist in the worker (spec heima-protocol.md §2.4):
 3. era-A `PumpxRpcError` (`methods/omni/common.rs@11408256`): ``-32603 "Internal error"`` with
    ``data.backend_response``.
 
-Two eras are modelled. `current` is late-A/B (`check_backend_response`, `DetailedError` with
-`backend_response`); `legacy` is the era-A snapshot `05ff5857` (`check_omni_api_response`,
-`POST_HEIMA_LOGIN_FAILED_CODE`, `request_jwt` with its own messages). Where era A had no
-counterpart the legacy catalogue falls back to the current behaviour, and says so.
+Two eras are modelled. `current` is the newest worker the index holds (era B, the `oe_*` crates:
+`validation.rs@c7751f89`, `detailed_error.rs@4a07c15e`, `error_code.rs` without
+`INVALID_EMAIL_FORMAT_CODE`, `user_login.rs@fe493ade`); `legacy` is the era-A snapshot `05ff5857`
+(`check_omni_api_response`, `POST_HEIMA_LOGIN_FAILED_CODE`, `request_jwt` with its own messages,
+the -32107 e-mail objects, the era-A error-code table). Where era A had no counterpart, or its
+text was not read, the legacy catalogue falls back to the current behaviour, and says so.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, ClassVar
+
+from agentkeys_kit.protocol.rust_fmt import debug_list, to_i32
 
 # jsonrpsee `ErrorCode` (types/src/error.rs) and its canonical messages.
 PARSE_ERROR = -32700
@@ -39,8 +43,10 @@ JSONRPSEE_MESSAGES: dict[int, str] = {
     INTERNAL_ERROR: "Internal error",
 }
 
-# `rpc-server/src/error_code.rs` (newest small table; era-A values noted where they differ).
+# `rpc-server/src/error_code.rs` (newest small table, index id 65825643255; era-A values noted
+# where they differ).
 INVALID_BACKEND_RESPONSE_CODE = -32000
+INVALID_USEROP_CODE = -32001  # era A: -32201
 INVALID_RPC_EXTENSION = -32002
 AUTH_VERIFICATION_FAILED_CODE = -32003  # stable across every revision
 INVALID_EMAIL_FORMAT_CODE = -32107
@@ -49,9 +55,12 @@ PUMPX_SERVICE_ERROR_CODE = -32161
 EMAIL_SERVICE_ERROR_CODE = -32162
 STORAGE_SERVICE_ERROR_CODE = -32163
 EXTERNAL_API_ERROR_CODE = -32164
+WILDMETA_SERVICE_ERROR_CODE = -32165  # era A: +32165 (sic)
 # Era A (`error_code.rs@167389b4`).
 PUMPX_API_GOOGLE_CODE_VERIFICATION_FAILED_CODE = -32031
 POST_HEIMA_LOGIN_FAILED_CODE = -32041
+LEGACY_INVALID_USEROP_CODE = -32201
+LEGACY_WILDMETA_SERVICE_ERROR_CODE = 32165
 
 PARAMS_PARSE_REASON = "Invalid JSON format or missing required fields"
 
@@ -148,6 +157,42 @@ class DetailedError:
         return RpcError(self.code, self.message, data)
 
 
+# `DetailedError` helpers of the newest worker (`rpc-server/src/detailed_error.rs@4a07c15e`).
+
+
+def parse_error(reason: str) -> RpcError:
+    """`DetailedError::parse_error(reason)`: -32700 "Parse error" with ``data.reason``."""
+    return DetailedError(PARSE_ERROR, "Parse error").with_reason(reason).to_rpc_error()
+
+
+def internal_error(reason: str) -> RpcError:
+    """`DetailedError::internal_error(reason)`: -32603 "Internal error" with ``data.reason``."""
+    return DetailedError(INTERNAL_ERROR, "Internal error").with_reason(reason).to_rpc_error()
+
+
+def invalid_params(field: str, reason: str) -> RpcError:
+    """`DetailedError::invalid_params(field, reason)`: -32602 with ``data.field`` and ``reason``."""
+    return DetailedError(INVALID_PARAMS, "Invalid params").with_field(field).with_reason(reason).to_rpc_error()
+
+
+#: `SUPPORTED_EVM_CHAINS` (`rpc-server/src/config/chains.rs@16e35466`), in declaration order.
+SUPPORTED_EVM_CHAINS: tuple[int, ...] = (
+    1, 11155111, 42161, 421614, 10, 11155420, 137, 80001, 8453, 84532, 31337, 56, 97, 999, 998,
+)  # fmt: skip
+
+
+def invalid_chain_id(chain_id: int) -> RpcError:
+    """`DetailedError::invalid_chain_id`: -32602, field ``chain_id``, the supported list in Debug."""
+    return invalid_params(
+        "chain_id", f"invalid chain_id: {chain_id}, expected one of {debug_list(SUPPORTED_EVM_CHAINS)}"
+    )
+
+
+def auth_verification_failed(message: str) -> DetailedError:
+    """`DetailedError::new(AUTH_VERIFICATION_FAILED_CODE, message)`: the caller adds the details."""
+    return DetailedError(AUTH_VERIFICATION_FAILED_CODE, message)
+
+
 class ErrorEra(StrEnum):
     CURRENT = "current"
     LEGACY = "legacy"
@@ -201,26 +246,12 @@ class ErrorCatalog:
 
     # --- omni_requestEmailVerificationCode ---------------------------------------------------
     def invalid_email(self, email: str) -> RpcError:
-        """`validate_email`: `email_address::is_valid` failed."""
-        return (
-            DetailedError(INVALID_EMAIL_FORMAT_CODE, "Invalid email format")
-            .with_field("email")
-            .with_received(email)
-            .with_expected("Valid email address (e.g., user@example.com)")
-            .with_suggestion("Please provide a valid email address")
-            .to_rpc_error()
-        )
+        """`validate_email`: `email_address::is_valid` failed (`utils/validation.rs@c7751f89:81-92`)."""
+        return invalid_params("email", f"invalid email address: {email}")
 
     def email_without_tld(self, email: str) -> RpcError:
-        """`validate_email`: domain part has no dot."""
-        return (
-            DetailedError(INVALID_EMAIL_FORMAT_CODE, "Invalid email format")
-            .with_field("email")
-            .with_received(email)
-            .with_expected("Email address with a valid domain (e.g., user@example.com)")
-            .with_suggestion("Email domain must include a top-level domain (TLD)")
-            .to_rpc_error()
-        )
+        """`validate_email`: the domain part has no dot (`utils/validation.rs@c7751f89:94-102`)."""
+        return invalid_params("email", f"expect TLD in email address: {email}")
 
     def mailer_not_configured(self, client_id: str) -> RpcError:
         """`get_mailer_for_client` failed: EXTERNAL_API_ERROR_CODE."""
@@ -253,11 +284,12 @@ class ErrorCatalog:
         )
 
     def backend_code(self, op: str, code: int, message: str) -> RpcError:
-        """`check_backend_response`: `code != 10000` ⇒ -32000 "Invalid backend response"."""
+        """`check_backend_response`: `code != 10000` ⇒ -32000 "Invalid backend response"; the
+        envelope's u32 code is written ``response.code as i32`` (`detailed_error.rs@4a07c15e`)."""
         return (
             DetailedError(INVALID_BACKEND_RESPONSE_CODE, "Invalid backend response")
             .with_field(op)
-            .with_backend_response(code, message)
+            .with_backend_response(to_i32(code), message)
             .to_rpc_error()
         )
 
@@ -309,6 +341,21 @@ class ErrorCatalog:
 
     def add_wallet_code(self, code: int, message: str) -> RpcError:
         return self.backend_code("add_wallet", code, message)
+
+    # --- omni_submitUserOpWithAuth -----------------------------------------------------------
+    def wildmeta_service_error(self, op: str) -> RpcError:
+        """`DetailedError::wildmeta_service_error(op)`: data ``{}``."""
+        return DetailedError(WILDMETA_SERVICE_ERROR_CODE, f"Wildmeta service error in {op}").to_rpc_error()
+
+    def invalid_user_op(self, reason: str) -> RpcError:
+        """`DetailedError::invalid_user_op(reason)`: "Invalid UserOp" with the reason as ``received``."""
+        return DetailedError(INVALID_USEROP_CODE, "Invalid UserOp").with_received(reason).to_rpc_error()
+
+    #: the worker's user-op errors that use INVALID_USEROP_CODE directly (`validate_hyperevm_core_writer`)
+    invalid_userop_code: ClassVar[int] = INVALID_USEROP_CODE
+
+    #: `omni_getOmniAccount` is registered (era A only: `methods/omni/get_omni_account.rs@beb343ae`)
+    has_get_omni_account: ClassVar[bool] = False
 
 
 class LegacyErrorCatalog(ErrorCatalog):
@@ -368,6 +415,37 @@ class LegacyErrorCatalog(ErrorCatalog):
     # non-10000 envelope maps through `check_omni_api_response` as everywhere else in era A.
     def add_wallet_code(self, code: int, message: str) -> RpcError:
         return self._pumpx_rpc_error(code, message)
+
+    # `utils/validation.rs@2afa2455`: the era-A objects with -32107 and expected/suggestion texts.
+    def invalid_email(self, email: str) -> RpcError:
+        return (
+            DetailedError(INVALID_EMAIL_FORMAT_CODE, "Invalid email format")
+            .with_field("email")
+            .with_received(email)
+            .with_expected("Valid email address (e.g., user@example.com)")
+            .with_suggestion("Please provide a valid email address")
+            .to_rpc_error()
+        )
+
+    def email_without_tld(self, email: str) -> RpcError:
+        return (
+            DetailedError(INVALID_EMAIL_FORMAT_CODE, "Invalid email format")
+            .with_field("email")
+            .with_received(email)
+            .with_expected("Email address with a valid domain (e.g., user@example.com)")
+            .with_suggestion("Email domain must include a top-level domain (TLD)")
+            .to_rpc_error()
+        )
+
+    # The era-A `error_code.rs` table (index id 65732582473): WILDMETA +32165, INVALID_USEROP -32201.
+    def wildmeta_service_error(self, op: str) -> RpcError:
+        return DetailedError(LEGACY_WILDMETA_SERVICE_ERROR_CODE, f"Wildmeta service error in {op}").to_rpc_error()
+
+    def invalid_user_op(self, reason: str) -> RpcError:
+        return DetailedError(LEGACY_INVALID_USEROP_CODE, "Invalid UserOp").with_received(reason).to_rpc_error()
+
+    invalid_userop_code: ClassVar[int] = LEGACY_INVALID_USEROP_CODE
+    has_get_omni_account: ClassVar[bool] = True
 
 
 def catalog_for(era: ErrorEra | str) -> ErrorCatalog:

@@ -9,11 +9,31 @@ from __future__ import annotations
 
 import base58
 
+from agentkeys_kit.protocol.rust_fmt import debug_char
+
 _HEX_DIGITS = frozenset("0123456789abcdefABCDEF")
+_HEX_BYTES = frozenset(b"0123456789abcdefABCDEF")
 
 
 class HexError(ValueError):
-    """A string that the worker's hex decoder refuses."""
+    """A string that the worker's hex decoder refuses; `display` is the `hex` crate's
+    `FromHexError` Display (``Odd number of digits``, ``Invalid character 'x' at position 3``)."""
+
+    def __init__(self, message: str, display: str = "Invalid string length") -> None:
+        super().__init__(message)
+        self.display = display
+
+
+def _hex_crate_error(value: str) -> str:
+    """`hex::decode`'s first error: odd length before any character; a bad character is reported
+    byte by byte (`c: byte as char`, `index` in bytes)."""
+    raw = value.encode("utf-8", errors="surrogateescape")
+    if len(raw) % 2:
+        return "Odd number of digits"
+    for index, byte in enumerate(raw):
+        if byte not in _HEX_BYTES:
+            return f"Invalid character {debug_char(chr(byte))} at position {index}"
+    return "Invalid string length"
 
 
 def decode_hex(value: str) -> bytes:
@@ -25,7 +45,7 @@ def decode_hex(value: str) -> bytes:
 def decode_bare_hex(value: str) -> bytes:
     """Decode hex without any prefix (`hex::decode`, used for Bitcoin signatures)."""
     if len(value) % 2 or not _HEX_DIGITS.issuperset(value):
-        raise HexError(f"invalid hex string: {value[:80]!r}")
+        raise HexError(f"invalid hex string: {value[:80]!r}", _hex_crate_error(value))
     return bytes.fromhex(value)
 
 

@@ -53,7 +53,16 @@ WEB3_KINDS = frozenset(ADDRESS_LENGTHS)
 
 
 class IdentityError(ValueError):
-    """A `UserId` value the worker cannot turn into an `Identity` (bad hex, base58 or length)."""
+    """A `UserId` value the worker cannot turn into an `Identity` (bad hex, base58 or length).
+
+    `reason` is the worker's own `&'static str` (`TryFrom<UserId> for Identity`,
+    `primitives/src/auth.rs@4a07c15e`): "Invalid hex encoding", "Invalid base58 encoding" or
+    "Invalid address"; it reaches the wire in ``Failed to convert to omni_account: "<reason>"``.
+    """
+
+    def __init__(self, message: str, reason: str = "Invalid address") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,7 +95,8 @@ class Identity:
         try:
             raw = decode_base58(value) if kind is IdentityKind.SOLANA else decode_hex(value)
         except HexError as exc:
-            raise IdentityError(str(exc)) from exc
+            encoding = "base58" if kind is IdentityKind.SOLANA else "hex"
+            raise IdentityError(str(exc), f"Invalid {encoding} encoding") from exc
         return cls.address(kind, raw)
 
     @property

@@ -8,8 +8,8 @@ structs (spec §2.3). The rules reproduced here:
   its fields in declaration order (a missing trailing element is an error even for `Option`
   fields; extra elements are an error);
 * `null`, strings, numbers and booleans are not structs;
-* `String` accepts only JSON strings; `u32` only non-negative integers below 2³² (not floats,
-  not booleans); `Option<T>` accepts `null` or `T`;
+* `String` accepts only JSON strings; `u32`/`u64`/`u128` only non-negative integers below 2³²/2⁶⁴/
+  2¹²⁸ (not floats, not booleans); `Option<T>` accepts `null` or `T`;
 * adjacently tagged enums (`#[serde(tag = "type", content = "value")]`) accept
   ``{"type": tag, "value": content}`` in either key order, unknown keys ignored, or the
   two-element array ``[tag, content]``.
@@ -101,12 +101,25 @@ def string(value: Any) -> str:
     return value
 
 
-def u32(value: Any) -> int:
+def _unsigned(value: Any, bits: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise SerdeError(f"invalid type: {json_type(value)}, expected u32")
-    if not 0 <= value <= 0xFFFFFFFF:
-        raise SerdeError(f"invalid value: integer `{value}`, expected u32")
+        raise SerdeError(f"invalid type: {json_type(value)}, expected u{bits}")
+    if not 0 <= value < 1 << bits:
+        raise SerdeError(f"invalid value: integer `{value}`, expected u{bits}")
     return value
+
+
+def u32(value: Any) -> int:
+    return _unsigned(value, 32)
+
+
+def u64(value: Any) -> int:
+    return _unsigned(value, 64)
+
+
+def u128(value: Any) -> int:
+    """`u128`: serde_json reads integers up to 2¹²⁸−1 (floats and negatives are refused)."""
+    return _unsigned(value, 128)
 
 
 def boolean(value: Any) -> bool:

@@ -87,19 +87,32 @@ def encode_auth_token(claims: AuthTokenClaims, key: rsa.RSAPrivateKey) -> str:
 
 
 class TokenRejected(ValueError):
-    """The token fails the worker's validation; `reason` says which rule."""
+    """The token fails the worker's validation; the message says which rule, `kind` is the
+    jsonwebtoken `ErrorKind` the worker reports (``Auth token error: JwtError(<kind>)``)."""
+
+    def __init__(self, message: str, kind: str = "InvalidToken") -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+_PYJWT_KINDS = {
+    "InvalidAudienceError": "InvalidAudience",
+    "InvalidSignatureError": "InvalidSignature",
+    "InvalidAlgorithmError": "InvalidAlgorithm",
+    "ImmatureSignatureError": "ImmatureSignature",
+}
 
 
 def b64url_decode(segment: str) -> bytes:
     """A JWS segment: base64url without padding, canonical (RFC 7515 §2, as ``URL_SAFE_NO_PAD``)."""
     if not _BASE64URL.fullmatch(segment) or len(segment) % 4 == 1:
-        raise TokenRejected("a segment is not base64url without padding (RFC 7515 §2)")
+        raise TokenRejected("a segment is not base64url without padding (RFC 7515 §2)", "Base64")
     try:
         raw = base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
     except binascii.Error:
-        raise TokenRejected("a segment is not base64url") from None
+        raise TokenRejected("a segment is not base64url", "Base64") from None
     if _b64url(raw).decode("ascii") != segment:
-        raise TokenRejected("a segment is not canonical base64url (non-zero trailing bits)")
+        raise TokenRejected("a segment is not canonical base64url (non-zero trailing bits)", "Base64")
     return raw
 
 
@@ -127,9 +140,9 @@ def _json_object(raw: bytes, name: str) -> dict[str, Any]:
     try:
         value = loads_recording_duplicates(raw)
     except JsonRefused as exc:
-        raise TokenRejected(f"the {name} is not JSON: {exc}") from None
+        raise TokenRejected(f"the {name} is not JSON: {exc}", "Json") from None
     if not isinstance(value, dict):
-        raise TokenRejected(f"the {name} is not a JSON object")
+        raise TokenRejected(f"the {name} is not a JSON object", "Json")
     return value
 
 
@@ -141,12 +154,21 @@ def verify_auth_token(
     audiences: Collection[str],
     now: int,
     leeway: int = JWT_LEEWAY_SECONDS,
+    worker_exp_rules: bool = False,
 ) -> AuthTokenClaims:
-    """Validate a TEE token as `verify_auth_token_authentication` does; raise `TokenRejected`."""
+    """Validate a TEE token as `verify_auth_token_authentication` does; raise `TokenRejected`.
+
+    `worker_exp_rules` (the simulator only) reproduces how jsonwebtoken 10 and the worker's
+    ``exp: i64`` treat a negative expiry: `Validation::validate` cannot read it as a number
+    (``numeric_type``), so it is not checked and the token never expires
+    (`core/src/auth/auth_token.rs@c7751f89`). An ``exp`` outside ``i64`` fails the decode into
+    `AuthTokenClaims` for every verifier. Verifiers of this kit (the broker) keep the strict
+    default: any ``exp`` in the past is expired.
+    """
     compact = parse_compact(token)
     repeated = (duplicated_keys(compact.header) & HEADER_FIELDS) | (duplicated_keys(compact.claims) & CLAIM_FIELDS)
     if repeated:
-        raise TokenRejected(f"duplicate field `{min(repeated)}`")
+        raise TokenRejected(f"duplicate field `{min(repeated)}`", "Json")
     try:
         payload: dict[str, Any] = jwt.decode(
             token,
@@ -161,16 +183,18 @@ def verify_auth_token(
             },
         )
     except jwt.PyJWTError as exc:
-        raise TokenRejected(f"{type(exc).__name__}: {exc}") from exc
+        kind = _PYJWT_KINDS.get(type(exc).__name__, "InvalidToken")
+        raise TokenRejected(f"{type(exc).__name__}: {exc}", kind) from exc
     sub, typ, exp, aud = (payload.get(k) for k in ("sub", "typ", "exp", "aud"))
     if not isinstance(sub, str) or not isinstance(typ, str) or not isinstance(aud, str):
-        raise TokenRejected("claims do not deserialize into AuthTokenClaims")
+        raise TokenRejected("claims do not deserialize into AuthTokenClaims", "Json")
     if isinstance(exp, bool) or not isinstance(exp, int):
-        raise TokenRejected("exp is not an integer")
+        raise TokenRejected("exp is not an integer", "Json")
     if not I64_MIN <= exp <= I64_MAX:
-        raise TokenRejected("exp does not fit AuthTokenClaims.exp (i64)")
-    if exp < now - leeway:
-        raise TokenRejected("ExpiredSignature")
+        raise TokenRejected("exp does not fit AuthTokenClaims.exp (i64)", "Json")
+    expiry_checked = exp >= 0 or not worker_exp_rules
+    if expiry_checked and exp < now - leeway:
+        raise TokenRejected("ExpiredSignature", "ExpiredSignature")
     if typ != expected_type:
         raise TokenRejected(f"token type {typ!r} is not {expected_type!r}")
     return AuthTokenClaims(sub=sub, typ=typ, exp=exp, aud=aud)

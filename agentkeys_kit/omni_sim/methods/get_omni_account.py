@@ -1,4 +1,7 @@
-"""`omni_getOmniAccount` (spec §5.8): the e-mail identity's OmniAccount, no validation."""
+"""`omni_getOmniAccount` (spec §5.8, `get_omni_account.rs@beb343ae`): the e-mail identity's
+OmniAccount, no validation. Era A only: the newest worker does not register it, so the simulator
+serves it in the `legacy` era alone; the derivation stays reachable as
+`protocol.identity.email_omni_account` and ``GET /_sim/omni-account``."""
 
 from __future__ import annotations
 

@@ -37,7 +37,7 @@ async def request_jwt(ctx: SimContext, params: Any, ext: object) -> dict[str, An
     client_id, email = p["client_id"], p["user_email"]
     errors = ctx.errors
     try:
-        verify_auth(ctx, EmailAuth(client_id, email, p["email_code"]))
+        await verify_auth(ctx, EmailAuth(client_id, email, p["email_code"]))
     except AuthFailed:
         raise errors.request_jwt_verification_failed() from None
     expires_at = ctx.token_expiry()

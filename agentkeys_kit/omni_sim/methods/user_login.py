@@ -2,8 +2,9 @@
 
 1. parse ``{user_id, user_auth, client_id, client_auth?}`` (-32700 + reason);
 2. `to_omni_auth` (bare -32700 on a mismatched pairing or bad hex in `user_id`);
-3. `verify_auth` (-32003 "Server error"); side effects (code consumption) stay even if later
-   steps fail;
+3. `verify_auth` (-32003 "Server error"); side effects (code consumption, a spent OAuth2 state
+   or passkey challenge) stay even if later steps fail; the identity an `o_auth2`, `passkey` or
+   `auth_token` login proved is not compared with `user_id` upstream;
 4. the OmniAccount of `user_id` under `client_id` (bare -32700);
 5. mint the id and access tokens (same ``sub``, ``exp``, ``aud = client_id``);
 6. only a client with a login backend goes on (upstream: ``wildmeta`` only): `post_heima_login`
@@ -19,10 +20,14 @@ from typing import Any
 from agentkeys_kit.omni_sim.backend_api import reserialize
 from agentkeys_kit.omni_sim.context import SimContext
 from agentkeys_kit.omni_sim.methods.common import call_backend, parse_rpc_params
-from agentkeys_kit.omni_sim.verify_auth import AuthFailed, verify_auth
+from agentkeys_kit.omni_sim.verify_auth import AuthFailed, Verified, verify_auth
 from agentkeys_kit.protocol.auth import (
     AuthTokenAuth,
+    OAuth2Auth,
+    OmniAuth,
     OmniAuthError,
+    PasskeyAuth,
+    UserId,
     parse_client_auth,
     parse_user_auth,
     parse_user_id,
@@ -48,6 +53,19 @@ def params_fields(ctx: SimContext) -> tuple[Field, ...]:
     )
 
 
+def proves_user_id(auth: OmniAuth, verified: Verified, user_id: UserId, client_id: str) -> bool:
+    """The patch's subject binding: an id token's ``sub`` and ``aud``, a Google/Apple ``sub`` or a
+    passkey's identity and client must be `user_id` under `client_id`. Web3 and e-mail logins
+    verify `user_id` itself already."""
+    if isinstance(auth, AuthTokenAuth):
+        claims = verified.claims
+        assert claims is not None
+        return claims.sub == hex_encode(user_id.omni_account(client_id)) and claims.aud == client_id
+    if isinstance(auth, OAuth2Auth | PasskeyAuth):
+        return verified.identity == user_id.to_identity() and verified.client_id == client_id
+    return True
+
+
 async def user_login(ctx: SimContext, params: Any, ext: object) -> dict[str, Any]:
     p = parse_rpc_params(ctx, params, params_fields(ctx), "UserLoginParams")
     user_id, client_id = p["user_id"], p["client_id"]
@@ -56,18 +74,15 @@ async def user_login(ctx: SimContext, params: Any, ext: object) -> dict[str, Any
     except OmniAuthError:
         raise ctx.errors.plain_parse_error() from None
     try:
-        claims = verify_auth(ctx, auth)
+        verified = await verify_auth(ctx, auth)
     except AuthFailed:
         raise ctx.errors.login_verification_failed() from None
     try:
         account = user_id.omni_account(client_id)
     except IdentityError:
         raise ctx.errors.plain_parse_error() from None
-    if isinstance(auth, AuthTokenAuth) and client_id in ctx.profile.subject_bound_auth_token_clients:
-        # agentkeys-patch: the id token must prove the identity it logs in as (profiles.py).
-        assert claims is not None
-        if claims.sub != hex_encode(account) or claims.aud != client_id:
-            raise ctx.errors.login_verification_failed()
+    if client_id in ctx.profile.subject_bound_clients and not proves_user_id(auth, verified, user_id, client_id):
+        raise ctx.errors.login_verification_failed()  # agentkeys-patch clauses 5 and 8 (profiles.py)
     account_hex = hex_encode(account)
     expires_at = ctx.token_expiry()
     id_token = ctx.mint_token(account_hex, AUTH_TOKEN_ID_TYPE, client_id, expires_at)
