@@ -2,7 +2,7 @@
 """One entry point for a fresh clone; needs nothing but Python 3.11+.
 
     python3 scripts/dev.py e2e      # the main job: end to end against the simulator, with a report
-    python3 scripts/dev.py test     # every check: ruff, mypy, the whole pytest suite
+    python3 scripts/dev.py test     # every check: ruff (lint and format), mypy, the whole pytest suite
     python3 scripts/dev.py lint     # ruff + mypy only
     python3 scripts/dev.py bench    # benchmarks (prints figures)
     python3 scripts/dev.py install-check   # build the wheel, install it alone in a fresh venv, run its scripts
@@ -48,7 +48,11 @@ def run(*argv: str) -> int:
 
 
 def lint() -> int:
-    return run(str(PYTHON), "-m", "ruff", "check", ".") or run(str(PYTHON), "-m", "mypy")
+    return (
+        run(str(PYTHON), "-m", "ruff", "check", ".")
+        or run(str(PYTHON), "-m", "ruff", "format", "--check", ".")
+        or run(str(PYTHON), "-m", "mypy")
+    )
 
 
 def main() -> int:
