@@ -37,11 +37,13 @@ the login. The rules, each pinned by a test:
 
 Every refusal is 401 ``login_refused`` with the rule in ``data.reason``; malformed input is 400.
 
-Library choice: the `siwe` package (4.4) was evaluated and not used at run time. The broker never
-parses a SIWE message: it renders the message itself, stores the exact text, and verifies the
-signature over those bytes, so the parser (ABNF, the package's main part) has nothing to do, and
-the package pulls in ``web3`` (with ``requests`` and ``websockets``) for EIP-1271 contract wallets,
-which this login does not offer. Rendering is the dozen lines below; EIP-191 recovery is
+Library choice: the `siwe` package (4.4.0, its latest release) was evaluated and not used. The
+broker never parses a SIWE message: it renders the message itself, stores the exact text and
+verifies the signature over those bytes, so the package's main part (an ABNF parser) has nothing
+to do; it pulls in ``web3`` (with ``requests`` and ``websockets``) for EIP-1271 contract wallets,
+which this login does not offer; and it does not even import with the current ``abnf`` (2.9:
+``GrammarError: 'ALPHA' is a core rule``, checked on this machine). Rendering is the dozen lines
+below, EIP-55 included (`eip55`, pinned to the EIP's own vectors); EIP-191 recovery is
 `protocol.signatures` (coincurve), shared with the simulator.
 """
 
