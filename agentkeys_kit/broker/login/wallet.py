@@ -32,8 +32,9 @@ the login. The rules, each pinned by a test:
   it at most `BROKER_LOGIN_CLOCK_SKEW_SECONDS` (default 60, at most 300) before its ``Issued At``;
   the end of the window is never extended;
 * **single use** (dexs-backend's signature is replayable inside the window; ours is not): one
-  conditional UPDATE consumes the nonce in the database, so of two verifications on any replicas
-  one wins and the other is refused. A wrong signature does not consume it (the user may retry).
+  conditional UPDATE consumes the nonce in the database, in the transaction that makes the session
+  (`complete_login`'s ``consume``), so of two verifications on any replicas one wins and the other
+  is refused. A wrong signature does not consume it (the user may retry).
 
 Every refusal is 401 ``login_refused`` with the rule in ``data.reason``; malformed input is 400.
 
@@ -208,9 +209,14 @@ async def wallet_verify(request: web.Request) -> web.Response:
         raise errors.login_refused("the signature does not recover (v must be 0, 1, 27 or 28)")
     if signer != login.address:
         raise errors.login_refused("the signature is not by the address that started this login")
-    if not await state.db.run(login_store.consume_login, request_id, now):
-        raise errors.login_refused("this login message was already used")
-    return await complete_login(state, request, identity_type="evm", identity_value=login.address, method="wallet")
+    return await complete_login(
+        state,
+        request,
+        identity_type="evm",
+        identity_value=login.address,
+        method="wallet",
+        consume=lambda: login_store.consume_login(request_id, now),
+    )
 
 
 Handler = Callable[[web.Request], Awaitable[web.Response]]
