@@ -23,6 +23,9 @@ from agentkeys_kit.broker.audit import RefusalAudit
 from agentkeys_kit.broker.callbacks import add_callback_routes
 from agentkeys_kit.broker.config import BrokerConfig
 from agentkeys_kit.broker.grants import add_grant_routes
+from agentkeys_kit.broker.login.email import add_email_routes
+from agentkeys_kit.broker.login.google import add_google_routes
+from agentkeys_kit.broker.login.purge import add_login_purge
 from agentkeys_kit.broker.observability import METRICS, BrokerMetrics, log_start, metrics_response, version
 from agentkeys_kit.broker.state import STATE, BrokerState
 from agentkeys_kit.broker.storage import StorageError, open_database
@@ -78,6 +81,11 @@ def create_app(
     app.router.add_get("/metrics", prometheus_metrics)
     add_callback_routes(app, config.callback_base_path)
     add_grant_routes(app)
+    if config.email_login is not None:
+        add_email_routes(app, config.email_login)
+    if config.google_login is not None:
+        add_google_routes(app, config.google_login, clock)
+    add_login_purge(app)
     return app
 
 
