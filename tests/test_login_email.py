@@ -84,9 +84,7 @@ async def verify(http: aiohttp.ClientSession, broker: BrokerHandle, email: str, 
     return await call(http, broker, VERIFY, json_body={"email": email, "code": code})
 
 
-async def code_for(
-    http: aiohttp.ClientSession, broker: BrokerHandle, mailbox: Mailbox, email: str
-) -> tuple[str, Any]:
+async def code_for(http: aiohttp.ClientSession, broker: BrokerHandle, mailbox: Mailbox, email: str) -> tuple[str, Any]:
     before = len(mailbox.mails())
     reply = await request_code(http, broker, email)
     assert reply.status == 200, reply
@@ -113,9 +111,7 @@ async def rows(broker: BrokerHandle, sql: str, *args: Any) -> list[dict[str, Any
 # --------------------------------------------------------------------------- the flow
 
 
-async def test_code_over_smtp_logs_in_once(
-    http: aiohttp.ClientSession, broker: BrokerHandle, mailbox: Mailbox
-) -> None:
+async def test_code_over_smtp_logs_in_once(http: aiohttp.ClientSession, broker: BrokerHandle, mailbox: Mailbox) -> None:
     code, mail = await code_for(http, broker, mailbox, "Alice@Example.com")
     assert mail.to == ["Alice@Example.com"]
     assert mail.subject == "AgentKeys verification code"
