@@ -1,0 +1,1 @@
+"""The `agentkeys` command (placeholder until login-core's package lands)."""
