@@ -355,3 +355,47 @@ async def test_expired_rows_are_purged(
     counts = await purge_once(broker.state)
     assert counts["email_codes"] == 1 and counts["rate_limit_buckets"] == 2
     assert await rows(broker, "SELECT email FROM email_codes") == []
+
+
+async def test_two_broker_processes_on_one_database_share_codes_and_tries(
+    db_url: tuple[str, str | None], tmp_path: Path, http: aiohttp.ClientSession
+) -> None:
+    """As an operator runs replicas: two `agentkeys-broker run` processes, one database and schema."""
+    from broker_process import BrokerProcess
+
+    outbox = tmp_path / "outbox"
+    env = {
+        "BROKER_MAILER": "console",
+        "BROKER_MAIL_CONSOLE_DIR": str(outbox),
+        "BROKER_EMAIL_CODE_KEY_PATH": str(tmp_path / "email_code.key"),
+    }
+    first = BrokerProcess(db_url, tmp_path, env).start()
+    try:
+        second = BrokerProcess(db_url, tmp_path, env).start()
+        try:
+            for broker in (first, second):
+                assert "e-mail login: mailer console" in broker.stderr()
+            code_file = outbox / ConsoleMailer.file_name(ALICE)
+            base_a, base_b = first.url, second.url
+            async with http.post(base_a + REQUEST, json={"email": ALICE}) as response:
+                assert response.status == 200
+            code = code_file.read_text().strip()
+            async with http.post(base_b + VERIFY, json={"email": ALICE, "code": code}) as response:
+                assert response.status == 200, await response.text()
+            async with http.post(base_a + VERIFY, json={"email": ALICE, "code": code}) as response:
+                assert response.status == 401 and (await response.json())["data"]["error"] == "code_used"
+            # tries are counted across processes too
+            async with http.post(base_a + REQUEST, json={"email": ALICE}) as response:
+                assert response.status == 200
+            code = code_file.read_text().strip()
+            for n in range(5):
+                url = (base_a, base_b)[n % 2] + VERIFY
+                async with http.post(url, json={"email": ALICE, "code": other_code(code)}) as response:
+                    assert (await response.json())["data"]["error"] == "wrong_code"
+            async with http.post(base_b + VERIFY, json={"email": ALICE, "code": code}) as response:
+                assert (await response.json())["data"]["error"] == "too_many_attempts"
+            assert code not in first.stderr() + second.stderr() + first.stdout() + second.stdout()
+        finally:
+            second.stop()
+    finally:
+        first.stop()
