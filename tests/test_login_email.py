@@ -20,7 +20,7 @@ from conftest import BrokerFactory, BrokerHandle
 
 from agentkeys_kit.broker.config import BrokerConfigError, config_from_env
 from agentkeys_kit.broker.login.email import ConsoleMailer, load_code_key
-from agentkeys_kit.broker.login.purge import purge_once
+from agentkeys_kit.broker.storage import login as login_store
 from agentkeys_kit.broker.storage.base import Query
 from agentkeys_kit.conformance.mail_sink import Mailbox, SmtpSink
 from agentkeys_kit.protocol.identity import IdentityKind, omni_account_of
@@ -58,6 +58,7 @@ def clock() -> Clock:
 
 def email_env(tmp_path: Path, sink: SmtpSink, **extra: str) -> dict[str, str]:
     return {
+        "BROKER_LOGIN_BACKEND": "local",
         "BROKER_SMTP_URL": sink.url,
         "BROKER_EMAIL_CODE_KEY_PATH": str(tmp_path / "email_code.key"),
         "BROKER_MAIL_FROM": "AgentKeys <login@agentkeys.test>",
@@ -278,7 +279,11 @@ async def test_mail_that_cannot_be_sent_is_a_502_and_leaves_no_code(
 ) -> None:
     from processes import free_port
 
-    env = {"BROKER_SMTP_URL": f"smtp://127.0.0.1:{free_port()}", "BROKER_EMAIL_CODE_KEY_PATH": str(tmp_path / "k")}
+    env = {
+        "BROKER_LOGIN_BACKEND": "local",
+        "BROKER_SMTP_URL": f"smtp://127.0.0.1:{free_port()}",
+        "BROKER_EMAIL_CODE_KEY_PATH": str(tmp_path / "k"),
+    }
     broker = await make_broker(env)
     reply = await request_code(http, broker, ALICE)
     assert reply.status == 502 and reply.body["data"]["error"] == "mail_not_sent", reply
@@ -290,6 +295,7 @@ async def test_console_mailer_writes_the_code_to_a_private_file_and_never_logs_i
 ) -> None:
     outbox = tmp_path / "outbox"
     env = {
+        "BROKER_LOGIN_BACKEND": "local",
         "BROKER_MAILER": "console",
         "BROKER_MAIL_CONSOLE_DIR": str(outbox),
         "BROKER_EMAIL_CODE_KEY_PATH": str(tmp_path / "k"),
@@ -349,10 +355,10 @@ async def test_expired_rows_are_purged(
     http: aiohttp.ClientSession, broker: BrokerHandle, mailbox: Mailbox, clock: Clock
 ) -> None:
     await code_for(http, broker, mailbox, ALICE)
-    counts = await purge_once(broker.state)
+    counts = await broker.state.db.run(login_store.purge_expired, broker.state.now())
     assert counts["email_codes"] == 0
     clock.now += 3601
-    counts = await purge_once(broker.state)
+    counts = await broker.state.db.run(login_store.purge_expired, broker.state.now())
     assert counts["email_codes"] == 1 and counts["rate_limit_buckets"] == 2
     assert await rows(broker, "SELECT email FROM email_codes") == []
 
@@ -365,6 +371,7 @@ async def test_two_broker_processes_on_one_database_share_codes_and_tries(
 
     outbox = tmp_path / "outbox"
     env = {
+        "BROKER_LOGIN_BACKEND": "local",
         "BROKER_MAILER": "console",
         "BROKER_MAIL_CONSOLE_DIR": str(outbox),
         "BROKER_EMAIL_CODE_KEY_PATH": str(tmp_path / "email_code.key"),

@@ -68,6 +68,7 @@ def clock() -> Clock:
 
 def google_env(google: FakeGoogle) -> dict[str, str]:
     return {
+        "BROKER_LOGIN_BACKEND": "local",
         "BROKER_GOOGLE_CLIENT_ID": CLIENT_ID,
         "BROKER_GOOGLE_CLIENT_SECRET": CLIENT_SECRET,
         "BROKER_GOOGLE_ISSUER": google.issuer,

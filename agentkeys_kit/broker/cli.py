@@ -32,6 +32,7 @@ from agentkeys_kit.broker.errors import BrokerError
 from agentkeys_kit.broker.grants import validate_grant_request
 from agentkeys_kit.broker.observability import configure_logging
 from agentkeys_kit.broker.server import serve_until_stopped
+from agentkeys_kit.broker.sessions import SessionKeyError
 from agentkeys_kit.broker.storage import AuditEvent, StorageError, open_database, store
 from agentkeys_kit.broker.tee_keys import TeeKeyError
 
@@ -94,7 +95,7 @@ def serve(config: BrokerConfig) -> int:
 
     try:
         asyncio.run(serve_until_stopped(config, create_app(config), announce))
-    except (TeeKeyError, StorageError) as exc:
+    except (TeeKeyError, SessionKeyError, StorageError) as exc:
         print(f"agentkeys-broker: cannot start: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:

@@ -51,7 +51,7 @@ from agentkeys_kit.broker.errors import BrokerError
 from agentkeys_kit.broker.http import json_body, require_fields
 from agentkeys_kit.broker.login import complete_login
 from agentkeys_kit.broker.login.limits import bucket_name, charge, client_source, login_endpoint
-from agentkeys_kit.broker.state import BrokerState
+from agentkeys_kit.broker.state import STATE, BrokerState
 from agentkeys_kit.broker.storage import login_state
 from agentkeys_kit.protocol.email_rules import EmailVerdict, validate_email
 
@@ -276,10 +276,13 @@ async def verify_code(request: web.Request, state: BrokerState) -> web.Response:
     return await complete_login(state, request, identity_type="email", identity_value=email, method="email")
 
 
-def add_email_routes(app: web.Application, settings: EmailLoginSettings) -> None:
-    """Serve the e-mail login; the key and the mailer are opened once, at start."""
+def add_routes(app: web.Application) -> None:
+    """Serve the e-mail login (`broker.login.add_login_routes` calls this when a mailer is
+    configured); the code key and the mailer are opened once, at start."""
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        settings = app[STATE].config.email_login
+        assert settings is not None, "e-mail login is served only with a mailer"
         mailer = make_mailer(settings)
         app[EMAIL_LOGIN] = EmailLogin(settings, load_code_key(settings.code_key_path), mailer)
         log.info(

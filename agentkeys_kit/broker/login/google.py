@@ -55,7 +55,7 @@ from agentkeys_kit.broker.errors import BrokerError
 from agentkeys_kit.broker.http import _query_pairs, read_body
 from agentkeys_kit.broker.login import complete_login
 from agentkeys_kit.broker.login.limits import bucket_name, charge, client_source, login_endpoint
-from agentkeys_kit.broker.state import BrokerState
+from agentkeys_kit.broker.state import STATE, BrokerState
 from agentkeys_kit.broker.storage import login_state
 from agentkeys_kit.protocol import json_rules
 
@@ -457,13 +457,17 @@ async def status(request: web.Request, state: BrokerState) -> web.Response:
     )
 
 
-def add_google_routes(app: web.Application, settings: GoogleLoginSettings, clock: Callable[[], float]) -> None:
-    """Serve the Google login; one HTTP client per broker for the provider."""
+def add_routes(app: web.Application) -> None:
+    """Serve the Google login (`broker.login.add_login_routes` calls this when a Google client is
+    configured); one HTTP client per broker for the provider."""
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        state = app[STATE]
+        settings = state.config.google_login
+        assert settings is not None, "Google login is served only with a Google client"
         timeout = aiohttp.ClientTimeout(total=HTTP_TIMEOUT)
         async with aiohttp.ClientSession(timeout=timeout) as http:
-            app[PROVIDER_KEY] = OpenIdProvider(settings, http, clock)
+            app[PROVIDER_KEY] = OpenIdProvider(settings, http, state.clock)
             log.info(
                 "Google login: issuer %s, client id %s, redirect URI %s",
                 settings.issuer,

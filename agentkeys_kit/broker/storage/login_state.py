@@ -1,5 +1,5 @@
 """Storage operations of the e-mail and Google logins: pending codes, rate-limit buckets, OAuth
-requests, and the purge of expired rows (tables of migrations 8 and 9).
+requests (tables of migrations 8 and 9; their expired rows go with `storage.login.purge_expired`).
 
 Everything a replica decides on lives here, in the database, so several broker processes on one
 PostgreSQL behave as one broker: each decision is one conditional statement (or one transaction
@@ -212,14 +212,3 @@ def deliver_oauth_request(request_sha256: str, now: int) -> Operation[OAuthReque
         now,
     )
     return None if row is None else OAuthRequest.from_row(row)
-
-
-# --------------------------------------------------------------------------- purge
-
-
-def purge_expired(now: int, grace: int = 0) -> Operation[dict[str, int]]:
-    """Delete codes, buckets and OAuth requests that expired more than `grace` seconds ago."""
-    counts = {}
-    for table in ("email_codes", "rate_limit_buckets", "oauth_requests"):
-        counts[table] = yield Query.run(f"DELETE FROM {table} WHERE expires_at <= ?", now - grace)
-    return counts
