@@ -406,3 +406,24 @@ async def test_two_broker_processes_on_one_database_share_codes_and_tries(
             second.stop()
     finally:
         first.stop()
+
+
+async def test_methods_follow_the_configuration_and_heima_serves_no_email_login(
+    make_broker: BrokerFactory, tmp_path: Path, sink: SmtpSink, http: aiohttp.ClientSession
+) -> None:
+    google = {"BROKER_GOOGLE_CLIENT_ID": "id", "BROKER_GOOGLE_CLIENT_SECRET": "secret"}
+    wallet_only = await make_broker({"BROKER_LOGIN_BACKEND": "local"})
+    with_email = await make_broker(email_env(tmp_path, sink))
+    with_both = await make_broker({**email_env(tmp_path, sink), **google})
+    heima = await make_broker({**email_env(tmp_path, sink), "BROKER_LOGIN_BACKEND": "heima"})
+    for broker, methods in (
+        (wallet_only, ["wallet"]),
+        (with_email, ["wallet", "email"]),
+        (with_both, ["wallet", "email", "google"]),
+        (heima, ["wallet", "email"]),  # the worker's methods: the CLI logs in there
+    ):
+        reply = await call(http, broker, "v1/auth/config", method="GET")
+        assert reply.body["data"]["methods"] == methods
+    for broker in (wallet_only, heima):
+        assert_refused(await request_code(http, broker, ALICE), 404, "not_found")
+    assert_refused(await call(http, heima, "v1/auth/google/start"), 404, "not_found")

@@ -19,6 +19,7 @@ alone: the backend, its methods, the client id, and for ``heima`` the worker's J
 from __future__ import annotations
 
 import importlib
+import logging
 from typing import Any
 
 from aiohttp import web
@@ -33,6 +34,8 @@ from agentkeys_kit.broker.storage import login as login_store
 from agentkeys_kit.broker.storage.login import SessionRow
 from agentkeys_kit.protocol.auth import UserId
 from agentkeys_kit.protocol.identity import Identity, IdentityError, IdentityKind
+
+log = logging.getLogger(__name__)
 
 #: The local backend's login methods: name → module with ``add_routes(app)``. Each method is a
 #: module of its own (`login/wallet.py`, and e-mail and Google beside it).
@@ -144,6 +147,11 @@ async def complete_login(
 
 def add_login_routes(app: web.Application, config: BrokerConfig) -> None:
     app.router.add_get("/v1/auth/config", auth_config)
+    if config.login_backend == "heima" and (config.email_login or config.google_login):
+        log.warning(
+            "the e-mail and Google login settings are ignored with BROKER_LOGIN_BACKEND=heima: the worker "
+            "authenticates (its own mailer sends the codes)"
+        )
     if config.login_backend == "local":
         for name in offered_methods(config):
             importlib.import_module(LOCAL_METHODS[name]).add_routes(app)
