@@ -379,3 +379,44 @@ def test_google_configuration_refused(env: dict[str, str], message: str, tmp_pat
     with pytest.raises(BrokerConfigError, match=message):
         config_from_env({**base, **env})
     assert "secret" not in repr(config_from_env(base).google_login)
+
+
+async def test_jwks_is_refetched_for_a_new_kid_at_most_once_a_minute(
+    google: FakeGoogle, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fetches: list[str] = []
+    get_json = OpenIdProvider._get_json
+
+    async def counted(self: OpenIdProvider, url: str) -> Any:
+        if url == google.jwks_uri:
+            fetches.append(url)
+        return await get_json(self, url)
+
+    monkeypatch.setattr(OpenIdProvider, "_get_json", counted)
+    ticks = Clock()
+    settings = GoogleLoginSettings(CLIENT_ID, CLIENT_SECRET, google.issuer)
+    async with aiohttp.ClientSession() as session:
+        provider = OpenIdProvider(settings, session, clock, monotonic=ticks)
+        assert (await provider.verify_id_token(google.mint_id_token(CLIENT_ID, EMAIL, nonce="n"), "n")).subject
+        # the provider rotates its key: tokens name a kid the broker has not seen
+        google.key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        google.kid = None
+        rotated = google.mint_id_token(CLIENT_ID, EMAIL, nonce="n")
+        for _ in range(3):  # a burst of unknown kids within the minute: no refetch
+            with pytest.raises(ProviderError, match="kid"):
+                await provider.verify_id_token(rotated, "n")
+        assert len(fetches) == 1
+        ticks.now += 61
+        assert (await provider.verify_id_token(rotated, "n")).subject == default_sub(EMAIL)
+        assert len(fetches) == 2
+
+
+async def test_expired_sign_in_requests_are_purged(
+    http: aiohttp.ClientSession, broker: BrokerHandle, clock: Clock
+) -> None:
+    from agentkeys_kit.broker.storage import login as login_store
+
+    await start(http, broker)
+    assert (await broker.state.db.run(login_store.purge_expired, broker.state.now()))["oauth_requests"] == 0
+    clock.now += 601
+    assert (await broker.state.db.run(login_store.purge_expired, broker.state.now()))["oauth_requests"] == 1
