@@ -50,7 +50,7 @@ from agentkeys_kit.broker.config import BrokerConfigError, EmailLoginSettings
 from agentkeys_kit.broker.errors import BrokerError
 from agentkeys_kit.broker.http import json_body, require_fields
 from agentkeys_kit.broker.login import complete_login
-from agentkeys_kit.broker.login.limits import bucket_name, charge, client_source, login_endpoint
+from agentkeys_kit.broker.login.limits import bucket_name, client_source, login_endpoint, rate_limited
 from agentkeys_kit.broker.state import STATE, BrokerState
 from agentkeys_kit.broker.storage import login_state
 from agentkeys_kit.protocol.email_rules import EmailVerdict, validate_email
@@ -244,12 +244,17 @@ async def request_code(request: web.Request, state: BrokerState) -> web.Response
     email = checked_email(body["email"])
     login = request.app[EMAIL_LOGIN]
     settings = login.settings
-    source = bucket_name("email-ip", client_source(request))
-    await charge(state, "client address", source, settings.per_ip_minutely, _MINUTE)
-    await charge(state, "e-mail address", bucket_name("email-addr", email), settings.per_email_hourly, _HOUR)
+    limits = (  # the client's limit first: a client cannot spend an address's budget beyond its own
+        login_state.Limit(
+            "client address", bucket_name("email-ip", client_source(request)), settings.per_ip_minutely, _MINUTE
+        ),
+        login_state.Limit("e-mail address", bucket_name("email-addr", email), settings.per_email_hourly, _HOUR),
+    )
     code = new_code()
     digest = code_hmac(login.key, email, code)
-    await state.db.run(login_state.store_email_code, email, digest, state.now(), CODE_TTL)
+    exceeded = await state.db.run(login_state.issue_email_code, email, digest, state.now(), CODE_TTL, limits)
+    if exceeded is not None:
+        raise rate_limited(*exceeded)
     try:
         await login.mailer.send(body["email"], code)
     except MailError as exc:

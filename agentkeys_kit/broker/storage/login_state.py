@@ -37,9 +37,40 @@ def hit_bucket(bucket: str, window: int, now: int) -> Operation[tuple[int, int]]
 # --------------------------------------------------------------------------- e-mail codes
 
 
-def store_email_code(email: str, code_hmac: str, now: int, ttl: int) -> Operation[None]:
+@dataclass(frozen=True, slots=True)
+class Limit:
+    """A rate limit to charge: its name (for the refusal), bucket key, hits allowed per window."""
+
+    name: str
+    bucket: str
+    limit: int
+    window: int
+
+
+def issue_email_code(
+    email: str, code_hmac: str, now: int, ttl: int, limits: tuple[Limit, ...]
+) -> Operation[tuple[str, int] | None]:
+    """Charge each of `limits` in order, then store the address's code, in one transaction (one
+    commit, one fsync on SQLite). A limit found exceeded ends it there, with its name and the
+    seconds until its window ends, and no code is stored; the hits counted so far are kept."""
+    for limit in limits:
+        start = now - now % limit.window
+        row = yield Query.one(
+            "INSERT INTO rate_limit_buckets (bucket, window_start, hits, expires_at) VALUES (?, ?, 1, ?) "
+            "ON CONFLICT (bucket, window_start) DO UPDATE SET hits = rate_limit_buckets.hits + 1 RETURNING hits",
+            limit.bucket,
+            start,
+            start + limit.window,
+        )
+        if int(row["hits"]) > limit.limit:
+            return limit.name, max(1, start + limit.window - now)
+    yield store_email_code_query(email, code_hmac, now, ttl)
+    return None
+
+
+def store_email_code_query(email: str, code_hmac: str, now: int, ttl: int) -> Query:
     """The address's one pending code: a new one replaces any earlier (and its attempts)."""
-    yield Query.only_statement(
+    return Query.one(
         "INSERT INTO email_codes (email, code_hmac, created_at, expires_at, attempts, consumed_at) "
         "VALUES (?, ?, ?, ?, 0, NULL) ON CONFLICT (email) DO UPDATE SET code_hmac = excluded.code_hmac, "
         "created_at = excluded.created_at, expires_at = excluded.expires_at, attempts = 0, consumed_at = NULL "
