@@ -427,3 +427,19 @@ async def test_methods_follow_the_configuration_and_heima_serves_no_email_login(
     for broker in (wallet_only, heima):
         assert_refused(await request_code(http, broker, ALICE), 404, "not_found")
     assert_refused(await call(http, heima, "v1/auth/google/start"), 404, "not_found")
+
+
+def test_smtp_transport_security_follows_the_url() -> None:
+    from agentkeys_kit.broker.config import EmailLoginSettings
+    from agentkeys_kit.broker.login.email import SmtpMailer
+
+    def mailer(url: str) -> SmtpMailer:
+        return SmtpMailer(EmailLoginSettings(mailer="smtp", smtp_url=url))
+
+    tls = mailer("smtps://user%40x:p%3Ass@mail.example.com")
+    assert (tls.tls, tls.start_tls, tls.port, tls.username, tls.password) == (True, False, 465, "user@x", "p:ss")
+    remote = mailer("smtp://mail.example.com")
+    assert (remote.tls, remote.start_tls, remote.port) == (False, True, 587)
+    local = mailer("smtp://127.0.0.1:2525")
+    assert (local.tls, local.start_tls, local.port) == (False, None, 2525)
+    assert "p:ss" not in tls.describe() and "user" not in tls.describe()

@@ -159,11 +159,9 @@ class SmtpMailer:
         self.username = unquote(url.username) if url.username else None
         self.password = unquote(url.password) if url.password else None
         loopback = self.host in ("127.0.0.1", "::1", "localhost")
-        # STARTTLS: required to a remote relay (a code must not cross a network in clear), used
-        # when offered on loopback (a local relay or a test sink).
-        self.start_tls: bool | None = None if (self.tls or loopback) else True
-        if self.tls:
-            self.start_tls = False
+        # STARTTLS: none inside TLS; required to a remote relay (a code must not cross a network
+        # in clear); used when offered on loopback (a local relay or a test sink).
+        self.start_tls: bool | None = False if self.tls else None if loopback else True
 
     def describe(self) -> str:
         return f"smtp {self.settings.smtp_description()}"
