@@ -420,3 +420,15 @@ async def test_expired_sign_in_requests_are_purged(
     assert (await broker.state.db.run(login_store.purge_expired, broker.state.now()))["oauth_requests"] == 0
     clock.now += 601
     assert (await broker.state.db.run(login_store.purge_expired, broker.state.now()))["oauth_requests"] == 1
+
+
+async def test_redirect_uri_from_the_public_url(
+    make_broker: BrokerFactory, google: FakeGoogle, http: aiohttp.ClientSession
+) -> None:
+    env = {**google_env(google), "BROKER_PUBLIC_URL": "https://broker.example.com/"}
+    broker = await make_broker(env)
+    params = query_of((await start(http, broker))["authorization_url"])
+    assert params["redirect_uri"] == "https://broker.example.com/auth/google/callback"
+    explicit = await make_broker({**env, "BROKER_GOOGLE_REDIRECT_URI": "https://login.example.com/cb"})
+    params = query_of((await start(http, explicit))["authorization_url"])
+    assert params["redirect_uri"] == "https://login.example.com/cb"

@@ -309,9 +309,14 @@ PROVIDER_KEY = web.AppKey("broker_google_provider", OpenIdProvider)
 # --------------------------------------------------------------------------- endpoints
 
 
-def _redirect_uri(request: web.Request, settings: GoogleLoginSettings) -> str:
+def _redirect_uri(request: web.Request, settings: GoogleLoginSettings, public_url: str | None) -> str:
+    """`BROKER_GOOGLE_REDIRECT_URI`, else under `BROKER_PUBLIC_URL`, else the request's own host
+    (development: the provider refuses a redirect URI it does not know, so a forged Host header
+    only breaks the forger's own sign-in)."""
     if settings.redirect_uri is not None:
         return settings.redirect_uri
+    if public_url is not None:
+        return public_url.rstrip("/") + CALLBACK_PATH
     return f"{request.scheme}://{request.host}{CALLBACK_PATH}"
 
 
@@ -346,7 +351,7 @@ async def start(request: web.Request, state: BrokerState) -> web.Response:
     oauth_state = secrets.token_urlsafe(32)
     nonce = secrets.token_urlsafe(32)
     verifier, challenge = pkce_pair()
-    redirect_uri = _redirect_uri(request, provider.settings)
+    redirect_uri = _redirect_uri(request, provider.settings, state.config.public_url)
     await state.db.run(
         partial(
             login_state.create_oauth_request,
@@ -457,6 +462,12 @@ async def status(request: web.Request, state: BrokerState) -> web.Response:
     )
 
 
+def _configured_redirect(settings: GoogleLoginSettings, public_url: str | None) -> str:
+    if settings.redirect_uri is not None:
+        return settings.redirect_uri
+    return public_url.rstrip("/") + CALLBACK_PATH if public_url else "from the request's host"
+
+
 def add_routes(app: web.Application) -> None:
     """Serve the Google login (`broker.login.add_login_routes` calls this when a Google client is
     configured); one HTTP client per broker for the provider."""
@@ -472,7 +483,7 @@ def add_routes(app: web.Application) -> None:
                 "Google login: issuer %s, client id %s, redirect URI %s",
                 settings.issuer,
                 settings.client_id,
-                settings.redirect_uri or "from the request's host",
+                _configured_redirect(settings, state.config.public_url),
             )
             yield
 
