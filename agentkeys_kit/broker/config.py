@@ -76,7 +76,7 @@ class EmailLoginSettings:
     """How e-mail codes are sent and limited (`broker/login/email.py`)."""
 
     mailer: str  # "smtp" or "console"
-    smtp_url: str | None = None
+    smtp_url: str | None = field(default=None, repr=False)  # may hold a password
     mail_from: str = "noreply@bots.litentry.org"
     subject: str = "AgentKeys verification code"
     console_dir: Path | None = None
