@@ -67,7 +67,11 @@ class Broker(benchkit.ChildProcess):
     def __init__(self, label: str, env: dict[str, str], log_dir: Path) -> None:
         super().__init__(label, log_dir / f"{label}.log")
         self.url = f"http://{HOST}:{self.port}"
-        self.env = {"BROKER_TEE_JWT_PUBLIC_KEY": str(TEE_PUBLIC_KEY), **env}
+        self.env = {
+            "BROKER_TEE_JWT_PUBLIC_KEY": str(TEE_PUBLIC_KEY),
+            "BROKER_OIDC_KEYPAIR_PATH": str(log_dir / f"oidc-keypair-{label}.json"),
+            **env,
+        }
 
     def start(self) -> None:
         env = benchkit.child_env(drop_prefix="BROKER_")

@@ -209,7 +209,9 @@ BrokerFactory = Callable[..., Awaitable[BrokerHandle]]
 
 
 @pytest.fixture
-async def make_broker(db_url: tuple[str, str | None], tee_key: rsa.RSAPrivateKey) -> AsyncIterator[BrokerFactory]:
+async def make_broker(
+    db_url: tuple[str, str | None], tee_key: rsa.RSAPrivateKey, tmp_path: Path
+) -> AsyncIterator[BrokerFactory]:
     started: list[BrokerHandle] = []
 
     async def factory(
@@ -219,7 +221,12 @@ async def make_broker(db_url: tuple[str, str | None], tee_key: rsa.RSAPrivateKey
     ) -> BrokerHandle:
         """A broker on a free port; `routes` adds test-only handlers (method, path, handler)."""
         url, schema = db_url
-        values = {"BROKER_DB_URL": url, "BROKER_TEE_JWT_PUBLIC_KEY": str(TEE_PUBLIC_KEY_PATH), **(env or {})}
+        values = {
+            "BROKER_DB_URL": url,
+            "BROKER_TEE_JWT_PUBLIC_KEY": str(TEE_PUBLIC_KEY_PATH),
+            "BROKER_OIDC_KEYPAIR_PATH": str(tmp_path / "oidc-keypair.json"),
+            **(env or {}),
+        }
         if schema is not None:
             values["BROKER_DB_SCHEMA"] = schema
         config = broker_config_from_env(values)

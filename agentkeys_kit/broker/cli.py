@@ -29,7 +29,7 @@ from agentkeys_kit.broker.config import (
     database_from_env,
 )
 from agentkeys_kit.broker.errors import BrokerError
-from agentkeys_kit.broker.grants import validate_grant_request
+from agentkeys_kit.broker.grants import validate_grant_request, validate_max_uses
 from agentkeys_kit.broker.observability import configure_logging
 from agentkeys_kit.broker.server import serve_until_stopped
 from agentkeys_kit.broker.storage import AuditEvent, StorageError, open_database, store
@@ -56,6 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     when = create.add_mutually_exclusive_group(required=True)
     when.add_argument("--expires-at", type=int, help="unix seconds")
     when.add_argument("--ttl", type=int, help="seconds from now")
+    create.add_argument(
+        "--max-uses", type=int, default=None, help="mints the agent may make under it (default: no limit)"
+    )
     revoke = gsub.add_parser("revoke", help="revoke a grant now")
     revoke.add_argument("grant_id")
     return parser
@@ -135,6 +138,7 @@ async def _create(db: Any, args: argparse.Namespace, now: int) -> int:
         agent, scope, expires_at = validate_grant_request(
             {"agent_wallet": args.agent_wallet, "scope": args.scope, "expires_at": expires_at}, master_wallet, now
         )
+        max_uses = validate_max_uses({"max_uses": args.max_uses})
     except BrokerError as exc:
         print(f"agentkeys-broker: {exc.message}", file=sys.stderr)
         return 2
@@ -146,6 +150,7 @@ async def _create(db: Any, args: argparse.Namespace, now: int) -> int:
             agent_wallet=agent,
             scope=scope,
             expires_at=expires_at,
+            max_uses=max_uses,
             audit=audit,
         )
     )
