@@ -20,12 +20,13 @@
 | `BROKER_LOG_FORMAT` | `json` (one JSON object per line) or `text` | `json` |
 | `BROKER_METRICS_ALLOW_CIDRS` | networks allowed to read `GET /metrics` | `127.0.0.0/8,::1/128` |
 | `BROKER_OIDC_ISSUER` | OIDC issuer, byte-exact as at AWS (https; http on loopback) | `https://oidc.agentkeys.dev` |
-| `BROKER_OIDC_KEYPAIR_PATH` | OIDC signing key (ES256), created 0600 | beside the SQLite file, else `~/.agentkeys/broker/` |
+| `BROKER_OIDC_KEYPAIR_PATH` | ES256 OIDC key, made 0600 | beside the SQLite file, else in `~/.agentkeys/broker` |
 | `BROKER_OIDC_JWT_TTL_SECONDS` | lifetime of a minted OIDC JWT, 60 to 3600 | `300` |
 | `BROKER_DATA_ROLE_ARN` | role `mint-aws-creds` assumes (legacy `BROKER_AGENT_ROLE_ARN`); unset: none | — |
 | `BROKER_SESSION_DURATION_SECONDS` | lifetime of minted AWS credentials, 900 to 43200 | `3600` |
 | `BROKER_STS_ENDPOINT_URL` | the STS endpoint (moto's server in tests) | AWS's regional endpoint |
 | `BROKER_AWS_REGION` | the STS region | `us-east-1` |
+| `BROKER_SKIP_STARTUP_CHECK` | `1`: no `sts:GetCallerIdentity` at start (as `run --skip-startup-check`) | off |
 | `BROKER_MINT_MAX_SKEW_SECONDS` | agent's signed `issued_at` vs the broker's clock, 5 to 600 | `120` |
 """
 
@@ -263,6 +264,8 @@ def _credential_surface(env: Mapping[str, str]) -> dict[str, object]:
         if not re.fullmatch(r"[a-z]{2}(-[a-z]+)+-[0-9]+", env["BROKER_AWS_REGION"]):
             raise BrokerConfigError("BROKER_AWS_REGION must be an AWS region name (e.g. us-east-1)")
         values["aws_region"] = env["BROKER_AWS_REGION"]
+    if env.get("BROKER_SKIP_STARTUP_CHECK", "").strip().lower() in ("1", "true", "yes"):
+        values["skip_startup_check"] = True
     if "BROKER_MINT_MAX_SKEW_SECONDS" in env:
         values["mint_max_skew"] = _bounded(env, "BROKER_MINT_MAX_SKEW_SECONDS", 5, 600)
     return values

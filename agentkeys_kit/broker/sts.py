@@ -31,11 +31,15 @@ from botocore.exceptions import (
     NoCredentialsError,
     ReadTimeoutError,
 )
+from botocore.parsers import ResponseParserError
 
 CONNECT_TIMEOUT = 3.0
 READ_TIMEOUT = 10.0
 TOTAL_TIMEOUT = 25.0  # one call, both attempts included
 _UNREACHABLE = (EndpointConnectionError, ConnectTimeoutError, ReadTimeoutError, ConnectionClosedError)
+#: what a call may raise: botocore's errors, an answer that is not STS's (ResponseParserError is
+#: not a BotoCoreError), the connection, and a malformed success answer
+_CALL_ERRORS = (BotoCoreError, ClientError, ResponseParserError, TimeoutError, OSError, KeyError, TypeError, ValueError)
 _SESSION_CHARS = re.compile(r"[^A-Za-z0-9_-]")
 
 
@@ -63,7 +67,7 @@ def session_name(wallet: str, now: float) -> str:
 
 
 def _failure(exc: BaseException) -> StsFailure:
-    if isinstance(exc, _UNREACHABLE | TimeoutError | OSError):
+    if isinstance(exc, (*_UNREACHABLE, TimeoutError, OSError)):
         return StsFailure("sts_unreachable", type(exc).__name__)
     if isinstance(exc, ClientError):
         error = exc.response.get("Error", {})
@@ -114,7 +118,7 @@ class Sts:
                 expires,
             )
             return result, str(answer.get("AssumedRoleUser", {}).get("Arn", ""))
-        except (BotoCoreError, ClientError, TimeoutError, OSError, KeyError, TypeError, ValueError) as exc:
+        except _CALL_ERRORS as exc:
             raise _failure(exc) from None
 
     async def caller_identity(self) -> str:
@@ -125,5 +129,5 @@ class Sts:
             return str(answer["Arn"])
         except NoCredentialsError:
             raise StsFailure("sts_error", "no AWS credentials found (the default credential chain is empty)") from None
-        except (BotoCoreError, ClientError, TimeoutError, OSError, KeyError) as exc:
+        except _CALL_ERRORS as exc:
             raise _failure(exc) from None
