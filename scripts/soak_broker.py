@@ -140,9 +140,12 @@ class Database:
     url: str
     schema: str | None
     path: Path | None = None
+    session_key: Path | None = None  # PostgreSQL: the session key would default to ~/.agentkeys
 
     def env(self) -> dict[str, str]:
         env = {"BROKER_DB_URL": self.url, "BROKER_TEE_JWT_PUBLIC_KEY": str(TEE_PUBLIC_KEY)}
+        if self.session_key is not None:
+            env["BROKER_SESSION_KEYPAIR_PATH"] = str(self.session_key)
         if self.schema:
             env["BROKER_DB_SCHEMA"] = self.schema
         return env
@@ -197,7 +200,7 @@ def make_database(kind: str, directory: Path, pg_dsn: str) -> Database:
     if kind == "sqlite":
         path = directory / "broker.sqlite3"
         return Database(kind, f"sqlite:///{path}", None, path)
-    return Database(kind, pg_dsn, f"soak_{secrets.token_hex(6)}")
+    return Database(kind, pg_dsn, f"soak_{secrets.token_hex(6)}", session_key=directory / "session-keypair.json")
 
 
 # =========================================================================== the valid load

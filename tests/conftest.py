@@ -225,6 +225,8 @@ async def make_broker(
             "BROKER_DB_URL": url,
             "BROKER_TEE_JWT_PUBLIC_KEY": str(TEE_PUBLIC_KEY_PATH),
             "BROKER_OIDC_KEYPAIR_PATH": str(tmp_path / "oidc-keypair.json"),
+            # one key per test, shared by the test's brokers (replicas share theirs), never in $HOME
+            "BROKER_SESSION_KEYPAIR_PATH": str(tmp_path / "session-keypair.json"),
             **(env or {}),
         }
         if schema is not None:

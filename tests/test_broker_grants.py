@@ -258,12 +258,16 @@ async def test_a_master_that_logged_in_with_an_email_is_not_a_wallet_identity(
     assert await stored_grants(broker) == []
 
 
-async def test_a_master_that_never_logged_in_is_unknown_user(
+async def test_a_master_whose_login_never_reached_the_broker_is_refused(
     make_broker: BrokerFactory, tee_key: rsa.RSAPrivateKey, http: aiohttp.ClientSession
 ) -> None:
+    # A valid TEE access token that post_heima_login never recorded: the broker never heard of
+    # that login (`bearer.py`), so it is not a bearer here.
     broker = await make_broker()
     token = mint_tee_token(tee_key, account_of(IdentityKind.EVM, MASTER))
-    assert_refused(await create(http, broker, token), 404, "unknown_user")
+    reply = await create(http, broker, token)
+    assert_refused(reply, 401, "invalid_token")
+    assert "never recorded" in reply.body["data"]["reason"]
     assert await stored_grants(broker) == []
 
 

@@ -89,9 +89,13 @@ MALFORMED_URLS = {
 
 @pytest.mark.parametrize("case", list(MALFORMED_URLS))
 @pytest.mark.parametrize("command", ["run", "grants list"])
-async def test_a_bad_db_url_is_one_line_that_never_shows_the_password(case: str, command: str) -> None:
+async def test_a_bad_db_url_is_one_line_that_never_shows_the_password(case: str, command: str, tmp_path: Path) -> None:
     url, status, needle = MALFORMED_URLS[case]
-    env = {"BROKER_DB_URL": url, "BROKER_TEE_JWT_PUBLIC_KEY": str(TEE_PUBLIC_KEY_PATH)}
+    env = {
+        "BROKER_DB_URL": url,
+        "BROKER_TEE_JWT_PUBLIC_KEY": str(TEE_PUBLIC_KEY_PATH),
+        "BROKER_SESSION_KEYPAIR_PATH": str(tmp_path / "session-keypair.json"),
+    }
     proc = await broker_cli(*command.split(), "--port", "0", env=env) if command == "run" else None
     if proc is None:
         proc = await broker_cli(*command.split(), env=env)

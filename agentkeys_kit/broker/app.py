@@ -1,4 +1,5 @@
-"""The broker's aiohttp application: callbacks, grants, health, readiness and metrics.
+"""The broker's aiohttp application: callbacks, login, sessions, whoami, grants, health, readiness
+and metrics.
 
 Every route stands on the request layer (`broker.http`: strict bodies and queries, the envelope
 for every error) and is counted and logged by `broker.observability`; serve it with
@@ -6,7 +7,9 @@ for every error) and is counted and logged by `broker.observability`; serve it w
 
 Keys and the database are opened once in the application's lifecycle (never per request):
 the TEE key from `BROKER_TEE_JWT_PUBLIC_KEY`, or fetched once from
-`BROKER_TEE_JWT_PUBLIC_KEY_URL` in development.
+`BROKER_TEE_JWT_PUBLIC_KEY_URL` in development, and the session key from
+`BROKER_SESSION_KEYPAIR_PATH` (created on first start). A housekeeping task purges expired login
+state every `PURGE_EVERY_SECONDS` (`storage/login.py`).
 """
 
 from __future__ import annotations
@@ -16,28 +19,40 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
 
 from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from agentkeys_kit.broker import agent_mint, errors, http
+from agentkeys_kit.broker import agent_mint, http
 from agentkeys_kit.broker.audit import RefusalAudit
 from agentkeys_kit.broker.audit_chain import ChainWriter
+from agentkeys_kit.broker.bearer import add_bearer_routes, require_principal
 from agentkeys_kit.broker.callbacks import add_callback_routes
 from agentkeys_kit.broker.config import BrokerConfig
 from agentkeys_kit.broker.grants import add_grant_routes
+from agentkeys_kit.broker.login import add_login_routes
+from agentkeys_kit.broker.login.heima import log_login_start
 from agentkeys_kit.broker.mint import MINT as MINT_SERVICE_KEY
 from agentkeys_kit.broker.mint import MintService, Resolver, add_mint_routes
 from agentkeys_kit.broker.observability import METRICS, BrokerMetrics, fields, log_start, metrics_response, version
 from agentkeys_kit.broker.oidc import OidcKeys, add_oidc_routes
+from agentkeys_kit.broker.sessions import (
+    SessionIssuer,
+    add_session_routes,
+    load_or_create_session_key,
+    session_issuer_name,
+)
 from agentkeys_kit.broker.state import STATE, BrokerState
-from agentkeys_kit.broker.storage import Database, StorageError, open_database, store
+from agentkeys_kit.broker.storage import Database, StorageError, open_database
+from agentkeys_kit.broker.storage import login as login_store
+from agentkeys_kit.broker.storage.base import one_line
 from agentkeys_kit.broker.sts import Sts, StsFailure
 from agentkeys_kit.broker.tee_keys import fetch_public_key, load_public_key_file
 from agentkeys_kit.broker.tokens import TeeTokenVerifier
 
 log = logging.getLogger(__name__)
+
+PURGE_EVERY_SECONDS = 60.0
 
 
 async def load_tee_key(config: BrokerConfig) -> rsa.RSAPublicKey:
@@ -76,11 +91,24 @@ def create_app(
         refusals = RefusalAudit(db)
         refusals.start()
         try:
+            session_key = load_or_create_session_key(config.session_key_path, int(clock()))
+            sessions = SessionIssuer(
+                session_key, session_issuer_name(config.public_url), config.session_ttl, config.login_clock_skew
+            )
             verifier = TeeTokenVerifier(key, config.accepted_client_ids, clock)
-            app[STATE] = BrokerState(config=config, db=db, verifier=verifier, refusals=refusals, clock=clock)
+            app[STATE] = BrokerState(
+                config=config, db=db, verifier=verifier, refusals=refusals, sessions=sessions, clock=clock
+            )
             log_start(config, key, await db.schema_version())
+            log_login_start(config, session_key)
             metrics.info.labels(version(), db.dialect).set(1)
-            yield
+            purging = asyncio.create_task(purge_forever(db, clock))
+            try:
+                yield
+            finally:
+                purging.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await purging
         finally:
             await refusals.close()
             await db.close()
@@ -96,7 +124,7 @@ def create_app(
         writer = ChainWriter(state.db)
         sts = await open_sts(config)
         purge = asyncio.create_task(forget_request_ids(state.db, clock), name="broker-mint-requests")
-        resolver = resolve_caller or tee_caller
+        resolver = resolve_caller or require_principal
         app[MINT_SERVICE_KEY] = MintService(config, writer, oidc_keys, resolver, sts, clock)
         try:
             yield
@@ -118,6 +146,9 @@ def create_app(
     app.router.add_get("/metrics", prometheus_metrics)
     add_callback_routes(app, config.callback_base_path)
     add_grant_routes(app)
+    add_bearer_routes(app)
+    add_session_routes(app)
+    add_login_routes(app, config.login_backend)
     return app
 
 
@@ -171,23 +202,16 @@ async def forget_request_ids(db: Database, clock: Callable[[], float], every: fl
             await db.run(agent_mint.forget_old_requests, int(clock()))
 
 
-async def tee_caller(request: web.Request) -> TeeCaller:
-    """Until the bearer verifier of the login issue is merged: a TEE access token whose user
-    logged in through `post_heima_login`; the wallet is its identity when that is an EVM one."""
-    state = request.app[STATE]
-    verified = state.verifier.verify(http.authorization_header(request))
-    user = await state.db.run(store.find_user_by_account, verified.claims.sub)
-    if user is None or user.client_id != verified.claims.aud:
-        raise errors.unknown_user()
-    wallet = user.identity_value if user.identity_type == "evm" else None
-    return TeeCaller(user.omni_account, wallet, verified.sha256)
-
-
-@dataclass(frozen=True, slots=True)
-class TeeCaller:
-    omni_account: str
-    wallet: str | None
-    token_sha256: str
+async def purge_forever(db: Database, clock: Callable[[], float], every: float = PURGE_EVERY_SECONDS) -> None:
+    """Delete expired login nonces, sessions and recorded TEE tokens, now and every `every` s."""
+    while True:
+        try:
+            counts = await db.run(login_store.purge_expired, int(clock()))
+            if any(counts.values()):
+                log.info("purged expired login state: %s", counts)
+        except StorageError as exc:
+            log.warning("purging expired login state failed: %s", one_line(exc))
+        await asyncio.sleep(every)
 
 
 async def healthz(request: web.Request) -> web.Response:

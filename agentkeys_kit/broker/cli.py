@@ -38,6 +38,7 @@ from agentkeys_kit.broker.grants import validate_grant_request, validate_max_use
 from agentkeys_kit.broker.observability import configure_logging
 from agentkeys_kit.broker.oidc import OidcKeyError, rotate
 from agentkeys_kit.broker.server import serve_until_stopped
+from agentkeys_kit.broker.sessions import SessionKeyError
 from agentkeys_kit.broker.storage import AuditEvent, StorageError, open_database, store
 from agentkeys_kit.broker.tee_keys import TeeKeyError
 
@@ -124,7 +125,7 @@ def serve(config: BrokerConfig) -> int:
 
     try:
         asyncio.run(serve_until_stopped(config, create_app(config), announce))
-    except (TeeKeyError, StorageError, OidcKeyError, StartupCheckFailed) as exc:
+    except (TeeKeyError, SessionKeyError, StorageError, OidcKeyError, StartupCheckFailed) as exc:
         print(f"agentkeys-broker: cannot start: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:

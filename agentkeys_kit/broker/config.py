@@ -28,6 +28,12 @@
 | `BROKER_AWS_REGION` | the STS region | `us-east-1` |
 | `BROKER_SKIP_STARTUP_CHECK` | `1`: no `sts:GetCallerIdentity` at start (as `run --skip-startup-check`) | off |
 | `BROKER_MINT_MAX_SKEW_SECONDS` | agent's signed `issued_at` vs the broker's clock, 5 to 600 | `120` |
+| `BROKER_LOGIN_BACKEND` | `heima` (the worker authenticates) or `local` (the broker does) | `heima` |
+| `BROKER_HEIMA_WORKER_URL` | the worker's JSON-RPC URL the CLI logs in at (`heima`), in `/v1/auth/config` | — |
+| `BROKER_PUBLIC_URL` | the broker's URL as users reach it: SIWE domain/URI, session `iss` | from the request |
+| `BROKER_SESSION_KEYPAIR_PATH` | the ES256 session key (created 0600 on first start) | see `session_key_default` |
+| `BROKER_SESSION_JWT_TTL_SECONDS` | session lifetime, 60 to 86400 | `18000` (5 h) |
+| `BROKER_LOGIN_CLOCK_SKEW_SECONDS` | clock difference tolerated between replicas for a login message, 0 to 300 | `60` |
 """
 
 from __future__ import annotations
@@ -45,6 +51,10 @@ DEFAULT_DB_PATH = Path("~/.agentkeys/broker/broker.sqlite3")
 DEFAULT_OIDC_KEYPAIR_PATH = Path("~/.agentkeys/broker/oidc-keypair.json")
 DEFAULT_OIDC_ISSUER = "https://oidc.agentkeys.dev"
 DEFAULT_PORT = 8091
+DEFAULT_SESSION_KEYPAIR_PATH = Path("~/.agentkeys/broker/session-keypair.json")
+LOGIN_BACKENDS = ("heima", "local")
+SESSION_TTL_DEFAULT, SESSION_TTL_MIN, SESSION_TTL_MAX = 18000, 60, 86400
+CLOCK_SKEW_DEFAULT, CLOCK_SKEW_MAX = 60, 300
 
 IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -94,10 +104,29 @@ class BrokerConfig:
     mint_max_skew: int = 120
     #: `agentkeys-broker run --skip-startup-check`: no `sts:GetCallerIdentity` at start
     skip_startup_check: bool = False
+    login_backend: str = "heima"
+    heima_worker_url: str | None = None
+    public_url: str | None = None
+    session_keypair_path: Path | None = None  # None: `session_key_default`
+    session_ttl: int = SESSION_TTL_DEFAULT
+    login_clock_skew: int = CLOCK_SKEW_DEFAULT
 
     @property
     def primary_client_id(self) -> str:
         return self.accepted_client_ids[0]
+
+    @property
+    def session_key_path(self) -> Path:
+        return self.session_keypair_path or session_key_default(self.db_url)
+
+
+def session_key_default(db_url: str) -> Path:
+    """`BROKER_SESSION_KEYPAIR_PATH` unset: ``session-keypair.json`` beside a SQLite database
+    (``~/.agentkeys/broker/`` with the default database), else
+    ``~/.agentkeys/broker/session-keypair.json``."""
+    if db_url.startswith("sqlite:"):
+        return sqlite_path(db_url).with_name("session-keypair.json")
+    return DEFAULT_SESSION_KEYPAIR_PATH.expanduser()
 
 
 def parse_cidrs(value: str, variable: str = "BROKER_CALLBACK_ALLOW_CIDRS") -> tuple[IpNetwork, ...]:
@@ -148,6 +177,41 @@ def _request_handling(env: Mapping[str, str]) -> dict[str, object]:
     return values
 
 
+def _bounded_int(env: Mapping[str, str], variable: str, low: int, high: int) -> int:
+    text = env[variable].strip()
+    if not re.fullmatch(r"[0-9]{1,9}", text) or not low <= int(text) <= high:
+        raise BrokerConfigError(f"{variable} must be an integer from {low} to {high}")
+    return int(text)
+
+
+def _http_url(value: str, variable: str) -> str:
+    url = urlsplit(value)
+    if url.scheme not in ("http", "https") or not url.hostname:
+        raise BrokerConfigError(f"{variable} must be an http(s) URL")
+    return value
+
+
+def _login(env: Mapping[str, str]) -> dict[str, object]:
+    """Login and sessions (`broker/login/`, `broker/sessions.py`)."""
+    values: dict[str, object] = {}
+    if env.get("BROKER_LOGIN_BACKEND"):
+        backend = env["BROKER_LOGIN_BACKEND"].strip().lower()
+        if backend not in LOGIN_BACKENDS:
+            raise BrokerConfigError(f"BROKER_LOGIN_BACKEND must be one of {', '.join(LOGIN_BACKENDS)}")
+        values["login_backend"] = backend
+    if env.get("BROKER_HEIMA_WORKER_URL"):
+        values["heima_worker_url"] = _http_url(env["BROKER_HEIMA_WORKER_URL"], "BROKER_HEIMA_WORKER_URL")
+    if env.get("BROKER_PUBLIC_URL"):
+        values["public_url"] = _http_url(env["BROKER_PUBLIC_URL"], "BROKER_PUBLIC_URL").rstrip("/")
+    if env.get("BROKER_SESSION_KEYPAIR_PATH"):
+        values["session_keypair_path"] = Path(env["BROKER_SESSION_KEYPAIR_PATH"]).expanduser()
+    if "BROKER_SESSION_JWT_TTL_SECONDS" in env:
+        values["session_ttl"] = _bounded_int(env, "BROKER_SESSION_JWT_TTL_SECONDS", SESSION_TTL_MIN, SESSION_TTL_MAX)
+    if "BROKER_LOGIN_CLOCK_SKEW_SECONDS" in env:
+        values["login_clock_skew"] = _bounded_int(env, "BROKER_LOGIN_CLOCK_SKEW_SECONDS", 0, CLOCK_SKEW_MAX)
+    return values
+
+
 def config_from_env(env: Mapping[str, str] | None = None, **overrides: object) -> BrokerConfig:
     env = os.environ if env is None else env
     values: dict[str, object] = {}
@@ -190,6 +254,7 @@ def config_from_env(env: Mapping[str, str] | None = None, **overrides: object) -
         values["callback_base_path"] = env["BROKER_CALLBACK_BASE_PATH"]
     values.update(_request_handling(env))
     values.update(_credential_surface(env))
+    values.update(_login(env))
     values.update({key: value for key, value in overrides.items() if value is not None})
     base = str(values.get("callback_base_path", "/agentkeys")).rstrip("/")
     if base and not base.startswith("/"):

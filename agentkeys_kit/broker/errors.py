@@ -9,6 +9,8 @@ treats any non-2xx as a transport failure, so the code is for people and logs):
 | 40001 | 400 | `malformed_request` | the HTTP parser refused the message; `data.reason` names its rule |
 | 40100 | 401 | `missing_bearer` | no ``Authorization: Bearer`` on a callback that needs one |
 | 40101 | 401 | `invalid_token` | token refused (signature, alg, exp, aud, typ, sub; non-ASCII `Authorization`) |
+| 40101 | 401 | `invalid_token` | bearer refused (`bearer.py`: also unrecorded TEE token, unknown kid, revoked) |
+| 40102 | 401 | `login_refused` | a login proof was refused (signature, expired or unknown login, nonce already used) |
 | 40300 | 403 | `identity_mismatch` | token ``sub``/``aud`` is not the identity the body names |
 | 40301 | 403 | `network_refused` | credential-less callback from outside `BROKER_CALLBACK_ALLOW_CIDRS` |
 | 40302 | 403 | `client_not_accepted` | ``clientId`` not in `BROKER_ACCEPTED_CLIENT_IDS` |
@@ -86,6 +88,15 @@ def missing_bearer() -> BrokerError:
 
 def invalid_token(reason: str) -> BrokerError:
     return BrokerError(401, 40101, "invalid_token", "the TEE token was refused", reason=reason)
+
+
+def invalid_bearer(reason: str) -> BrokerError:
+    """A protected endpoint refused the bearer (a TEE access token or a broker session)."""
+    return BrokerError(401, 40101, "invalid_token", "the bearer token was refused", reason=reason)
+
+
+def login_refused(reason: str) -> BrokerError:
+    return BrokerError(401, 40102, "login_refused", "the login was refused", reason=reason)
 
 
 def identity_mismatch(reason: str) -> BrokerError:

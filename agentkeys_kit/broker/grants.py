@@ -6,8 +6,8 @@ case-insensitively. Revocation is one row update and takes effect on the next ca
 holds at most one open grant (a unique index, `storage/migrations.py` v5): creating a grant for a
 pair whose grant has expired closes that one (its ``superseded_by`` names the new grant).
 
-HTTP (authenticated by the master's TEE *access* token; the master is the user that token names,
-and it must have logged in with an EVM wallet):
+HTTP (authenticated by `bearer.require_principal`: the master's recorded TEE *access* token or
+broker session; the master is the user that bearer names, and it must be a wallet identity):
 
 * ``POST /v1/grant/create`` ``{agent_wallet, scope, expires_at, max_uses?}`` → ``data.grant`` (409 if
   the pair already has an active grant); ``max_uses`` (1 to 10^9, absent or null: no limit) bounds
@@ -26,24 +26,21 @@ from typing import Any
 from aiohttp import web
 
 from agentkeys_kit.broker import errors
-from agentkeys_kit.broker.callbacks import _audit, callback
+from agentkeys_kit.broker.bearer import Principal, audit_event, protected
 from agentkeys_kit.broker.http import json_body, require_fields
 from agentkeys_kit.broker.state import BrokerState
-from agentkeys_kit.broker.storage import GrantRecord, UserRecord, store
-from agentkeys_kit.broker.tokens import VerifiedBearer
+from agentkeys_kit.broker.storage import GrantRecord, store
 
 _EVM_ADDRESS = re.compile(r"0x[0-9a-fA-F]{40}")
 MAX_SCOPE = 256
 MAX_GRANT_SECONDS = 10 * 365 * 24 * 3600
 
 
-async def master_of(state: BrokerState, verified: VerifiedBearer) -> UserRecord:
-    user: UserRecord | None = await state.db.run(store.find_user_by_account, verified.claims.sub)
-    if user is None or user.client_id != verified.claims.aud:
-        raise errors.unknown_user()
-    if user.identity_type != "evm":
+def master_wallet_of(principal: Principal) -> str:
+    """The master's wallet: grants are made by a wallet identity only."""
+    if principal.identity_type != "evm" or principal.wallet is None:
         raise errors.not_a_wallet_identity()
-    return user
+    return principal.wallet
 
 
 def validate_grant_request(body: Any, master_wallet: str, now: int) -> tuple[str, str, int]:
@@ -75,22 +72,21 @@ def validate_max_uses(body: Any) -> int | None:
     return value
 
 
-@callback("grant_create", bearer=True)
-async def grant_create(request: web.Request, state: BrokerState, verified: VerifiedBearer | None) -> web.Response:
-    assert verified is not None
-    master = await master_of(state, verified)
+@protected("grant_create")
+async def grant_create(request: web.Request, state: BrokerState, principal: Principal) -> web.Response:
+    wallet = master_wallet_of(principal)
     body = await json_body(request)
-    agent, scope, expires_at = validate_grant_request(body, master.identity_value, state.now())
+    agent, scope, expires_at = validate_grant_request(body, wallet, state.now())
     max_uses = validate_max_uses(body)
     grant: GrantRecord | None = await state.db.run(
         lambda: store.create_grant(
-            master_omni_account=master.omni_account,
-            master_wallet=master.identity_value,
+            master_omni_account=principal.omni_account,
+            master_wallet=wallet,
             agent_wallet=agent,
             scope=scope,
             expires_at=expires_at,
             max_uses=max_uses,
-            audit=_audit(state, request, "grant_create", verified, detail=f"{master.identity_value}->{agent}"),
+            audit=audit_event(state, request, principal, "grant_create", detail=f"{wallet}->{agent}"),
         )
     )
     if grant is None:
@@ -98,32 +94,30 @@ async def grant_create(request: web.Request, state: BrokerState, verified: Verif
     return errors.ok({"grant": grant.to_json(state.now())})
 
 
-@callback("grant_revoke", bearer=True)
-async def grant_revoke(request: web.Request, state: BrokerState, verified: VerifiedBearer | None) -> web.Response:
-    assert verified is not None
-    master = await master_of(state, verified)
+@protected("grant_revoke")
+async def grant_revoke(request: web.Request, state: BrokerState, principal: Principal) -> web.Response:
+    master_wallet_of(principal)
     grant_id = require_fields(await json_body(request), {"grant_id": str}, "GrantRevoke")["grant_id"]
     outcome = await state.db.run(
         lambda: store.revoke_grant(
             grant_id=grant_id,
-            master_omni_account=master.omni_account,
-            audit=_audit(state, request, "grant_revoke", verified, detail=grant_id),
+            master_omni_account=principal.omni_account,
+            audit=audit_event(state, request, principal, "grant_revoke", detail=grant_id),
         )
     )
     if outcome == "not_found":
         raise errors.unknown_grant()
     if outcome == "already_revoked":
         raise errors.already_revoked()
-    grants = await state.db.run(store.list_grants, master.omni_account)
+    grants = await state.db.run(store.list_grants, principal.omni_account)
     [grant] = [g for g in grants if g.grant_id == grant_id]
     return errors.ok({"grant": grant.to_json(state.now())})
 
 
-@callback("grant_list", bearer=True)
-async def grant_list(request: web.Request, state: BrokerState, verified: VerifiedBearer | None) -> web.Response:
-    assert verified is not None
-    master = await master_of(state, verified)
-    grants = await state.db.run(store.list_grants, master.omni_account)
+@protected("grant_list")
+async def grant_list(request: web.Request, state: BrokerState, principal: Principal) -> web.Response:
+    master_wallet_of(principal)
+    grants = await state.db.run(store.list_grants, principal.omni_account)
     now = state.now()
     return errors.ok({"grants": [grant.to_json(now) for grant in grants]})
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
@@ -13,6 +14,9 @@ from agentkeys_kit.broker.config import BrokerConfig
 from agentkeys_kit.broker.storage import Database
 from agentkeys_kit.broker.tokens import TeeTokenVerifier
 
+if TYPE_CHECKING:
+    from agentkeys_kit.broker.sessions import SessionIssuer
+
 
 @dataclass(slots=True)
 class BrokerState:
@@ -20,6 +24,7 @@ class BrokerState:
     db: Database
     verifier: TeeTokenVerifier
     refusals: RefusalAudit
+    sessions: SessionIssuer
     clock: Callable[[], float] = field(default=time.time)
 
     def now(self) -> int:

@@ -130,6 +130,53 @@ _ONE_OPEN_GRANT_PER_PAIR = (
     # repeat_count telling how many refusals it stands for (`broker/audit.py`).
     "ALTER TABLE audit_log ADD COLUMN repeat_count INTEGER NOT NULL DEFAULT 1",
 )
+# v6: login state that every replica shares (`broker/login/`, `broker/sessions.py`, `broker/bearer.py`):
+# * login_nonces: a local-backend login started and not yet finished (the SIWE message issued, its
+#   nonce single use: consumed_at is set by one conditional UPDATE);
+# * broker_sessions: every session the broker issued (its jti), revoked_at set by logout; a session
+#   token whose row is missing or revoked is refused;
+# * tee_access_tokens: every TEE access token post_heima_login recorded (its SHA-256 only), one row
+#   per token so a user logged in on two machines keeps both; tee_tokens keeps only the latest.
+# Expired rows of the three are purged (`store.purge_expired`).
+_LOGIN_STATE = (
+    """CREATE TABLE login_nonces (
+        request_id TEXT PRIMARY KEY,
+        method TEXT NOT NULL,
+        address TEXT NOT NULL,
+        chain_id BIGINT NOT NULL,
+        nonce TEXT NOT NULL UNIQUE,
+        message TEXT NOT NULL,
+        issued_at BIGINT NOT NULL,
+        expires_at BIGINT NOT NULL,
+        consumed_at BIGINT
+    )""",
+    "CREATE INDEX login_nonces_expires_at ON login_nonces (expires_at)",
+    """CREATE TABLE broker_sessions (
+        jti TEXT PRIMARY KEY,
+        omni_account TEXT NOT NULL,
+        identity_type TEXT NOT NULL,
+        identity_value TEXT NOT NULL,
+        wallet TEXT,
+        method TEXT NOT NULL,
+        issued_at BIGINT NOT NULL,
+        expires_at BIGINT NOT NULL,
+        revoked_at BIGINT
+    )""",
+    "CREATE INDEX broker_sessions_expires_at ON broker_sessions (expires_at)",
+    "CREATE INDEX broker_sessions_omni_account ON broker_sessions (omni_account)",
+    """CREATE TABLE tee_access_tokens (
+        token_sha256 TEXT PRIMARY KEY,
+        omni_account TEXT NOT NULL,
+        client_id TEXT NOT NULL,
+        expires_at BIGINT NOT NULL,
+        recorded_at BIGINT NOT NULL,
+        revoked_at BIGINT
+    )""",
+    "CREATE INDEX tee_access_tokens_expires_at ON tee_access_tokens (expires_at)",
+    "INSERT INTO tee_access_tokens (token_sha256, omni_account, client_id, expires_at, recorded_at) "
+    "SELECT token_sha256, omni_account, client_id, expires_at, updated_at FROM tee_tokens WHERE token_type = 'access'",
+)
+_V6 = "login_nonces, broker_sessions, tee_access_tokens (login state shared by replicas)"
 _V4 = "tee_tokens rewritten without a trace of the bearers v3 dropped"
 
 # v10 (issue 8, the credential surface): the tamper-evident audit chain, the agents' single-use
@@ -190,6 +237,7 @@ SQLITE_MIGRATIONS: tuple[Migration, ...] = (
     Migration(3, "tee_tokens without the bearer", _NO_STORED_BEARERS),
     Migration(4, _V4, (), scrubs=True),
     Migration(5, _V5, _ONE_OPEN_GRANT_PER_PAIR),
+    Migration(6, _V6, _LOGIN_STATE),
     Migration(10, _V10, _AUDIT_CHAIN),
 )
 
@@ -199,6 +247,7 @@ POSTGRES_MIGRATIONS: tuple[Migration, ...] = (
     Migration(3, "tee_tokens without the bearer", _NO_STORED_BEARERS),
     Migration(4, _V4, _SCRUB_TOKENS_POSTGRES, scrubs=True),
     Migration(5, _V5, _ONE_OPEN_GRANT_PER_PAIR),
+    Migration(6, _V6, _LOGIN_STATE),
     Migration(10, _V10, _AUDIT_CHAIN),
 )
 

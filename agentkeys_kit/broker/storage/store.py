@@ -37,6 +37,11 @@ _UPSERT_TOKEN = (
     "SET client_id = excluded.client_id, token_sha256 = excluded.token_sha256, "
     "expires_at = excluded.expires_at, updated_at = excluded.updated_at"
 )
+#: every recorded access token, one row each (migration 6), what the bearer verifier looks up
+_RECORD_ACCESS_TOKEN = (
+    "INSERT INTO tee_access_tokens (token_sha256, omni_account, client_id, expires_at, recorded_at) "
+    "VALUES (?, ?, ?, ?, ?) ON CONFLICT (token_sha256) DO NOTHING"
+)
 _INSERT_AUDIT = (
     "INSERT INTO audit_log (occurred_at, event, outcome, client_id, omni_account, bearer_sha256, "
     "remote_addr, detail, repeat_count) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
@@ -100,25 +105,30 @@ def record_login(
     audit: AuditEvent,
 ) -> Operation[UserRecord]:
     """`post_heima_login`: upsert the user, record the access token (its SHA-256 and expiry: a
-    stored bearer would be a credential for anyone who reads the database), write the audit row.
+    stored bearer would be a credential for anyone who reads the database) as the latest of its
+    OmniAccount and among the tokens the bearer verifier accepts, write the audit row.
 
-    On PostgreSQL the three writes are one statement (data-modifying CTEs), atomic by itself and
-    one round trip; SQLite runs them as three statements in one transaction."""
+    On PostgreSQL the four writes are one statement (data-modifying CTEs), atomic by itself and
+    one round trip; SQLite runs them as four statements in one transaction."""
     now = audit.occurred_at
     uid = new_user_uid()
     user = _upsert_user(uid, client_id, identity_type, identity_value, omni_account, pumpx_omni_for(uid), now)
     token_args = (omni_account, client_id, token_sha256, token_expires_at, now)
+    recorded_args = (token_sha256, omni_account, client_id, token_expires_at, now)
     audit_query = _audit(audit)
     if dialect == "postgresql":
         row = yield Query.only_statement(
-            f"WITH u AS ({user.sql}), t AS ({_UPSERT_TOKEN}), a AS ({_INSERT_AUDIT}) SELECT * FROM u",
+            f"WITH u AS ({user.sql}), t AS ({_UPSERT_TOKEN}), r AS ({_RECORD_ACCESS_TOKEN}), "
+            f"a AS ({_INSERT_AUDIT}) SELECT * FROM u",
             *user.args,
             *token_args,
+            *recorded_args,
             *audit_query.args,
         )
     else:
         row = yield user
         yield Query.run(_UPSERT_TOKEN, *token_args)
+        yield Query.run(_RECORD_ACCESS_TOKEN, *recorded_args)
         yield audit_query
     return UserRecord.from_row(row)
 
