@@ -135,8 +135,9 @@ async def jwks_key(broker: BrokerHandle, token: str) -> Any:
     return await asyncio.to_thread(fetch)
 
 
-async def chain(broker: BrokerHandle) -> list[audit_chain.ChainRow]:
+async def chain(broker: BrokerHandle, *, logins: bool = False) -> list[audit_chain.ChainRow]:
+    """The audit chain, oldest first; without the login rows unless `logins`."""
     rows: list[audit_chain.ChainRow] = []
     async for page in audit_chain.pages(broker.state.db):
         rows += page
-    return rows
+    return [row for row in rows if logins or row.entry.event != "login"]

@@ -44,13 +44,13 @@ async def test_concurrent_mints_keep_the_chain_linear(
     broker = await make_broker()
     _, token = await login(http, broker, tee_key, WALLET)
     await minted(broker, http, token, 60)
-    rows = await chain(broker)
-    assert [row.seq for row in rows] == list(range(1, 61))
-    assert rows[0].prev_hash == audit_chain.GENESIS
+    rows = await chain(broker, logins=True)
+    assert [row.seq for row in rows] == list(range(1, 62))  # the login, then 60 mints
+    assert rows[0].prev_hash == audit_chain.GENESIS and rows[0].entry.event == "login"
     assert all(row.prev_hash == before.row_hash for before, row in itertools.pairwise(rows))
-    assert len({row.entry.sts_session_name for row in rows}) == 1  # the kid
+    assert len({row.entry.sts_session_name for row in rows[1:]}) == 1  # the kid
     verdict = await audit_chain.verify(broker.state.db)
-    assert verdict.intact and verdict.rows == 60 and verdict.head_seq == 60
+    assert verdict.intact and verdict.rows == 61 and verdict.head_seq == 61
 
 
 async def test_several_writers_on_one_database_stay_linear(db_url: tuple[str, str | None]) -> None:
@@ -103,10 +103,10 @@ async def test_verify_detects_tampering(
         expected = "row 2 missing (deleted)"
     elif tamper == "cut_the_end":
         await db.run(run_sql("DELETE FROM mint_log WHERE seq >= 4"))
-        expected = "the head says 5 rows, the chain ends at row 3"
+        expected = "the head says 6 rows, the chain ends at row 3"  # the login and 5 mints
     else:
-        await db.run(run_sql("UPDATE mint_log SET outcome_detail = 'x', row_hash = ? WHERE seq = 5", "0" * 64))
-        expected = "row 5: its content does not give its row_hash"
+        await db.run(run_sql("UPDATE mint_log SET outcome_detail = 'x', row_hash = ? WHERE seq = 6", "0" * 64))
+        expected = "row 6: its content does not give its row_hash"
     proc = await broker_cli("audit", "verify", env=db_env(db_url))
     assert proc.returncode == 1, proc.stderr
     verdict = json.loads(proc.stdout)
@@ -127,11 +127,11 @@ async def test_tail_and_export_are_json_lines(
     tail = await broker_cli("audit", "tail", "-n", "2", env=db_env(db_url))
     assert tail.returncode == 0, tail.stderr
     lines = [json.loads(line) for line in tail.stdout.splitlines()]
-    assert [line["seq"] for line in lines] == [3, 4]
+    assert [line["seq"] for line in lines] == [4, 5]  # the login, then 4 mints
     assert set(lines[0]) == {"seq", *ChainEntry.__slots__, "prev_hash", "row_hash"}
     assert token not in tail.stdout
     export = await broker_cli("audit", "export", "--after", "1", env=db_env(db_url))
-    assert [json.loads(line)["seq"] for line in export.stdout.splitlines()] == [2, 3, 4]
+    assert [json.loads(line)["seq"] for line in export.stdout.splitlines()] == [2, 3, 4, 5]
 
 
 async def test_a_failed_batch_is_retried_one_by_one(db_url: tuple[str, str | None]) -> None:
@@ -149,3 +149,21 @@ async def test_a_failed_batch_is_retried_one_by_one(db_url: tuple[str, str | Non
         assert verdict.intact and verdict.rows == 5
     finally:
         await db.close()
+
+
+async def test_logins_and_refused_mints_are_chain_rows(
+    make_broker: BrokerFactory, tee_key: rsa.RSAPrivateKey, http: aiohttp.ClientSession
+) -> None:
+    broker = await make_broker()
+    _, token = await login(http, broker, tee_key, WALLET)  # post_heima_login: the heima backend's login
+    assert (await post(http, broker, OIDC, token)).status == 200
+    assert (await post(http, broker, OIDC, "forged.token.value")).status == 401
+    await broker.state.refusals.flush()
+    rows = [row.entry for row in await chain(broker, logins=True)]
+    assert [(row.event, row.outcome) for row in rows[:2]] == [("login", "ok"), ("mint_oidc_jwt", "ok")]
+    assert rows[0].requester_wallet == WALLET and rows[0].outcome_detail == f"post_heima_login evm {WALLET}"
+    assert rows[1].requester_token == rows[0].requester_token  # the same bearer, as its SHA-256
+    [refused] = rows[2:]
+    assert (refused.event, refused.outcome) == ("mint_oidc_jwt", "refused:invalid_token")
+    assert refused.requester_wallet == "unknown" and refused.sts_session_name == "(unauthenticated)"
+    assert (await audit_chain.verify(broker.state.db)).intact

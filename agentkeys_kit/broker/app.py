@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from agentkeys_kit.broker import agent_mint, http
 from agentkeys_kit.broker.audit import RefusalAudit
-from agentkeys_kit.broker.audit_chain import ChainWriter
+from agentkeys_kit.broker.audit_chain import CHAIN, ChainWriter
 from agentkeys_kit.broker.bearer import add_bearer_routes, require_principal
 from agentkeys_kit.broker.callbacks import add_callback_routes
 from agentkeys_kit.broker.config import BrokerConfig
@@ -122,6 +122,7 @@ def create_app(
         oidc_keys.watch()
         state = app[STATE]
         writer = ChainWriter(state.db)
+        app[CHAIN] = writer
         sts = await open_sts(config)
         purge = asyncio.create_task(forget_request_ids(state.db, clock), name="broker-mint-requests")
         resolver = resolve_caller or require_principal

@@ -32,10 +32,12 @@ import hashlib
 import json
 import logging
 from collections.abc import AsyncIterator, Callable, Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Generic, TypeVar
 
-from agentkeys_kit.broker.storage import Database, StorageError
+from aiohttp import web
+
+from agentkeys_kit.broker.storage import AuditEvent, Database, StorageError, store
 from agentkeys_kit.broker.storage.base import Operation, Query
 
 log = logging.getLogger(__name__)
@@ -157,6 +159,16 @@ class _Pending(Generic[T]):
     future: asyncio.Future[T]
 
 
+def alongside(make_operation: Callable[[], Operation[T]], entries: list[ChainEntry]) -> Action[T]:
+    """An action that is `make_operation` (a store operation) with `entries` as its rows."""
+
+    def operation() -> Operation[tuple[list[ChainEntry], T]]:
+        result = yield from make_operation()
+        return entries, result
+
+    return operation
+
+
 def only(entry: ChainEntry) -> Action[ChainRow | None]:
     """An action that is just its row (an OIDC JWT signed before, a refusal)."""
 
@@ -236,11 +248,54 @@ def _batch(actions: list[Action[Any]]) -> Operation[list[Any]]:
     results: list[Any] = []
     entries: list[ChainEntry] = []
     for action in actions:
-        rows, result = yield from action()
+        rows, result = yield from _inside(action())
         entries += rows
         results.append(result)
     yield from append(entries)
     return results
+
+
+def _inside(operation: Operation[T]) -> Operation[T]:
+    """`operation` as one part of a larger transaction: a query it marks as the whole operation
+    (run without BEGIN on PostgreSQL) is not the whole of this one."""
+    try:
+        query = next(operation)
+        while True:
+            answer = yield replace(query, whole=False) if query.whole else query
+            query = operation.send(answer)
+    except StopIteration as done:
+        result: T = done.value
+        return result
+
+
+CHAIN = web.AppKey("broker_audit_chain", ChainWriter)
+
+#: Refusals of these events (logins, mints) are chain rows too, within the refusal budget of
+#: `broker/audit.py` (a flood of refusals cannot grow the chain without bound).
+CHAINED_REFUSALS = ("login", "post_heima_login", "wallet_", "email_", "google_", "mint_")
+
+
+def refusal_entry(event: AuditEvent) -> ChainEntry:
+    repeat = f" ({event.repeat_count} refusals aggregated)" if event.repeat_count > 1 else ""
+    detail = f"{event.detail or ''}; from {event.remote_addr or 'unknown'}{repeat}"
+    return ChainEntry(
+        event=event.event,
+        outcome=event.outcome,
+        minted_at=event.occurred_at,
+        requester_token=event.bearer_sha256 or "",
+        omni_account=event.omni_account,
+        outcome_detail=detail[:500],
+    )
+
+
+def write_refusals(events: list[AuditEvent]) -> Operation[None]:
+    """The refusal rows of `audit_log`, and in the chain those of logins and mints."""
+    yield from store.write_audits(events)
+    yield from append([refusal_entry(event) for event in events if event.event.startswith(CHAINED_REFUSALS)])
+
+
+def write_refusal(event: AuditEvent) -> Operation[None]:
+    yield from write_refusals([event])
 
 
 # --------------------------------------------------------------------------- reading and verifying

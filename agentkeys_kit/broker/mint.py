@@ -39,10 +39,12 @@ from aiohttp import web
 from agentkeys_kit.broker import agent_mint, errors
 from agentkeys_kit.broker.agent_mint import AgentRequest, GrantUse
 from agentkeys_kit.broker.audit_chain import ChainEntry, ChainWriter, only
+from agentkeys_kit.broker.callbacks import audit_refusal, presented_token_sha256
 from agentkeys_kit.broker.config import BrokerConfig
 from agentkeys_kit.broker.errors import BrokerError
 from agentkeys_kit.broker.http import note_omni_account, read_body
 from agentkeys_kit.broker.oidc import OidcKeys
+from agentkeys_kit.broker.state import STATE
 from agentkeys_kit.broker.sts import AwsCredentials, Sts, StsFailure, session_name
 
 log = logging.getLogger(__name__)
@@ -135,7 +137,12 @@ class MintService:
     # ------------------------------------------------------------------ who is asking
 
     async def caller(self, request: web.Request, event: str) -> tuple[Caller, str]:
-        caller = await self.resolve(request)
+        try:
+            caller = await self.resolve(request)
+        except BrokerError as refusal:  # audited within the refusal budget, chained (`audit_chain`)
+            presented = presented_token_sha256(request.headers.get("Authorization"))
+            await audit_refusal(request.app[STATE], event, refusal, request, bearer_sha256=presented)
+            raise
         note_omni_account(request, caller.omni_account)
         if not caller.wallet:
             await self.writer.record(self.entry(caller, "", "", 0, "", "refused", "no_wallet", event=event))

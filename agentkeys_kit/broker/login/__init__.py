@@ -24,6 +24,7 @@ from typing import Any
 from aiohttp import web
 
 from agentkeys_kit.broker import errors
+from agentkeys_kit.broker.audit_chain import CHAIN, ChainEntry, alongside
 from agentkeys_kit.broker.bearer import AGENTKEYS_CLIENT_ID
 from agentkeys_kit.broker.callbacks import canonical_identity_value, pumpx_account_hex
 from agentkeys_kit.broker.state import STATE, BrokerState
@@ -105,12 +106,25 @@ async def complete_login(
         remote_addr=request.remote,
         detail=f"{method} session {claims.jti}",
     )
-    user = await state.db.run(
-        lambda: login_store.open_session(
-            session=session,
-            client_id=AGENTKEYS_CLIENT_ID,
-            pumpx_omni_for=pumpx_account_hex(AGENTKEYS_CLIENT_ID),
-            audit=audit,
+    # the login's audit-chain row, in the session's transaction (`broker/audit_chain.py`)
+    chained = ChainEntry(
+        event="login",
+        outcome="ok",
+        minted_at=now,
+        requester_wallet=wallet or "unknown",
+        omni_account=omni_account,
+        sts_session_name=claims.jti,
+        outcome_detail=f"{method} {kind.value} {canonical}"[:500],
+    )
+    user = await request.app[CHAIN].run(
+        alongside(
+            lambda: login_store.open_session(
+                session=session,
+                client_id=AGENTKEYS_CLIENT_ID,
+                pumpx_omni_for=pumpx_account_hex(AGENTKEYS_CLIENT_ID),
+                audit=audit,
+            ),
+            [chained],
         )
     )
     return errors.ok(
