@@ -426,3 +426,13 @@ async def test_the_broker_does_not_start_with_a_bad_session_key(make_broker: Bro
         await make_broker(env={"BROKER_SESSION_KEYPAIR_PATH": str(path)})
     assert os.access(path, os.R_OK)  # refused, not rewritten
     assert json.loads(path.read_text())["purpose"] == "oidc"
+
+
+def test_replicas_creating_the_key_at_once_end_up_with_one_key(tmp_path: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    path = tmp_path / "shared" / "session.json"
+    with ThreadPoolExecutor(8) as pool:
+        keys = list(pool.map(lambda n: load_or_create_session_key(path, 1_700_000_000 + n), range(16)))
+    assert len({json.dumps(key.jwk()) for key in keys}) == 1
+    assert [p.name for p in path.parent.iterdir()] == ["session.json"]

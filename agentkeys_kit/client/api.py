@@ -1,0 +1,95 @@
+"""What the CLI says to the broker (HTTP, the ``{code, message, data}`` envelope) and to the
+worker (JSON-RPC 2.0), with every failure turned into one `CliError` line."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from typing import Any
+
+import aiohttp
+
+SUCCESS = 10000
+TIMEOUT = aiohttp.ClientTimeout(total=30, connect=10)
+
+
+class CliError(Exception):
+    """A failure the user reads as one line; `status` is the exit status (1: refused or failed,
+    2: usage or configuration)."""
+
+    def __init__(self, message: str, status: int = 1) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def normalise_url(url: str) -> str:
+    url = url.strip()
+    if not url.startswith(("http://", "https://")):
+        raise CliError(f"the broker URL must start with http:// or https:// (got {url!r})", 2)
+    return url.rstrip("/") + "/"
+
+
+class BrokerApi:
+    def __init__(self, session: aiohttp.ClientSession, url: str) -> None:
+        self._session = session
+        self.url = normalise_url(url)
+
+    async def call(self, method: str, path: str, *, token: str | None = None, body: Any = None) -> dict[str, Any]:
+        """The ``data`` of a successful reply; a refusal is a `CliError` naming the broker's reason."""
+        headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
+        try:
+            async with self._session.request(
+                method, self.url + path, json=body, headers=headers, timeout=TIMEOUT
+            ) as response:
+                text = await response.text()
+                status = response.status
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            raise CliError(f"cannot reach the broker at {self.url}: {_reason(exc)}") from None
+        try:
+            reply = json.loads(text)
+        except ValueError:
+            raise CliError(f"the broker at {self.url} answered HTTP {status} without JSON (is it a broker?)") from None
+        if not isinstance(reply, dict):
+            raise CliError(f"the broker at {self.url} answered HTTP {status} with something else than its envelope")
+        if status == 200 and reply.get("code") == SUCCESS and isinstance(reply.get("data"), dict):
+            data: dict[str, Any] = reply["data"]
+            return data
+        details = reply.get("data") if isinstance(reply.get("data"), dict) else {}
+        reason = details.get("reason") if isinstance(details, dict) else None
+        message = str(reply.get("message") or f"HTTP {status}")
+        raise CliError(f"the broker refused: {message}" + (f" ({reason})" if reason else ""))
+
+    async def config(self) -> dict[str, Any]:
+        return await self.call("GET", "v1/auth/config")
+
+
+class WorkerApi:
+    """JSON-RPC over HTTP POST to the worker the broker's config names."""
+
+    def __init__(self, session: aiohttp.ClientSession, url: str) -> None:
+        self._session = session
+        self.url = url
+        self._ids = itertools.count(1)
+
+    async def call(self, method: str, params: Any) -> Any:
+        request = {"jsonrpc": "2.0", "id": next(self._ids), "method": method, "params": params}
+        try:
+            async with self._session.post(self.url, json=request, timeout=TIMEOUT) as response:
+                text = await response.text()
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            raise CliError(f"cannot reach the worker at {self.url}: {_reason(exc)}") from None
+        try:
+            answer = json.loads(text)
+        except ValueError:
+            raise CliError(f"the worker at {self.url} did not answer JSON-RPC") from None
+        if isinstance(answer, dict) and "result" in answer:
+            return answer["result"]
+        error = answer.get("error") if isinstance(answer, dict) else None
+        if isinstance(error, dict):
+            raise CliError(f"the worker refused {method}: {error.get('message')} (code {error.get('code')})")
+        raise CliError(f"the worker at {self.url} did not answer JSON-RPC")
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__

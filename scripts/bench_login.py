@@ -1,0 +1,254 @@
+#!/usr/bin/env python3
+"""Login and bearer-validation throughput of the broker, measured in one run.
+
+Two loads against a broker in its own subprocess (``python -m agentkeys_kit.broker.cli run``,
+``BROKER_LOGIN_BACKEND=local``, a fresh SQLite file or a fresh PostgreSQL schema dropped at the end,
+the session key in a temporary directory):
+
+* **wallet logins/s** (``local``): each caller loops ``POST /v1/auth/wallet/start``, an EIP-191
+  signature over the SIWE message (the client's part, in this process), ``POST
+  /v1/auth/wallet/verify`` (recovery, the nonce consumed, the user upserted, an ES256 session signed
+  and recorded). A login is counted when the verify answers 200 with a session. Target >= 800/s.
+* **bearer validations/s** on ``GET /v1/whoami`` at ``--concurrency`` (64) callers, each with its
+  own broker session (ES256 verification + the session row read), and again with recorded TEE
+  access tokens (RS256 verification + the recorded-token read). Target >= 3000/s, p99 < 50 ms.
+
+Latency is per operation (a login is two requests, a validation one), measured by the caller
+(queueing in this process included). Figures are
+of this machine while nothing else runs; the report says how busy the rest of it was not.
+
+    PYTHONPATH=. .venv/bin/python scripts/bench_login.py [--duration S] [--concurrency N]
+        [--only sqlite|postgresql] [--pg-dsn DSN]
+
+Exit status: 0 when every target passes and nothing failed, 1 otherwise, 2 on a setup error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import secrets
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import benchkit
+from bench_broker import TEE_KEY_PATH, BrokerProcess, drop_schema, wait_ready
+from benchkit import SetupError
+
+LOGIN_TARGET = 800.0
+VALIDATION_TARGET = 3000.0
+P99_TARGET_MS = 50.0
+
+
+@dataclass
+class Window:
+    what: str
+    completed: int = 0
+    failures: int = 0
+    seconds: float = 0.0
+    latencies: list[float] = field(default_factory=list)
+
+    @property
+    def rate(self) -> float:
+        return self.completed / self.seconds if self.seconds else 0.0
+
+    def p(self, q: float) -> float | None:
+        return benchkit.percentile_ms(sorted(self.latencies), q)
+
+
+async def run_window(
+    what: str, concurrency: int, duration: float, operation: Callable[[int], Awaitable[None]]
+) -> Window:
+    """`concurrency` callers run `operation(caller)` (raising on a failure) until `duration`
+    passes, after a warm-up second; the latency is per operation (a login is two requests)."""
+    window = Window(what)
+    stop_at = 0.0
+    measuring = False
+
+    async def caller(index: int) -> None:
+        while time.monotonic() < stop_at:
+            started = time.perf_counter()
+            try:
+                await operation(index)
+            except Exception:
+                if measuring:
+                    window.failures += 1
+                continue
+            if measuring:
+                window.completed += 1
+                window.latencies.append(time.perf_counter() - started)
+
+    stop_at = time.monotonic() + 1.0  # warm-up
+    await asyncio.gather(*(caller(i) for i in range(concurrency)))
+    measuring = True
+    began = time.monotonic()
+    stop_at = began + duration
+    await asyncio.gather(*(caller(i) for i in range(concurrency)))
+    window.seconds = time.monotonic() - began
+    return window
+
+
+def _sign(message: str, key: bytes) -> str:
+    from agentkeys_kit.protocol.signatures import sign_evm_personal
+
+    return "0x" + sign_evm_personal(message.encode("utf-8"), key).hex()
+
+
+async def _post(http: aiohttp.ClientSession, url: str, body: Any, token: str | None = None) -> dict[str, Any]:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    async with http.post(url, json=body, headers=headers) as response:
+        reply: dict[str, Any] = await response.json()
+        if response.status != 200:
+            raise RuntimeError(f"HTTP {response.status}: {reply}")
+        return reply
+
+
+async def bench_database(database: str, args: argparse.Namespace, tmp: Path) -> list[Window]:
+    from agentkeys_kit.omni_sim.keystore import load_pkcs1_der
+    from agentkeys_kit.protocol.identity import IdentityKind, omni_account_of
+    from agentkeys_kit.protocol.signatures import evm_address
+    from agentkeys_kit.protocol.tee_jwt import AuthTokenClaims, encode_auth_token
+
+    env = {
+        "BROKER_LOGIN_BACKEND": "local",
+        "BROKER_TEE_JWT_PUBLIC_KEY": str(TEE_KEY_PATH.with_name("tee_jwt_public_key.test.pem")),
+        "BROKER_SESSION_KEYPAIR_PATH": str(tmp / f"session-{database}.json"),
+        "BROKER_LOG_LEVEL": "WARNING",
+    }
+    schema = None
+    if database == "sqlite":
+        env["BROKER_DB_URL"] = f"sqlite:///{tmp / 'login-bench.sqlite3'}"
+    else:
+        schema = f"bench_{secrets.token_hex(6)}"
+        env.update(BROKER_DB_URL=args.pg_dsn, BROKER_DB_SCHEMA=schema)
+    broker = BrokerProcess(database, env, tmp, None)
+    broker.start()
+    try:
+        async with benchkit.client_session(args.concurrency, 30.0) as http:
+            await wait_ready(http, broker, 60.0)
+            base = broker.url + "/"
+            keys = [secrets.token_bytes(32) for _ in range(args.concurrency)]
+            addresses = ["0x" + evm_address(key).hex() for key in keys]
+
+            async def login(index: int) -> None:
+                start = await _post(http, base + "v1/auth/wallet/start", {"address": addresses[index], "chain_id": 1})
+                data = start["data"]
+                proof = {"request_id": data["request_id"], "signature": _sign(data["message"], keys[index])}
+                verified = await _post(http, base + "v1/auth/wallet/verify", proof)
+                if not verified["data"].get("session_token"):
+                    raise RuntimeError("no session")
+
+            windows = [await run_window("wallet logins (start + verify)", args.concurrency, args.duration, login)]
+            sessions = [(await _post_login(http, base, keys[i], addresses[i])) for i in range(args.concurrency)]
+            tee_key = load_pkcs1_der(TEE_KEY_PATH)
+            tee_tokens = []
+            for address in addresses:
+                account = omni_account_of(IdentityKind.EVM, address, "agentkeys")
+                token = encode_auth_token(
+                    AuthTokenClaims(account, "access", int(time.time()) + 86400, "agentkeys"), tee_key
+                )
+                body = {
+                    "userId": {"type": "evm", "value": address},
+                    "clientId": "agentkeys",
+                    "clientAuth": None,
+                    "heimaLoginSuccess": True,
+                }
+                await _post(http, base + "v3/account/post_heima_login", body, token)
+                tee_tokens.append(token)
+
+            def whoami(tokens: list[str]) -> Callable[[int], Awaitable[None]]:
+                async def call(index: int) -> None:
+                    headers = {"Authorization": f"Bearer {tokens[index]}"}
+                    async with http.get(base + "v1/whoami", headers=headers) as response:
+                        await response.read()
+                        if response.status != 200:
+                            raise RuntimeError(f"HTTP {response.status}")
+
+                return call
+
+            windows.append(
+                await run_window("whoami, broker sessions", args.concurrency, args.duration, whoami(sessions))
+            )
+            windows.append(
+                await run_window("whoami, TEE access tokens", args.concurrency, args.duration, whoami(tee_tokens))
+            )
+            return windows
+    finally:
+        broker.stop()
+        if schema is not None:
+            await drop_schema(args.pg_dsn, schema)
+
+
+async def _post_login(http: aiohttp.ClientSession, base: str, key: bytes, address: str) -> str:
+    start = (await _post(http, base + "v1/auth/wallet/start", {"address": address, "chain_id": 1}))["data"]
+    proof = {"request_id": start["request_id"], "signature": _sign(start["message"], key)}
+    return str((await _post(http, base + "v1/auth/wallet/verify", proof))["data"]["session_token"])
+
+
+def render(results: dict[str, list[Window]], concurrency: int) -> tuple[str, bool]:
+    lines = [benchkit.machine_line(benchkit.machine_info()), f"callers: {concurrency}"]
+    ok = True
+    for database, windows in results.items():
+        lines.append(f"\n{database}:")
+        for window in windows:
+            target = LOGIN_TARGET if window.what.startswith("wallet") else VALIDATION_TARGET
+            p99 = window.p(99)
+            passed = window.rate >= target and window.failures == 0
+            if not window.what.startswith("wallet"):
+                passed = passed and p99 is not None and p99 < P99_TARGET_MS
+            ok = ok and passed
+            lines.append(
+                f"  {window.what:<32} {window.rate:8,.0f}/s (target {target:,.0f})  "
+                f"p50 {benchkit.fmt(window.p(50), '.1f')} ms  p99 {benchkit.fmt(p99, '.1f')} ms  "
+                f"failures {window.failures}  {benchkit.verdict(passed)}"
+            )
+    return "\n".join(lines), ok
+
+
+async def bench(args: argparse.Namespace) -> dict[str, list[Window]]:
+    results = {}
+    with tempfile.TemporaryDirectory(prefix="bench-login-") as directory:
+        for database in args.only or ("sqlite", "postgresql"):
+            results[database] = await bench_database(database, args, Path(directory))
+    return results
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--duration", type=float, default=5.0, help="seconds per window (default 5)")
+    parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--only", action="append", choices=("sqlite", "postgresql"))
+    parser.add_argument("--pg-dsn", default=None)
+    parser.add_argument("--json", default=None, help="also write the figures here")
+    args = parser.parse_args(argv)
+    try:
+        if not args.only or "postgresql" in args.only:
+            with benchkit.postgres(args.pg_dsn) as dsn:
+                args.pg_dsn = dsn
+                results = asyncio.run(bench(args))
+        else:
+            results = asyncio.run(bench(args))
+    except SetupError as exc:
+        print(f"bench_login: {exc}", file=sys.stderr)
+        return 2
+    text, ok = render(results, args.concurrency)
+    print(text)
+    if args.json:
+        figures = {
+            db: [{"what": w.what, "rate": w.rate, "p99_ms": w.p(99), "failures": w.failures} for w in ws]
+            for db, ws in results.items()
+        }
+        Path(args.json).write_text(json.dumps(figures, indent=2))
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    benchkit.bootstrap_path()
+    raise SystemExit(main())
