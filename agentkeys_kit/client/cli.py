@@ -5,6 +5,8 @@
     agentkeys [--broker-url URL] init wallet (--keystore FILE | --private-key-file FILE | --mnemonic-file FILE)
     agentkeys [--broker-url URL] whoami
     agentkeys [--broker-url URL] logout
+    agentkeys [--broker-url URL] mint oidc-jwt | mint aws-creds [--format json|credential-process]
+    agentkeys [--broker-url URL] creds aws        (AWS credential_process output)
 
 The broker URL comes from ``--broker-url``, else `AGENTKEYS_BROKER_URL`, else
 ``http://127.0.0.1:8091``; everything else (the login backend, the worker for ``heima``) the CLI
@@ -32,6 +34,7 @@ DEFAULT_BROKER_URL = "http://127.0.0.1:8091"
 COMMAND_MODULES = (
     "agentkeys_kit.client.wallet",
     "agentkeys_kit.client.session",
+    "agentkeys_kit.client.mint",
 )
 
 
