@@ -54,6 +54,9 @@ _COLUMNS = (
     "session_duration_seconds, sts_session_name, outcome_detail, prev_hash, row_hash"
 )
 _ROW_PLACEHOLDERS = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+CHUNK = 16  # rows per multi-row INSERT
+_INSERT_ONE = f"INSERT INTO mint_log ({_COLUMNS}) VALUES {_ROW_PLACEHOLDERS}"  # noqa: S608 - placeholders only
+_INSERT_CHUNK = f"INSERT INTO mint_log ({_COLUMNS}) VALUES {', '.join([_ROW_PLACEHOLDERS] * CHUNK)}"  # noqa: S608
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,8 +145,15 @@ def append(entries: list[ChainEntry]) -> Operation[list[ChainRow]]:
             digest,
         ]
         prev = digest
-    placeholders = ", ".join([_ROW_PLACEHOLDERS] * len(entries))
-    yield Query.run(f"INSERT INTO mint_log ({_COLUMNS}) VALUES {placeholders}", *args)  # noqa: S608 - placeholders only
+    # Full chunks share one statement text (the databases' statement caches keep it compiled);
+    # the rest goes row by row with the one-row statement.
+    width = len(args) // len(entries)
+    done = 0
+    while len(entries) - done >= CHUNK:
+        yield Query.run(_INSERT_CHUNK, *args[done * width : (done + CHUNK) * width])
+        done += CHUNK
+    for row in range(done, len(entries)):
+        yield Query.run(_INSERT_ONE, *args[row * width : (row + 1) * width])
     yield Query.run("UPDATE mint_log_head SET row_hash = ? WHERE id = 1", prev)
     return rows
 
