@@ -62,7 +62,8 @@ class Broker(benchkit.ChildProcess):
     def start(self) -> None:
         env = benchkit.child_env(drop_prefix="BROKER_")
         env.update(self.env)
-        profile = ["-m", "cProfile", "-o", os.environ["BENCH_MINT_PROFILE"]] if os.environ.get("BENCH_MINT_PROFILE") else []
+        path = os.environ.get("BENCH_MINT_PROFILE")  # a cProfile file of the broker, when set
+        profile = ["-m", "cProfile", "-o", path] if path else []
         self.spawn([sys.executable, *profile, "-m", "agentkeys_kit.broker.cli", "run", "--port", str(self.port)], env)
 
 
