@@ -39,7 +39,7 @@ from typing import Any
 
 import aiohttp
 import benchkit
-from bench_broker import TEE_KEY_PATH, BrokerProcess, drop_schema, wait_ready
+from bench_broker import TEE_KEY_PATH, BrokerProcess, drop_schema, print_profile, wait_ready
 from benchkit import SetupError
 
 LOGIN_TARGET = 800.0
@@ -128,7 +128,8 @@ async def bench_database(database: str, args: argparse.Namespace, tmp: Path) -> 
     else:
         schema = f"bench_{secrets.token_hex(6)}"
         env.update(BROKER_DB_URL=args.pg_dsn, BROKER_DB_SCHEMA=schema)
-    broker = BrokerProcess(database, env, tmp, None)
+    profile = f"{args.profile}.{database}.prof" if args.profile else None
+    broker = BrokerProcess(database, env, tmp, profile)
     broker.start()
     try:
         async with benchkit.client_session(args.concurrency, 30.0) as http:
@@ -227,6 +228,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--only", action="append", choices=("sqlite", "postgresql"))
     parser.add_argument("--pg-dsn", default=None)
     parser.add_argument("--json", default=None, help="also write the figures here")
+    parser.add_argument("--profile", default=None, help="cProfile the broker into PREFIX.<db>.prof and summarise")
     args = parser.parse_args(argv)
     try:
         if not args.only or "postgresql" in args.only:
@@ -240,6 +242,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     text, ok = render(results, args.concurrency)
     print(text)
+    for database in results if args.profile else ():
+        print_profile(f"{args.profile}.{database}.prof", 25)
     if args.json:
         figures = {
             db: [{"what": w.what, "rate": w.rate, "p99_ms": w.p(99), "failures": w.failures} for w in ws]

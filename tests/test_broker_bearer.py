@@ -436,3 +436,32 @@ def test_replicas_creating_the_key_at_once_end_up_with_one_key(tmp_path: Path) -
         keys = list(pool.map(lambda n: load_or_create_session_key(path, 1_700_000_000 + n), range(16)))
     assert len({json.dumps(key.jwk()) for key in keys}) == 1
     assert [p.name for p in path.parent.iterdir()] == ["session.json"]
+
+
+async def test_a_tee_token_with_a_jku_header_the_callback_took_is_still_no_bearer(
+    make_broker: BrokerFactory, tee_key: rsa.RSAPrivateKey, http: aiohttp.ClientSession
+) -> None:
+    # The callbacks ignore header fields (as the worker does) and remember the token as verified;
+    # the bearer verifier still refuses a header that offers a key.
+    broker = await make_broker()
+    claims = {"sub": ALICE_ACCOUNT, "typ": "access", "exp": int(time.time()) + 3600, "aud": "agentkeys"}
+    token = jwt.encode(claims, tee_key, "RS256", headers={"jku": "http://127.0.0.1:1/keys"})
+    assert (await call(http, broker, LOGIN, token=token, json_body=login_body("evm", ALICE))).status == 200
+    reply = await whoami(http, broker, token)
+    assert_refused(reply, 401, "invalid_token")
+    assert "offers a key (jku)" in reply.body["data"]["reason"]
+
+
+async def test_a_tee_token_verified_before_still_expires_on_the_clock(
+    make_broker: BrokerFactory, tee_key: rsa.RSAPrivateKey, http: aiohttp.ClientSession
+) -> None:
+    now = [float(int(time.time()))]
+    broker = await make_broker(clock=lambda: now[0])
+    token = mint_tee_token(tee_key, ALICE_ACCOUNT, exp=int(now[0]) + 100)
+    assert (await call(http, broker, LOGIN, token=token, json_body=login_body("evm", ALICE))).status == 200
+    now[0] += 100
+    assert (await whoami(http, broker, token)).status == 200  # exp itself is the last valid second
+    now[0] += 1
+    reply = await whoami(http, broker, token)
+    assert_refused(reply, 401, "invalid_token")
+    assert "Expired" in reply.body["data"]["reason"]

@@ -32,7 +32,8 @@ import os
 import re
 import secrets
 import stat
-from dataclasses import dataclass
+from collections import OrderedDict
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -63,10 +64,10 @@ class SessionKey:
     kid: str
     private_key: ec.EllipticCurvePrivateKey
     path: Path
+    public_key: ec.EllipticCurvePublicKey = field(init=False)
 
-    @property
-    def public_key(self) -> ec.EllipticCurvePublicKey:
-        return self.private_key.public_key()
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "public_key", self.private_key.public_key())  # derived once, not per request
 
     def jwk(self) -> dict[str, str]:
         numbers = self.public_key.public_numbers()
@@ -170,6 +171,13 @@ class SessionTokenRejected(TokenRejected):
     """A session token fails a rule; the message names it."""
 
 
+#: Verified session tokens remembered (their claims), so a bearer presented again is not
+#: re-verified: a signature check is deterministic for the same bytes and the one pinned key, so the
+#: answer cannot change; the time rules (``exp``, ``iat``) are checked again on every use and
+#: revocation is the caller's database read. Bounded; the oldest is forgotten first.
+VERIFIED_CACHE_SIZE = 4096
+
+
 class SessionIssuer:
     """Signs and verifies session tokens with the one session key (algorithm pinned to ES256)."""
 
@@ -178,6 +186,7 @@ class SessionIssuer:
         self.issuer = issuer
         self.ttl = ttl
         self.skew = skew
+        self._verified: OrderedDict[str, SessionClaims] = OrderedDict()
 
     def issue(
         self, *, omni_account: str, identity_type: str, identity_value: str, wallet: str | None, now: int
@@ -209,9 +218,26 @@ class SessionIssuer:
         token = jwt.encode(payload, self.key.private_key, algorithm="ES256", headers=headers)
         return token, claims
 
+    def knows(self, token: str) -> bool:
+        """`token` verified before (its signature and claims; the time rules still apply)."""
+        return token in self._verified
+
     def verify(self, token: str, header: dict[str, Any], now: int) -> SessionClaims:
         """Signature (ES256, this key), ``kid``, ``iss``, ``aud``, ``exp`` (no leeway), ``iat``
         (at most the clock skew ahead), and the claims' shape. Revocation is the caller's."""
+        cached = self._verified.get(token)
+        if cached is None:
+            cached = self._verify_signed(token, header)
+            self._verified[token] = cached
+            if len(self._verified) > VERIFIED_CACHE_SIZE:
+                self._verified.popitem(last=False)
+        if cached.expires_at <= now:
+            raise SessionTokenRejected("the session has expired")
+        if cached.issued_at > now + self.skew:
+            raise SessionTokenRejected("the session was issued in the future (iat)")
+        return cached
+
+    def _verify_signed(self, token: str, header: dict[str, Any]) -> SessionClaims:
         if header.get("alg") != "ES256":
             raise SessionTokenRejected("a session token is ES256")
         if header.get("kid") != self.key.kid:
@@ -235,10 +261,6 @@ class SessionIssuer:
         exp, iat, jti = payload["exp"], payload["iat"], payload["jti"]
         if any(isinstance(value, bool) or not isinstance(value, int) for value in (exp, iat)):
             raise SessionTokenRejected("exp and iat are integers")
-        if exp <= now:
-            raise SessionTokenRejected("the session has expired")
-        if iat > now + self.skew:
-            raise SessionTokenRejected("the session was issued in the future (iat)")
         identity = payload.get("agentkeys")
         if not isinstance(jti, str) or not isinstance(identity, dict):
             raise SessionTokenRejected("jti and agentkeys are required")

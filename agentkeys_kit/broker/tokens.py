@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import re
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -51,6 +52,7 @@ class VerifiedBearer:
     claims: AuthTokenClaims
     token: str
     sha256: str  # what the audit log and the token record keep; computed once
+    header_fields: frozenset[str] = frozenset()  # the JWS header's field names (`bearer.py` refuses some)
 
 
 def bearer_sha256(token: str) -> str:
@@ -68,6 +70,12 @@ def bearer_from_header(header: str | None) -> str:
     return token.strip()
 
 
+#: Tokens that verified, remembered so that a bearer presented again is not parsed and verified
+#: again: the signature check is deterministic for the same bytes and the one pinned key, and
+#: ``exp`` is checked again on every use (``nbf`` only grows more valid). Bounded, oldest first out.
+VERIFIED_CACHE_SIZE = 4096
+
+
 class TeeTokenVerifier:
     def __init__(
         self,
@@ -78,9 +86,25 @@ class TeeTokenVerifier:
         self._key = public_key
         self._audiences = accepted_client_ids
         self._clock = clock
+        self._verified: OrderedDict[str, VerifiedBearer] = OrderedDict()
+
+    def knows(self, token: str) -> bool:
+        return token in self._verified
 
     def verify(self, header: str | None) -> VerifiedBearer:
         token = bearer_from_header(header)
+        cached = self._verified.get(token)
+        if cached is not None:
+            if cached.claims.exp < int(self._clock()):
+                raise errors.invalid_token("ExpiredSignature")
+            return cached
+        verified = self._verify(token)
+        self._verified[token] = verified
+        if len(self._verified) > VERIFIED_CACHE_SIZE:
+            self._verified.popitem(last=False)
+        return verified
+
+    def _verify(self, token: str) -> VerifiedBearer:
         try:
             claims = verify_auth_token(
                 token,
@@ -90,17 +114,17 @@ class TeeTokenVerifier:
                 now=int(self._clock()),
                 leeway=0,
             )
-            broker_token_rules(token, now=int(self._clock()))
+            header_fields = broker_token_rules(token, now=int(self._clock()))
         except TokenRejected as exc:
             raise errors.invalid_token(str(exc)) from None
         if not _SUB_SHAPE.fullmatch(claims.sub):
             raise errors.invalid_token("sub is not 0x + 64 lowercase hex")
-        return VerifiedBearer(claims, token, bearer_sha256(token))
+        return VerifiedBearer(claims, token, bearer_sha256(token), header_fields)
 
 
-def broker_token_rules(token: str, *, now: int) -> None:
+def broker_token_rules(token: str, *, now: int) -> frozenset[str]:
     """The broker's rules beyond the worker's (module docstring): no repeated key, no ``crit``,
-    ``nbf`` honoured. Raise `TokenRejected`."""
+    ``nbf`` honoured. Raise `TokenRejected`; return the header's field names."""
     compact = parse_compact(token)
     repeated = duplicated_keys(compact.header) | duplicated_keys(compact.claims)
     if repeated:
@@ -113,3 +137,4 @@ def broker_token_rules(token: str, *, now: int) -> None:
             raise TokenRejected("nbf is not an i64 integer")
         if nbf > now:
             raise TokenRejected("the token is not valid yet (nbf)")
+    return frozenset(compact.header)
