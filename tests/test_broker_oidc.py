@@ -267,3 +267,24 @@ async def test_minting_needs_a_proven_bearer_and_a_wallet(
     _, token = await login(http, broker, tee_key, WALLET.lower())
     reply = await post(http, broker, OIDC, token, {"wallet": "0x" + "99" * 20})  # a caller cannot name a wallet
     assert_refused(reply, 400, "malformed_body")
+
+
+async def test_the_operator_rotates_the_key_and_a_running_broker_picks_it_up(
+    make_broker: BrokerFactory, tmp_path: Path
+) -> None:
+    from test_broker_operator import broker_cli
+
+    path = tmp_path / "oidc-keypair.json"
+    oidc.load_or_create(path, 1_700_000_000)  # a key of another second than the rotation's
+    broker = await make_broker(env={"BROKER_OIDC_KEYPAIR_PATH": str(path)})
+    keys = broker.app[oidc.OIDC_KEYS]
+    before = keys.keys.kid
+    proc = await broker_cli("oidc", "rotate", env={"BROKER_OIDC_KEYPAIR_PATH": str(path)})
+    assert proc.returncode == 0, proc.stderr
+    answer = json.loads(proc.stdout)
+    assert answer["retired_kid"] == before and answer["kid"] != before
+    assert answer["retired_published_until"] - int(time.time()) > oidc.MAX_JWT_TTL
+    assert "PRIVATE" not in proc.stdout
+    assert keys.reload_if_changed() and keys.keys.kid == answer["kid"]
+    missing = await broker_cli("oidc", "rotate", env={"BROKER_OIDC_KEYPAIR_PATH": str(tmp_path / "none.json")})
+    assert missing.returncode == 1 and "start the broker once" in missing.stderr
