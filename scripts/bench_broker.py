@@ -400,6 +400,7 @@ async def bench_database(
         schema = f"bench_{secrets.token_hex(6)}"
         env = {"BROKER_DB_URL": db_url, "BROKER_DB_SCHEMA": schema}
     env["BROKER_TEE_JWT_PUBLIC_KEY"] = str(TEE_KEY_PATH.with_name("tee_jwt_public_key.test.pem"))
+    env["BROKER_OIDC_KEYPAIR_PATH"] = str(tmpdir / "oidc-keypair.json")
     env["BROKER_SESSION_KEYPAIR_PATH"] = str(tmpdir / "session-keypair.json")
     profile_path = f"{args.profile}.{run.replace('/', '-')}.prof" if args.profile else None
     broker = BrokerProcess(run.replace("/", "-"), env, tmpdir, profile_path)

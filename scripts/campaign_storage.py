@@ -69,6 +69,7 @@ class Broker(benchkit.ChildProcess):
         self.url = f"http://{HOST}:{self.port}"
         self.env = {
             "BROKER_TEE_JWT_PUBLIC_KEY": str(TEE_PUBLIC_KEY),
+            "BROKER_OIDC_KEYPAIR_PATH": str(log_dir / f"oidc-keypair-{label}.json"),
             "BROKER_SESSION_KEYPAIR_PATH": str(log_dir / "session-keypair.json"),
             **env,
         }

@@ -51,6 +51,7 @@ class BrokerProcess:
             "BROKER_DB_URL": url,
             "BROKER_TEE_JWT_PUBLIC_KEY": str(TEE_PUBLIC_KEY_PATH),
             "BROKER_PORT": str(self.port),
+            "BROKER_OIDC_KEYPAIR_PATH": str(log_dir / "oidc-keypair.json"),
             "BROKER_SESSION_KEYPAIR_PATH": str(log_dir / "session-keypair.json"),
             **({"BROKER_DB_SCHEMA": schema} if schema else {}),
             **(env or {}),

@@ -224,6 +224,7 @@ async def make_broker(
         values = {
             "BROKER_DB_URL": url,
             "BROKER_TEE_JWT_PUBLIC_KEY": str(TEE_PUBLIC_KEY_PATH),
+            "BROKER_OIDC_KEYPAIR_PATH": str(tmp_path / "oidc-keypair.json"),
             # one key per test, shared by the test's brokers (replicas share theirs), never in $HOME
             "BROKER_SESSION_KEYPAIR_PATH": str(tmp_path / "session-keypair.json"),
             **(env or {}),
@@ -264,3 +265,27 @@ def mint_tee_token(
     """A token exactly as the worker mints it (header and claim order included)."""
     expires = exp if exp is not None else int(time.time()) + 7 * 24 * 3600
     return encode_auth_token(AuthTokenClaims(sub=sub, typ=typ, exp=expires, aud=aud), key)
+
+
+# --------------------------------------------------------------------------- AWS STS (moto's server)
+
+
+@pytest.fixture(scope="session")
+def moto_sts() -> Iterator[Any]:
+    """moto's STS server on a free loopback port, for the whole run (`tests/mint_support.py`)."""
+    from mint_support import MotoSts
+
+    server = MotoSts()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def sts(moto_sts: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Any:
+    """moto's STS with an operator principal in the environment (any key: moto does not check
+    them unless asked), and no AWS file of this machine's user read."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAIOSFODNN7EXAMPLE")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "moto-accepts-any-secret")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
+    return moto_sts

@@ -129,6 +129,8 @@ async def test_create_returns_the_active_grant_and_binds_the_pair(
         "expires_at": expires_at,
         "revoked_at": None,
         "superseded_by": None,
+        "max_uses": None,
+        "uses": 0,
         "status": "active",
     }
     assert await is_bound(http, broker, MASTER, AGENT) is True

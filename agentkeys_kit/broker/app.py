@@ -23,15 +23,19 @@ from collections.abc import AsyncIterator, Callable
 from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from agentkeys_kit.broker import http
+from agentkeys_kit.broker import agent_mint, http
 from agentkeys_kit.broker.audit import RefusalAudit
-from agentkeys_kit.broker.bearer import add_bearer_routes
+from agentkeys_kit.broker.audit_chain import CHAIN, ChainWriter
+from agentkeys_kit.broker.bearer import add_bearer_routes, require_principal
 from agentkeys_kit.broker.callbacks import add_callback_routes
 from agentkeys_kit.broker.config import BrokerConfig
 from agentkeys_kit.broker.grants import add_grant_routes
 from agentkeys_kit.broker.login import add_login_routes
 from agentkeys_kit.broker.login.heima import log_login_start
-from agentkeys_kit.broker.observability import METRICS, BrokerMetrics, log_start, metrics_response, version
+from agentkeys_kit.broker.mint import MINT as MINT_SERVICE_KEY
+from agentkeys_kit.broker.mint import MintService, Resolver, add_mint_routes
+from agentkeys_kit.broker.observability import METRICS, BrokerMetrics, fields, log_start, metrics_response, version
+from agentkeys_kit.broker.oidc import OidcKeys, add_oidc_routes
 from agentkeys_kit.broker.sessions import (
     SessionIssuer,
     add_session_routes,
@@ -42,6 +46,7 @@ from agentkeys_kit.broker.state import STATE, BrokerState
 from agentkeys_kit.broker.storage import Database, StorageError, open_database
 from agentkeys_kit.broker.storage import login as login_store
 from agentkeys_kit.broker.storage.base import one_line
+from agentkeys_kit.broker.sts import Sts, StsFailure
 from agentkeys_kit.broker.tee_keys import fetch_public_key, load_public_key_file
 from agentkeys_kit.broker.tokens import TeeTokenVerifier
 
@@ -58,11 +63,16 @@ async def load_tee_key(config: BrokerConfig) -> rsa.RSAPublicKey:
     return await fetch_public_key(config.tee_jwt_public_key_url)
 
 
+class StartupCheckFailed(RuntimeError):
+    """`sts:GetCallerIdentity` failed at start (`agentkeys-broker run --skip-startup-check`)."""
+
+
 def create_app(
     config: BrokerConfig,
     *,
     tee_key: rsa.RSAPublicKey | None = None,
     clock: Callable[[], float] = time.time,
+    resolve_caller: Resolver | None = None,
 ) -> web.Application:
     app = web.Application(client_max_size=http.MAX_BODY)
     http.install(app, body_timeout=config.body_timeout)
@@ -103,7 +113,35 @@ def create_app(
             await refusals.close()
             await db.close()
 
+    oidc_keys = OidcKeys(config.oidc_keypair_path, clock)
+
+    async def credential_surface(app: web.Application) -> AsyncIterator[None]:
+        """The OIDC keys, the audit chain's writer, STS: after the database, closed before it."""
+        created = await asyncio.to_thread(oidc_keys.load)
+        log_oidc(config, oidc_keys, created)
+        oidc_keys.watch()
+        state = app[STATE]
+        writer = ChainWriter(state.db)
+        app[CHAIN] = writer
+        sts = await open_sts(config)
+        purge = asyncio.create_task(forget_request_ids(state.db, clock), name="broker-mint-requests")
+        resolver = resolve_caller or require_principal
+        app[MINT_SERVICE_KEY] = MintService(config, writer, oidc_keys, resolver, sts, clock)
+        try:
+            yield
+        finally:
+            purge.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await purge
+            await writer.close()
+            if sts is not None:
+                await sts.close()
+            await oidc_keys.close()
+
     app.cleanup_ctx.append(lifecycle)
+    app.cleanup_ctx.append(credential_surface)
+    add_oidc_routes(app, oidc_keys, config.oidc_issuer, clock)
+    add_mint_routes(app)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", prometheus_metrics)
@@ -113,6 +151,56 @@ def create_app(
     add_session_routes(app)
     add_login_routes(app, config)
     return app
+
+
+async def open_sts(config: BrokerConfig) -> Sts | None:
+    if config.data_role_arn is None:
+        log.info("mint-aws-creds: off (no BROKER_DATA_ROLE_ARN)")
+        return None
+    sts = Sts(region=config.aws_region, endpoint_url=config.sts_endpoint_url)
+    await sts.open()
+    where = config.sts_endpoint_url or f"AWS STS {config.aws_region}"
+    log.info(
+        "mint-aws-creds: role %s, %d s credentials, STS at %s",
+        config.data_role_arn,
+        config.session_duration,
+        where,
+        extra=fields(role=config.data_role_arn, session_duration=config.session_duration, sts=where),
+    )
+    if config.skip_startup_check:
+        log.warning("start-up check skipped (--skip-startup-check): STS was not asked")
+        return sts
+    try:
+        arn = await sts.caller_identity()
+    except StsFailure as failure:
+        await sts.close()
+        raise StartupCheckFailed(
+            f"sts:GetCallerIdentity failed ({failure.kind}: {failure.detail}); fix the AWS credentials or "
+            "BROKER_STS_ENDPOINT_URL, or start with --skip-startup-check"
+        ) from None
+    log.info("STS start-up check: the broker runs as %s", arn, extra=fields(caller_arn=arn))
+    return sts
+
+
+def log_oidc(config: BrokerConfig, keys: OidcKeys, created: bool) -> None:
+    kid = keys.keys.kid
+    log.info(
+        "OIDC issuer %s, signing key %s %s %s, JWT lifetime %d s",
+        config.oidc_issuer,
+        kid,
+        "created at" if created else "read from",
+        config.oidc_keypair_path,
+        config.oidc_jwt_ttl,
+        extra=fields(issuer=config.oidc_issuer, kid=kid, key_path=str(config.oidc_keypair_path)),
+    )
+
+
+async def forget_request_ids(db: Database, clock: Callable[[], float], every: float = 60.0) -> None:
+    """Agents' request ids past their skew window are of no use: dropped once a minute."""
+    while True:
+        await asyncio.sleep(every)
+        with contextlib.suppress(StorageError):  # the storage log reports outages; the next round retries
+            await db.run(agent_mint.forget_old_requests, int(clock()))
 
 
 async def purge_forever(db: Database, clock: Callable[[], float], every: float = PURGE_EVERY_SECONDS) -> None:

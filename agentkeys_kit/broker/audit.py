@@ -14,6 +14,9 @@ source ``*`` (its kind otherwise kept), so memory stays bounded whatever the att
 rows of a window are written in one transaction. A crash (kill -9) loses at most the counts of
 the current window; the full rows already written stay. If the database fails, the counts are
 kept and written with the next window's.
+
+Refusals of logins and mints are also rows of the audit chain (`broker/audit_chain.py`), written
+in the same transaction as their `audit_log` rows, under the same budget.
 """
 
 from __future__ import annotations
@@ -24,9 +27,11 @@ import ipaddress
 import logging
 from dataclasses import dataclass, replace
 
-from agentkeys_kit.broker.storage import AuditEvent, Database, StorageError, store
+from agentkeys_kit.broker.audit_chain import write_refusal, write_refusals
+from agentkeys_kit.broker.storage import AuditEvent, Database, StorageError
 
 log = logging.getLogger(__name__)
+
 
 WINDOW = 10.0  # seconds
 PER_SOURCE = 100  # full refusal rows per source and window
@@ -105,7 +110,7 @@ class RefusalAudit:
             self._written[source] = written + 1
             self._written_total += 1
             try:
-                await self.db.run(store.write_audit, event)
+                await self.db.run(write_refusal, event)
                 return
             except StorageError:
                 log.warning("the audit row of a refused %s could not be written; it is counted instead", event.event)
@@ -138,7 +143,7 @@ class RefusalAudit:
             return
         pending, self._pending = self._pending, {}
         try:
-            await self.db.run(store.write_audits, [tally.row() for tally in pending.values()])
+            await self.db.run(write_refusals, [tally.row() for tally in pending.values()])
         except BaseException as exc:  # kept for the next window, never dropped (cancelled too)
             for kind, tally in pending.items():
                 self._add(kind, tally)

@@ -20,6 +20,7 @@ from typing import Any
 from aiohttp import web
 
 from agentkeys_kit.broker import errors
+from agentkeys_kit.broker.audit_chain import CHAIN, ChainEntry, alongside
 from agentkeys_kit.broker.errors import BrokerError
 from agentkeys_kit.broker.http import authorization_header, note_omni_account, query_param
 from agentkeys_kit.broker.http import json_body as json_body  # the request layer, still importable from here
@@ -242,17 +243,31 @@ async def post_heima_login(request: web.Request, state: BrokerState, verified: V
         raise errors.malformed(f"userId: {exc}") from None
     claims = verified.claims
     require_token_proves_identity(claims, account, client_id)
-    user: UserRecord = await state.db.run(
-        lambda: store.record_login(
-            dialect=state.db.dialect,
-            client_id=client_id,
-            identity_type=user_id.kind.value,
-            identity_value=identity_value,
-            omni_account=account,
-            pumpx_omni_for=pumpx_account_hex(client_id),
-            token_sha256=verified.sha256,
-            token_expires_at=claims.exp,
-            audit=_audit(state, request, "post_heima_login", verified),
+    # the login's audit-chain row (the worker authenticated; `broker/audit_chain.py`)
+    chained = ChainEntry(
+        event="login",
+        outcome="ok",
+        minted_at=state.now(),
+        requester_token=verified.sha256,
+        requester_wallet=identity_value if user_id.kind is IdentityKind.EVM else "unknown",
+        omni_account=account,
+        sts_session_name=f"tee:{client_id}",
+        outcome_detail=f"post_heima_login {user_id.kind.value} {identity_value}"[:500],
+    )
+    user: UserRecord = await request.app[CHAIN].run(
+        alongside(
+            lambda: store.record_login(
+                dialect=state.db.dialect,
+                client_id=client_id,
+                identity_type=user_id.kind.value,
+                identity_value=identity_value,
+                omni_account=account,
+                pumpx_omni_for=pumpx_account_hex(client_id),
+                token_sha256=verified.sha256,
+                token_expires_at=claims.exp,
+                audit=_audit(state, request, "post_heima_login", verified),
+            ),
+            [chained],
         )
     )
     return errors.ok({"user_id": user.user_uid})

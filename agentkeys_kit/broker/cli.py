@@ -1,4 +1,7 @@
-"""`agentkeys-broker run --host --port` and the operator command `agentkeys-broker grants …`.
+"""`agentkeys-broker run --host --port [--skip-startup-check]` and the operator commands
+`agentkeys-broker grants …`, `agentkeys-broker audit verify|tail|export` (the audit chain, JSON
+lines; `verify` exits 1 when the chain is broken) and `agentkeys-broker oidc rotate` (a new OIDC
+signing key; running brokers pick it up within seconds, see `broker.oidc`).
 
 Both read the `BROKER_*` variables (see `broker.config`); flags win. The grants command works on
 the database directly (`BROKER_DB_URL`, `BROKER_DB_SCHEMA`) and writes the same audit rows as the
@@ -19,7 +22,8 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from agentkeys_kit.broker.app import create_app
+from agentkeys_kit.broker import audit_chain
+from agentkeys_kit.broker.app import StartupCheckFailed, create_app
 from agentkeys_kit.broker.config import (
     LOG_FORMATS,
     LOG_LEVELS,
@@ -27,10 +31,12 @@ from agentkeys_kit.broker.config import (
     BrokerConfigError,
     config_from_env,
     database_from_env,
+    oidc_keypair_path,
 )
 from agentkeys_kit.broker.errors import BrokerError
-from agentkeys_kit.broker.grants import validate_grant_request
+from agentkeys_kit.broker.grants import validate_grant_request, validate_max_uses
 from agentkeys_kit.broker.observability import configure_logging
+from agentkeys_kit.broker.oidc import OidcKeyError, rotate
 from agentkeys_kit.broker.server import serve_until_stopped
 from agentkeys_kit.broker.sessions import SessionKeyError
 from agentkeys_kit.broker.storage import AuditEvent, StorageError, open_database, store
@@ -45,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--port", type=int, default=None)
     run.add_argument("--log-level", default=None, choices=LOG_LEVELS, help="overrides BROKER_LOG_LEVEL")
     run.add_argument("--log-format", default=None, choices=LOG_FORMATS, help="overrides BROKER_LOG_FORMAT")
+    run.add_argument("--skip-startup-check", action="store_true", help="do not call sts:GetCallerIdentity at start")
 
     grants = sub.add_parser("grants", help="operator access to grants (works on BROKER_DB_URL)")
     gsub = grants.add_subparsers(dest="grants_command", required=True)
@@ -57,8 +64,23 @@ def build_parser() -> argparse.ArgumentParser:
     when = create.add_mutually_exclusive_group(required=True)
     when.add_argument("--expires-at", type=int, help="unix seconds")
     when.add_argument("--ttl", type=int, help="seconds from now")
+    create.add_argument(
+        "--max-uses", type=int, default=None, help="mints the agent may make under it (default: no limit)"
+    )
     revoke = gsub.add_parser("revoke", help="revoke a grant now")
     revoke.add_argument("grant_id")
+
+    audit = sub.add_parser("audit", help="the audit chain of logins and mints (works on BROKER_DB_URL)")
+    asub = audit.add_subparsers(dest="audit_command", required=True)
+    asub.add_parser("verify", help="check every row's hash and link; exit 1 if the chain is broken")
+    tail = asub.add_parser("tail", help="the last rows as JSON lines")
+    tail.add_argument("-n", "--lines", type=int, default=20)
+    export = asub.add_parser("export", help="every row as JSON lines, oldest first")
+    export.add_argument("--after", type=int, default=0, help="only rows after this seq")
+
+    oidc_parser = sub.add_parser("oidc", help="the OIDC signing key (BROKER_OIDC_KEYPAIR_PATH)")
+    osub = oidc_parser.add_subparsers(dest="oidc_command", required=True)
+    osub.add_parser("rotate", help="a new signing key; the old one stays published until its tokens expired")
     return parser
 
 
@@ -67,19 +89,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "run":
         try:
             config = config_from_env(
-                host=args.host, port=args.port, log_level=args.log_level, log_format=args.log_format
+                host=args.host,
+                port=args.port,
+                log_level=args.log_level,
+                log_format=args.log_format,
+                skip_startup_check=args.skip_startup_check or None,
             )
         except BrokerConfigError as exc:
             print(f"agentkeys-broker: configuration error: {exc}", file=sys.stderr)
             return 2
         configure_logging(config.log_level, config.log_format)
         return serve(config)
+    if args.command == "oidc":
+        return oidc_command(args)
     try:
         db_url, schema = database_from_env(os.environ)
     except BrokerConfigError as exc:
         print(f"agentkeys-broker: configuration error: {exc}", file=sys.stderr)
         return 2
     try:
+        if args.command == "audit":
+            return asyncio.run(audit_command(db_url, schema, args))
         return asyncio.run(grants_command(db_url, schema, args))
     except StorageError as exc:
         print(f"agentkeys-broker: {exc}", file=sys.stderr)
@@ -95,7 +125,7 @@ def serve(config: BrokerConfig) -> int:
 
     try:
         asyncio.run(serve_until_stopped(config, create_app(config), announce))
-    except (TeeKeyError, SessionKeyError, StorageError) as exc:
+    except (TeeKeyError, SessionKeyError, StorageError, OidcKeyError, StartupCheckFailed) as exc:
         print(f"agentkeys-broker: cannot start: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:
@@ -136,6 +166,7 @@ async def _create(db: Any, args: argparse.Namespace, now: int) -> int:
         agent, scope, expires_at = validate_grant_request(
             {"agent_wallet": args.agent_wallet, "scope": args.scope, "expires_at": expires_at}, master_wallet, now
         )
+        max_uses = validate_max_uses({"max_uses": args.max_uses})
     except BrokerError as exc:
         print(f"agentkeys-broker: {exc.message}", file=sys.stderr)
         return 2
@@ -147,6 +178,7 @@ async def _create(db: Any, args: argparse.Namespace, now: int) -> int:
             agent_wallet=agent,
             scope=scope,
             expires_at=expires_at,
+            max_uses=max_uses,
             audit=audit,
         )
     )
@@ -160,6 +192,46 @@ async def _create(db: Any, args: argparse.Namespace, now: int) -> int:
         return 1
     print(json.dumps(grant.to_json(now)))
     return 0
+
+
+def oidc_command(args: argparse.Namespace) -> int:
+    path = oidc_keypair_path(os.environ)
+    try:
+        keys, retired = rotate(path, int(time.time()))
+    except OidcKeyError as exc:
+        print(f"agentkeys-broker: {exc}", file=sys.stderr)
+        return 1
+    print(
+        json.dumps(
+            {
+                "path": str(path),
+                "kid": keys.kid,
+                "retired_kid": retired.kid,
+                "retired_published_until": retired.publish_until,
+            }
+        )
+    )
+    return 0
+
+
+async def audit_command(db_url: str, schema: str | None, args: argparse.Namespace) -> int:
+    db = open_database(db_url, schema=schema)
+    await db.open(migrate=False)
+    try:
+        if args.audit_command == "verify":
+            verdict = await audit_chain.verify(db)
+            print(json.dumps(verdict.to_json()))
+            return 0 if verdict.intact else 1
+        if args.audit_command == "tail":
+            for row in await db.run(audit_chain.last_rows, max(1, min(args.lines, 100_000))):
+                print(json.dumps(row.to_json()))
+            return 0
+        async for page in audit_chain.pages(db, args.after):
+            for row in page:
+                print(json.dumps(row.to_json()))
+        return 0
+    finally:
+        await db.close()
 
 
 def _operator_audit(event: str, now: int, detail: str) -> AuditEvent:

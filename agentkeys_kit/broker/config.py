@@ -19,6 +19,15 @@
 | `BROKER_LOG_LEVEL` | `DEBUG`, `INFO` (one access-log line per request), `WARNING`, `ERROR` | `INFO` |
 | `BROKER_LOG_FORMAT` | `json` (one JSON object per line) or `text` | `json` |
 | `BROKER_METRICS_ALLOW_CIDRS` | networks allowed to read `GET /metrics` | `127.0.0.0/8,::1/128` |
+| `BROKER_OIDC_ISSUER` | OIDC issuer, byte-exact as at AWS (https; http on loopback) | `https://oidc.agentkeys.dev` |
+| `BROKER_OIDC_KEYPAIR_PATH` | ES256 OIDC key, made 0600 | beside the SQLite file, else in `~/.agentkeys/broker` |
+| `BROKER_OIDC_JWT_TTL_SECONDS` | lifetime of a minted OIDC JWT, 60 to 3600 | `300` |
+| `BROKER_DATA_ROLE_ARN` | role `mint-aws-creds` assumes (legacy `BROKER_AGENT_ROLE_ARN`); unset: none | — |
+| `BROKER_SESSION_DURATION_SECONDS` | lifetime of minted AWS credentials, 900 to 43200 | `3600` |
+| `BROKER_STS_ENDPOINT_URL` | the STS endpoint (moto's server in tests) | AWS's regional endpoint |
+| `BROKER_AWS_REGION` | the STS region | `us-east-1` |
+| `BROKER_SKIP_STARTUP_CHECK` | `1`: no `sts:GetCallerIdentity` at start (as `run --skip-startup-check`) | off |
+| `BROKER_MINT_MAX_SKEW_SECONDS` | agent's signed `issued_at` vs the broker's clock, 5 to 600 | `120` |
 | `BROKER_LOGIN_BACKEND` | `heima` (the worker authenticates) or `local` (the broker does) | `heima` |
 | `BROKER_HEIMA_WORKER_URL` | the worker's JSON-RPC URL the CLI logs in at (`heima`), in `/v1/auth/config` | — |
 | `BROKER_PUBLIC_URL` | the broker's URL as users reach it: SIWE domain/URI, session `iss` | from the request |
@@ -37,6 +46,7 @@ E-mail login (`broker/login/email.py`; offered when a mailer is configured) and 
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import os
 import re
@@ -47,6 +57,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 DEFAULT_DB_PATH = Path("~/.agentkeys/broker/broker.sqlite3")
+DEFAULT_OIDC_KEYPAIR_PATH = Path("~/.agentkeys/broker/oidc-keypair.json")
+DEFAULT_OIDC_ISSUER = "https://oidc.agentkeys.dev"
 DEFAULT_PORT = 8091
 DEFAULT_SESSION_KEYPAIR_PATH = Path("~/.agentkeys/broker/session-keypair.json")
 LOGIN_BACKENDS = ("heima", "local")
@@ -130,6 +142,16 @@ class BrokerConfig:
     metrics_allow_cidrs: tuple[IpNetwork, ...] = field(default_factory=_loopback)
     email_login: EmailLoginSettings | None = None
     google_login: GoogleLoginSettings | None = None
+    oidc_issuer: str = DEFAULT_OIDC_ISSUER
+    oidc_keypair_path: Path = DEFAULT_OIDC_KEYPAIR_PATH
+    oidc_jwt_ttl: int = 300
+    data_role_arn: str | None = None
+    session_duration: int = 3600
+    sts_endpoint_url: str | None = None
+    aws_region: str = "us-east-1"
+    mint_max_skew: int = 120
+    #: `agentkeys-broker run --skip-startup-check`: no `sts:GetCallerIdentity` at start
+    skip_startup_check: bool = False
     login_backend: str = "heima"
     heima_worker_url: str | None = None
     public_url: str | None = None
@@ -279,6 +301,7 @@ def config_from_env(env: Mapping[str, str] | None = None, **overrides: object) -
     if "BROKER_CALLBACK_BASE_PATH" in env:
         values["callback_base_path"] = env["BROKER_CALLBACK_BASE_PATH"]
     values.update(_request_handling(env))
+    values.update(_credential_surface(env))
     values.update(_login(env))
     values["email_login"] = email_login_from_env(env)
     values["google_login"] = google_login_from_env(env)
@@ -364,6 +387,73 @@ def google_login_from_env(env: Mapping[str, str]) -> GoogleLoginSettings | None:
         if redirect.scheme not in ("http", "https") or not redirect.hostname or redirect.fragment:
             raise BrokerConfigError("BROKER_GOOGLE_REDIRECT_URI must be an absolute http(s) URL without a fragment")
     return GoogleLoginSettings(client_id=client_id, client_secret=secret, issuer=issuer, redirect_uri=redirect_uri)
+
+
+def _bounded(env: Mapping[str, str], variable: str, low: int, high: int) -> int:
+    text = env[variable].strip()
+    if not text.isdigit() or not low <= int(text) <= high:
+        raise BrokerConfigError(f"{variable} must be an integer from {low} to {high}")
+    return int(text)
+
+
+_ROLE_ARN = re.compile(r"arn:aws[a-z-]*:iam::[0-9]{12}:role/[\w+=,.@/-]{1,512}")
+
+
+def check_issuer(issuer: str) -> str:
+    """The issuer is used byte for byte (AWS compares it so): nothing is trimmed or added."""
+    url = urlsplit(issuer)
+    loopback = url.hostname in ("127.0.0.1", "::1", "localhost")
+    if url.scheme != "https" and not (url.scheme == "http" and loopback):
+        raise BrokerConfigError("BROKER_OIDC_ISSUER must be an https URL (http only on loopback, for development)")
+    if not url.hostname or url.query or url.fragment or issuer.endswith("/") or issuer != issuer.strip():
+        raise BrokerConfigError(
+            "BROKER_OIDC_ISSUER must be a URL without query, fragment, surrounding spaces or trailing '/' "
+            "(the JWKS is served at <issuer>/.well-known/jwks.json)"
+        )
+    return issuer
+
+
+def oidc_keypair_path(env: Mapping[str, str]) -> Path:
+    """`BROKER_OIDC_KEYPAIR_PATH`, else ``oidc-keypair.json`` beside the SQLite database (for the
+    default database that is the spec's ``~/.agentkeys/broker/oidc-keypair.json``), else there."""
+    if env.get("BROKER_OIDC_KEYPAIR_PATH"):
+        return Path(env["BROKER_OIDC_KEYPAIR_PATH"]).expanduser()
+    db_url = env.get("BROKER_DB_URL") or f"sqlite:///{DEFAULT_DB_PATH}"
+    if db_url.startswith("sqlite:"):
+        with contextlib.suppress(BrokerConfigError):
+            return sqlite_path(db_url).parent / "oidc-keypair.json"
+    return DEFAULT_OIDC_KEYPAIR_PATH.expanduser()
+
+
+def _credential_surface(env: Mapping[str, str]) -> dict[str, object]:
+    """The OIDC issuer and the mint endpoints (`broker.oidc`, `broker.mint`)."""
+    values: dict[str, object] = {}
+    if "BROKER_OIDC_ISSUER" in env:
+        values["oidc_issuer"] = check_issuer(env["BROKER_OIDC_ISSUER"])
+    values["oidc_keypair_path"] = oidc_keypair_path(env)
+    if "BROKER_OIDC_JWT_TTL_SECONDS" in env:
+        values["oidc_jwt_ttl"] = _bounded(env, "BROKER_OIDC_JWT_TTL_SECONDS", 60, 3600)
+    role = env.get("BROKER_DATA_ROLE_ARN") or env.get("BROKER_AGENT_ROLE_ARN")
+    if role:
+        if not _ROLE_ARN.fullmatch(role):
+            raise BrokerConfigError("BROKER_DATA_ROLE_ARN must be an IAM role ARN (arn:aws:iam::<account>:role/<name>)")
+        values["data_role_arn"] = role
+    if "BROKER_SESSION_DURATION_SECONDS" in env:
+        values["session_duration"] = _bounded(env, "BROKER_SESSION_DURATION_SECONDS", 900, 43200)
+    if env.get("BROKER_STS_ENDPOINT_URL"):
+        url = urlsplit(env["BROKER_STS_ENDPOINT_URL"])
+        if url.scheme not in ("https", "http") or not url.hostname:
+            raise BrokerConfigError("BROKER_STS_ENDPOINT_URL must be an http(s) URL")
+        values["sts_endpoint_url"] = env["BROKER_STS_ENDPOINT_URL"]
+    if env.get("BROKER_AWS_REGION"):
+        if not re.fullmatch(r"[a-z]{2}(-[a-z]+)+-[0-9]+", env["BROKER_AWS_REGION"]):
+            raise BrokerConfigError("BROKER_AWS_REGION must be an AWS region name (e.g. us-east-1)")
+        values["aws_region"] = env["BROKER_AWS_REGION"]
+    if env.get("BROKER_SKIP_STARTUP_CHECK", "").strip().lower() in ("1", "true", "yes"):
+        values["skip_startup_check"] = True
+    if "BROKER_MINT_MAX_SKEW_SECONDS" in env:
+        values["mint_max_skew"] = _bounded(env, "BROKER_MINT_MAX_SKEW_SECONDS", 5, 600)
+    return values
 
 
 def database_from_env(env: Mapping[str, str]) -> tuple[str, str | None]:

@@ -9,8 +9,9 @@ pair whose grant has expired closes that one (its ``superseded_by`` names the ne
 HTTP (authenticated by `bearer.require_principal`: the master's recorded TEE *access* token or
 broker session; the master is the user that bearer names, and it must be a wallet identity):
 
-* ``POST /v1/grant/create`` ``{agent_wallet, scope, expires_at}`` → ``data.grant`` (409 if the pair
-  already has an active grant);
+* ``POST /v1/grant/create`` ``{agent_wallet, scope, expires_at, max_uses?}`` → ``data.grant`` (409 if
+  the pair already has an active grant); ``max_uses`` (1 to 10^9, absent or null: no limit) bounds
+  the agent's mints under it (`broker/agent_mint.py`);
 * ``POST /v1/grant/revoke`` ``{grant_id}`` → ``data.grant`` (404 for an unknown *or another
   master's* grant, so ownership is not leaked; 409 if already revoked); revoking unbinds the pair,
   whatever other grant it may have;
@@ -59,10 +60,24 @@ def validate_grant_request(body: Any, master_wallet: str, now: int) -> tuple[str
     return agent.lower(), scope, fields["expires_at"]
 
 
+MAX_USES = 10**9
+
+
+def validate_max_uses(body: Any) -> int | None:
+    value = body.get("max_uses") if isinstance(body, dict) else None
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_USES:
+        raise errors.malformed(f"max_uses must be an integer from 1 to {MAX_USES}, or null")
+    return value
+
+
 @protected("grant_create")
 async def grant_create(request: web.Request, state: BrokerState, principal: Principal) -> web.Response:
     wallet = master_wallet_of(principal)
-    agent, scope, expires_at = validate_grant_request(await json_body(request), wallet, state.now())
+    body = await json_body(request)
+    agent, scope, expires_at = validate_grant_request(body, wallet, state.now())
+    max_uses = validate_max_uses(body)
     grant: GrantRecord | None = await state.db.run(
         lambda: store.create_grant(
             master_omni_account=principal.omni_account,
@@ -70,6 +85,7 @@ async def grant_create(request: web.Request, state: BrokerState, principal: Prin
             agent_wallet=agent,
             scope=scope,
             expires_at=expires_at,
+            max_uses=max_uses,
             audit=audit_event(state, request, principal, "grant_create", detail=f"{wallet}->{agent}"),
         )
     )

@@ -7,6 +7,8 @@
     agentkeys [--broker-url URL] init google [--login-hint EMAIL]   (prints a URL to open, waits)
     agentkeys [--broker-url URL] whoami
     agentkeys [--broker-url URL] logout
+    agentkeys [--broker-url URL] mint oidc-jwt | mint aws-creds [--format json|credential-process]
+    agentkeys [--broker-url URL] creds aws        (AWS credential_process output)
 
 The broker URL comes from ``--broker-url``, else `AGENTKEYS_BROKER_URL`, else
 ``http://127.0.0.1:8091``; everything else (the login backend, the worker for ``heima``) the CLI
@@ -36,6 +38,7 @@ COMMAND_MODULES = (
     "agentkeys_kit.client.login_email",
     "agentkeys_kit.client.login_google",
     "agentkeys_kit.client.session",
+    "agentkeys_kit.client.mint",
 )
 
 

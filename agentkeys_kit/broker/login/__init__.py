@@ -26,11 +26,12 @@ from typing import Any
 from aiohttp import web
 
 from agentkeys_kit.broker import errors
+from agentkeys_kit.broker.audit_chain import CHAIN, ChainEntry
 from agentkeys_kit.broker.bearer import AGENTKEYS_CLIENT_ID
 from agentkeys_kit.broker.callbacks import canonical_identity_value, pumpx_account_hex
 from agentkeys_kit.broker.config import BrokerConfig
 from agentkeys_kit.broker.state import STATE, BrokerState
-from agentkeys_kit.broker.storage import AuditEvent
+from agentkeys_kit.broker.storage import AuditEvent, UserRecord
 from agentkeys_kit.broker.storage import login as login_store
 from agentkeys_kit.broker.storage.base import Operation
 from agentkeys_kit.broker.storage.login import SessionRow
@@ -131,15 +132,28 @@ async def complete_login(
         remote_addr=request.remote,
         detail=f"{method} session {claims.jti}",
     )
-    user = await state.db.run(
-        lambda: login_store.open_session(
+    # the login's audit-chain row, in the session's transaction (`broker/audit_chain.py`)
+    chained = ChainEntry(
+        event="login",
+        outcome="ok",
+        minted_at=now,
+        requester_wallet=wallet or "unknown",
+        omni_account=omni_account,
+        sts_session_name=claims.jti,
+        outcome_detail=f"{method} {kind.value} {canonical}"[:500],
+    )
+
+    def open_session() -> Operation[tuple[list[ChainEntry], UserRecord | None]]:
+        opened = yield from login_store.open_session(
             session=session,
             client_id=AGENTKEYS_CLIENT_ID,
             pumpx_omni_for=pumpx_account_hex(AGENTKEYS_CLIENT_ID),
             audit=audit,
             consume=consume,
         )
-    )
+        return ([chained] if opened is not None else []), opened  # a used proof opened nothing
+
+    user = await request.app[CHAIN].run(open_session)
     if user is None:
         raise errors.login_refused(f"this {method} login proof was already used")
     return errors.ok(

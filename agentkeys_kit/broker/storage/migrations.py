@@ -178,6 +178,57 @@ _LOGIN_STATE = (
 )
 _V6 = "login_nonces, broker_sessions, tee_access_tokens (login state shared by replicas)"
 _V4 = "tee_tokens rewritten without a trace of the bearers v3 dropped"
+
+# v10 (issue 8, the credential surface): the tamper-evident audit chain, the agents' single-use
+# request ids, and grants with a use budget.
+# - mint_log: the spec's `mint_log` columns (§1.6; the bearer only as its SHA-256) plus the event,
+#   the OmniAccount, and the chain: each row carries the SHA-256 of the previous row (prev_hash)
+#   and its own (row_hash, over every other column), so an edited or deleted row shows
+#   (`broker/audit_chain.py`). `seq` is assigned by the appender (1, 2, 3, … without gaps).
+# - mint_log_head: one row holding the last seq and hash; every append updates it first, which
+#   serialises appenders (PostgreSQL: its row lock, any number of replicas) and lets `audit
+#   verify` see rows cut off the end.
+# - mint_requests: an agent's signed request id, kept until its issued_at can no longer pass the
+#   skew check, so a signed mint body is accepted once (V0.1-FOLLOWUPS R1-F5).
+# - grants.max_uses (NULL: no limit) and grants.uses, consumed by one conditional UPDATE.
+_GENESIS = "0" * 64
+_AUDIT_CHAIN = (
+    """CREATE TABLE mint_log (
+        seq BIGINT PRIMARY KEY,
+        minted_at BIGINT NOT NULL,
+        event TEXT NOT NULL,
+        outcome TEXT NOT NULL,
+        requester_token TEXT NOT NULL,
+        requester_wallet TEXT NOT NULL,
+        omni_account TEXT,
+        requested_role TEXT NOT NULL,
+        session_duration_seconds INTEGER NOT NULL,
+        sts_session_name TEXT NOT NULL,
+        outcome_detail TEXT,
+        prev_hash TEXT NOT NULL,
+        row_hash TEXT NOT NULL
+    )""",
+    "CREATE INDEX mint_log_minted_at ON mint_log (minted_at)",
+    "CREATE INDEX mint_log_requester_wallet ON mint_log (requester_wallet)",
+    """CREATE TABLE mint_log_head (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        seq BIGINT NOT NULL,
+        row_hash TEXT NOT NULL
+    )""",
+    f"INSERT INTO mint_log_head (id, seq, row_hash) VALUES (1, 0, '{_GENESIS}')",  # noqa: S608 - a constant
+    """CREATE TABLE mint_requests (
+        signer TEXT NOT NULL,
+        request_id TEXT NOT NULL,
+        seen_at BIGINT NOT NULL,
+        forget_after BIGINT NOT NULL,
+        PRIMARY KEY (signer, request_id)
+    )""",
+    "CREATE INDEX mint_requests_forget_after ON mint_requests (forget_after)",
+    "ALTER TABLE grants ADD COLUMN max_uses INTEGER",
+    "ALTER TABLE grants ADD COLUMN uses INTEGER NOT NULL DEFAULT 0",
+)
+_V10 = "mint_log audit chain, mint_requests, grants.max_uses/uses"
+
 _V5 = "one open grant per pair (grants.superseded_by), audit_log.repeat_count"
 
 # v8: e-mail login (`broker/login/email.py`). One pending code per address (a new request replaces
@@ -238,6 +289,7 @@ SQLITE_MIGRATIONS: tuple[Migration, ...] = (
     Migration(6, _V6, _LOGIN_STATE),
     Migration(8, _V8, _EMAIL_CODES),
     Migration(9, _V9, _OAUTH_REQUESTS),
+    Migration(10, _V10, _AUDIT_CHAIN),
 )
 
 POSTGRES_MIGRATIONS: tuple[Migration, ...] = (
@@ -249,6 +301,7 @@ POSTGRES_MIGRATIONS: tuple[Migration, ...] = (
     Migration(6, _V6, _LOGIN_STATE),
     Migration(8, _V8, _EMAIL_CODES),
     Migration(9, _V9, _OAUTH_REQUESTS),
+    Migration(10, _V10, _AUDIT_CHAIN),
 )
 
 SCHEMA_MIGRATIONS_TABLE = """CREATE TABLE IF NOT EXISTS schema_migrations (

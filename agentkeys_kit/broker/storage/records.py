@@ -43,6 +43,9 @@ class GrantRecord:
     revoked_at: int | None
     #: the grant that replaced this one (an expired grant is closed by the next grant of its pair)
     superseded_by: str | None
+    #: mints the grant allows (None: no limit) and mints made under it (`broker/agent_mint.py`)
+    max_uses: int | None = None
+    uses: int = 0
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> GrantRecord:
@@ -53,6 +56,8 @@ class GrantRecord:
             return "revoked"
         if self.expires_at <= now:
             return "expired"
+        if self.max_uses is not None and self.uses >= self.max_uses:
+            return "exhausted"
         # only a duplicate from before the one-open-grant rule, closed by migration 5
         return "superseded" if self.superseded_by is not None else "active"
 

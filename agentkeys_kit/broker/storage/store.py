@@ -16,7 +16,7 @@ _USER_COLUMNS = (
 )
 _GRANT_COLUMNS = (
     "grant_id, master_omni_account, master_wallet, agent_wallet, scope, created_at, expires_at, revoked_at, "
-    "superseded_by"
+    "superseded_by, max_uses, uses"
 )
 #: the grant a pair is bound by: open (neither revoked nor superseded); at most one per pair, by the
 #: partial unique index grants_one_open_per_pair (migration 5), whose predicate this repeats.
@@ -252,6 +252,7 @@ def create_grant(
     scope: str,
     expires_at: int,
     audit: AuditEvent,
+    max_uses: int | None = None,
 ) -> Operation[GrantRecord | None]:
     """A new grant, or ``None`` when the pair already has an active one (one active grant per pair
     keeps "revoke" meaning "unbound").
@@ -272,7 +273,7 @@ def create_grant(
         audit.occurred_at,
     )
     row = yield Query.one(
-        f"INSERT INTO grants ({_GRANT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, NULL, NULL) "
+        f"INSERT INTO grants ({_GRANT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, NULL, NULL, ?, 0) "
         f"ON CONFLICT (master_wallet, agent_wallet) WHERE {_OPEN} DO NOTHING RETURNING {_GRANT_COLUMNS}",
         grant_id,
         master_omni_account,
@@ -281,6 +282,7 @@ def create_grant(
         scope,
         audit.occurred_at,
         expires_at,
+        max_uses,
     )
     if row is None:
         if closed:
