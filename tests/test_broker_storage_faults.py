@@ -55,12 +55,9 @@ async def terminate_broker_connections(dsn: str, schema: str) -> int:
         await connection.close()
 
 
-async def mixed_requests(
-    http: aiohttp.ClientSession, broker: BrokerHandle, key: rsa.RSAPrivateKey, *, record_first: bool = True
-) -> list[int]:
-    token = mint_tee_token(key, omni_account_of(IdentityKind.EVM, MASTER, "agentkeys"))
-    if record_first:  # the bearer verifier accepts only a token post_heima_login recorded
-        assert (await call(http, broker, LOGIN, token=token, json_body=login_body("evm", MASTER))).status == 200
+async def mixed_requests(http: aiohttp.ClientSession, broker: BrokerHandle, token: str) -> list[int]:
+    """Logins, wallet slots and grant lists at once, with a token a login already recorded (the
+    grant endpoints accept only a recorded TEE token, `broker/bearer.py`)."""
     calls = [call(http, broker, LOGIN, token=token, json_body=login_body("evm", MASTER)) for _ in range(10)]
     calls += [call(http, broker, ADD_WALLET, token=token) for _ in range(10)]
     calls += [call(http, broker, GRANT_LIST, method="GET", token=token) for _ in range(10)]
@@ -74,11 +71,11 @@ async def test_requests_after_postgresql_drops_every_connection_are_served(
     escaped as a 500. A connection found broken before anything could commit is replaced and the
     operation rerun once; every request here succeeds."""
     broker = await make_broker()
-    await login(http, broker, tee_key, MASTER)
+    _, token = await login(http, broker, tee_key, MASTER)
     for _ in range(3):
-        assert await mixed_requests(http, broker, tee_key) == [200] * 30  # every pool connection in use
+        assert await mixed_requests(http, broker, token) == [200] * 30  # every pool connection in use
         assert await terminate_broker_connections(pg_dsn, pg_schema) >= 1
-        statuses = await mixed_requests(http, broker, tee_key)
+        statuses = await mixed_requests(http, broker, token)
         assert statuses == [200] * 30, statuses
 
 
@@ -88,7 +85,7 @@ async def test_connections_dropped_mid_request_give_200_or_503_never_500(
     """Dropped while requests are in flight: an operation whose COMMIT may have reached the server
     is not rerun (it might run twice) and answers 503 in the envelope; nothing is a 500."""
     broker = await make_broker()
-    await login(http, broker, tee_key, MASTER)
+    _, token = await login(http, broker, tee_key, MASTER)
     statuses: list[int] = []
     for delay in (0.0, 0.002, 0.005, 0.01, 0.02):
 
@@ -96,10 +93,10 @@ async def test_connections_dropped_mid_request_give_200_or_503_never_500(
             await asyncio.sleep(wait)
             await terminate_broker_connections(pg_dsn, pg_schema)
 
-        replies, _ = await asyncio.gather(mixed_requests(http, broker, tee_key), terminate_soon())
+        replies, _ = await asyncio.gather(mixed_requests(http, broker, token), terminate_soon())
         statuses += replies
     assert set(statuses) <= {200, 503}, statuses
-    assert await mixed_requests(http, broker, tee_key) == [200] * 30
+    assert await mixed_requests(http, broker, token) == [200] * 30
 
 
 class Proxy:
@@ -166,11 +163,11 @@ async def test_an_outage_is_503s_one_line_each_and_one_summary_then_recovery(
     dsn = urlsplit(pg_dsn)
     through_proxy = dsn._replace(netloc=f"{dsn.username}@127.0.0.1:{proxy.port}").geturl()
     broker = await make_broker(env={"BROKER_DB_URL": through_proxy})
-    await login(http, broker, tee_key, MASTER)
+    _, token = await login(http, broker, tee_key, MASTER)
     caplog.clear()
     caplog.set_level(logging.INFO)
     await proxy.cut()
-    statuses = await mixed_requests(http, broker, tee_key, record_first=False)
+    statuses = await mixed_requests(http, broker, token)
     assert set(statuses) == {503}, statuses
     reply = await call(http, broker, GRANT_LIST, method="GET", token=mint_tee_token(tee_key, "0x" + "00" * 32))
     assert_refused_503(reply)
@@ -182,7 +179,7 @@ async def test_an_outage_is_503s_one_line_each_and_one_summary_then_recovery(
 
     await proxy.start()  # the database is back, on the same address
     caplog.clear()
-    assert await mixed_requests(http, broker, tee_key) == [200] * 30
+    assert await mixed_requests(http, broker, token) == [200] * 30
     back = [r.getMessage() for r in caplog.records if "available again" in r.getMessage()]
     assert len(back) == 1 and "operations failed meanwhile" in back[0]
 

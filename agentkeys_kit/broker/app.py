@@ -111,7 +111,7 @@ def create_app(
     add_grant_routes(app)
     add_bearer_routes(app)
     add_session_routes(app)
-    add_login_routes(app, config.login_backend)
+    add_login_routes(app, config)
     return app
 
 

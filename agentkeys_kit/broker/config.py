@@ -25,6 +25,14 @@
 | `BROKER_SESSION_KEYPAIR_PATH` | the ES256 session key (created 0600 on first start) | see `session_key_default` |
 | `BROKER_SESSION_JWT_TTL_SECONDS` | session lifetime, 60 to 86400 | `18000` (5 h) |
 | `BROKER_LOGIN_CLOCK_SKEW_SECONDS` | clock difference tolerated between replicas for a login message, 0 to 300 | `60` |
+
+E-mail login (`broker/login/email.py`; offered when a mailer is configured) and Google login
+(`broker/login/google.py`; offered when `BROKER_GOOGLE_CLIENT_ID` is set), described in the README:
+`BROKER_MAILER` (`smtp`, `console`, `none`), `BROKER_SMTP_URL`, `BROKER_MAIL_FROM`,
+`BROKER_MAIL_SUBJECT`, `BROKER_MAIL_CONSOLE_DIR`, `BROKER_EMAIL_CODE_KEY_PATH`,
+`BROKER_EMAIL_RATE_LIMIT_PER_EMAIL_HOURLY` (5), `BROKER_EMAIL_RATE_LIMIT_PER_IP_MINUTELY` (30);
+`BROKER_GOOGLE_CLIENT_ID`, `BROKER_GOOGLE_CLIENT_SECRET`, `BROKER_GOOGLE_ISSUER`
+(`https://accounts.google.com`), `BROKER_GOOGLE_REDIRECT_URI`.
 """
 
 from __future__ import annotations
@@ -35,6 +43,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 DEFAULT_DB_PATH = Path("~/.agentkeys/broker/broker.sqlite3")
@@ -55,6 +64,43 @@ def _loopback() -> tuple[IpNetwork, ...]:
 
 class BrokerConfigError(ValueError):
     """A configuration value the broker refuses to start with."""
+
+
+DEFAULT_EMAIL_CODE_KEY_PATH = Path("~/.agentkeys/broker/email_code.key")
+DEFAULT_GOOGLE_ISSUER = "https://accounts.google.com"
+MAILERS = ("smtp", "console", "none")
+
+
+@dataclass(frozen=True, slots=True)
+class EmailLoginSettings:
+    """How e-mail codes are sent and limited (`broker/login/email.py`)."""
+
+    mailer: str  # "smtp" or "console"
+    smtp_url: str | None = field(default=None, repr=False)  # may hold a password
+    mail_from: str = "noreply@bots.litentry.org"
+    subject: str = "AgentKeys verification code"
+    console_dir: Path | None = None
+    code_key_path: Path = DEFAULT_EMAIL_CODE_KEY_PATH
+    per_email_hourly: int = 5
+    per_ip_minutely: int = 30
+
+    def smtp_description(self) -> str:
+        """The SMTP URL without its user and password (what the start log says)."""
+        if self.smtp_url is None:
+            return ""
+        url = urlsplit(self.smtp_url)
+        port = f":{url.port}" if url.port else ""
+        return f"{url.scheme}://{url.hostname}{port}"
+
+
+@dataclass(frozen=True, slots=True)
+class GoogleLoginSettings:
+    """The OAuth client the broker is at the OpenID provider (`broker/login/google.py`)."""
+
+    client_id: str
+    client_secret: str = field(repr=False)
+    issuer: str = DEFAULT_GOOGLE_ISSUER
+    redirect_uri: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +128,8 @@ class BrokerConfig:
     log_level: str = "INFO"
     log_format: str = "json"
     metrics_allow_cidrs: tuple[IpNetwork, ...] = field(default_factory=_loopback)
+    email_login: EmailLoginSettings | None = None
+    google_login: GoogleLoginSettings | None = None
     login_backend: str = "heima"
     heima_worker_url: str | None = None
     public_url: str | None = None
@@ -232,6 +280,8 @@ def config_from_env(env: Mapping[str, str] | None = None, **overrides: object) -
         values["callback_base_path"] = env["BROKER_CALLBACK_BASE_PATH"]
     values.update(_request_handling(env))
     values.update(_login(env))
+    values["email_login"] = email_login_from_env(env)
+    values["google_login"] = google_login_from_env(env)
     values.update({key: value for key, value in overrides.items() if value is not None})
     base = str(values.get("callback_base_path", "/agentkeys")).rstrip("/")
     if base and not base.startswith("/"):
@@ -244,6 +294,76 @@ def config_from_env(env: Mapping[str, str] | None = None, **overrides: object) -
             "BROKER_TEE_JWT_PUBLIC_KEY_URL (e.g. http://127.0.0.1:2100/_sim/jwt-public-key)"
         )
     return config
+
+
+def _loopback_host(host: str | None) -> bool:
+    return host in ("127.0.0.1", "::1", "localhost")
+
+
+def email_login_from_env(env: Mapping[str, str]) -> EmailLoginSettings | None:
+    """The e-mail login's settings, or None when no mailer is configured (no e-mail login)."""
+    smtp_url = env.get("BROKER_SMTP_URL") or None
+    mailer = (env.get("BROKER_MAILER") or ("smtp" if smtp_url else "none")).strip().lower()
+    if mailer not in MAILERS:
+        raise BrokerConfigError(f"BROKER_MAILER must be one of {', '.join(MAILERS)}")
+    if mailer == "none":
+        return None
+    values: dict[str, Any] = {"mailer": mailer}
+    if mailer == "smtp":
+        if smtp_url is None:
+            raise BrokerConfigError("BROKER_MAILER=smtp needs BROKER_SMTP_URL (smtps://HOST[:PORT] or smtp://…)")
+        try:
+            url = urlsplit(smtp_url)
+            url.port  # noqa: B018 - parsing it is the check
+        except ValueError:
+            raise BrokerConfigError("BROKER_SMTP_URL is not a valid URL (is the port a number?)") from None
+        if url.scheme not in ("smtp", "smtps") or not url.hostname:
+            raise BrokerConfigError("BROKER_SMTP_URL must be smtps://[USER:PASSWORD@]HOST[:PORT] or smtp://…")
+        values["smtp_url"] = smtp_url
+    else:
+        if not env.get("BROKER_MAIL_CONSOLE_DIR"):
+            raise BrokerConfigError("BROKER_MAILER=console needs BROKER_MAIL_CONSOLE_DIR (where the codes are written)")
+        values["console_dir"] = Path(env["BROKER_MAIL_CONSOLE_DIR"]).expanduser()
+    for variable, key in (("BROKER_MAIL_FROM", "mail_from"), ("BROKER_MAIL_SUBJECT", "subject")):
+        if env.get(variable):
+            if any(char in env[variable] for char in "\r\n"):
+                raise BrokerConfigError(f"{variable} must be one line")
+            values[key] = env[variable].strip()
+    if env.get("BROKER_EMAIL_CODE_KEY_PATH"):
+        values["code_key_path"] = Path(env["BROKER_EMAIL_CODE_KEY_PATH"]).expanduser()
+    for variable, key in (
+        ("BROKER_EMAIL_RATE_LIMIT_PER_EMAIL_HOURLY", "per_email_hourly"),
+        ("BROKER_EMAIL_RATE_LIMIT_PER_IP_MINUTELY", "per_ip_minutely"),
+    ):
+        if variable in env:
+            values[key] = _positive(env, variable, int)
+    return EmailLoginSettings(**values)
+
+
+def google_login_from_env(env: Mapping[str, str]) -> GoogleLoginSettings | None:
+    """The Google login's settings, or None when `BROKER_GOOGLE_CLIENT_ID` is not set."""
+    client_id = (env.get("BROKER_GOOGLE_CLIENT_ID") or "").strip()
+    if not client_id:
+        return None
+    secret = env.get("BROKER_GOOGLE_CLIENT_SECRET") or ""
+    if not secret:
+        raise BrokerConfigError("BROKER_GOOGLE_CLIENT_ID needs BROKER_GOOGLE_CLIENT_SECRET")
+    issuer = (env.get("BROKER_GOOGLE_ISSUER") or DEFAULT_GOOGLE_ISSUER).strip().rstrip("/")
+    try:
+        url = urlsplit(issuer)
+    except ValueError:
+        raise BrokerConfigError("BROKER_GOOGLE_ISSUER is not a valid URL") from None
+    if url.scheme != "https" and not (url.scheme == "http" and _loopback_host(url.hostname)):
+        raise BrokerConfigError(
+            "BROKER_GOOGLE_ISSUER must be https, or http on loopback (a test provider): "
+            "keys fetched in clear could be anyone's"
+        )
+    redirect_uri = (env.get("BROKER_GOOGLE_REDIRECT_URI") or "").strip() or None
+    if redirect_uri is not None:
+        redirect = urlsplit(redirect_uri)
+        if redirect.scheme not in ("http", "https") or not redirect.hostname or redirect.fragment:
+            raise BrokerConfigError("BROKER_GOOGLE_REDIRECT_URI must be an absolute http(s) URL without a fragment")
+    return GoogleLoginSettings(client_id=client_id, client_secret=secret, issuer=issuer, redirect_uri=redirect_uri)
 
 
 def database_from_env(env: Mapping[str, str]) -> tuple[str, str | None]:

@@ -11,18 +11,25 @@ treats any non-2xx as a transport failure, so the code is for people and logs):
 | 40101 | 401 | `invalid_token` | token refused (signature, alg, exp, aud, typ, sub; non-ASCII `Authorization`) |
 | 40101 | 401 | `invalid_token` | bearer refused (`bearer.py`: also unrecorded TEE token, unknown kid, revoked) |
 | 40102 | 401 | `login_refused` | a login proof was refused (signature, expired or unknown login, nonce already used) |
+| 40110 | 401 | `wrong_code` | e-mail login (`login/email.py`): the code is wrong (`data.attempts_left`) |
+| 40111–40114 | 401 | `code_expired` … | … `code_used`, `no_code` (none requested), `too_many_attempts` (5 used) |
+| 40010 | 400 | `unknown_state` | a Google callback whose `state` is unknown, expired or used (`login/google.py`) |
+| 40115, 40116 | 401 | `request_expired`, `google_login_failed` (`reason`) | Google sign-in request expired or failed |
 | 40300 | 403 | `identity_mismatch` | token ``sub``/``aud`` is not the identity the body names |
 | 40301 | 403 | `network_refused` | credential-less callback from outside `BROKER_CALLBACK_ALLOW_CIDRS` |
 | 40302 | 403 | `client_not_accepted` | ``clientId`` not in `BROKER_ACCEPTED_CLIENT_IDS` |
 | 40303 | 403 | `not_a_wallet_identity` | grants need a master that logged in with an EVM wallet |
 | 40400 | 404 | `unknown_user` / `unknown_grant` / `not_found` | nothing stored under that id / no such path |
+| 40401 | 404 | `unknown_request` | no such Google sign-in request (or its session was handed out) |
 | 40500 | 405 | `method_not_allowed` | the path exists for another method |
 | 40800 | 408 | `request_timeout` | headers or body too slow (`BROKER_HEADER_`/`BODY_TIMEOUT_SECONDS`) |
 | 40900 | 409 | `already_revoked` | the grant was revoked before |
 | 40901 | 409 | `grant_exists` | the master already has an active grant for that agent |
 | 41300 | 413 | `body_too_large` | body above 64 KiB |
 | 41500 | 415 | `unsupported_content_encoding` | a `Content-Encoding` but `identity` (the worker never compresses) |
+| 42900 | 429 | `rate_limited` | a login rate limit (`data.limit`, `data.retry_after_seconds`, `Retry-After`) |
 | 50000 | 500 | `internal_error` | a bug in the broker (its traceback goes to the log, not to the caller) |
+| 50200, 50201 | 502 | `mail_not_sent`, `provider_unavailable` | the SMTP relay or the OpenID provider failed |
 | 50300 | 503 | `storage_unavailable` | the database failed; nothing was written |
 | 50301 | 503 | `too_many_connections` | every connection up to `BROKER_MAX_CONNECTIONS` is busy; retry |
 

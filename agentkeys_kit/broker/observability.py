@@ -61,6 +61,8 @@ _BEARER = re.compile(r"(?i)\b(bearer)(\s+|\\u0020|%20)[^\s\"',;\\]+")
 _JWT = re.compile(r"eyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]*(\.[A-Za-z0-9_-]*)?")
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 _PATH_CHARS = 200
+#: Routes whose path carries a secret (a poll handle): the access log writes the route's pattern.
+SECRET_PATH_ROUTES = frozenset({"/v1/auth/google/status/{request_id}"})
 
 
 def version() -> str:
@@ -276,7 +278,7 @@ class AccessLog(AbstractAccessLogger):
         self.metrics.observe(route, method, response.status, time, refusal)
         if not ACCESS_LOG.isEnabledFor(logging.INFO):
             return
-        path = "-" if unparsed else request.path[:_PATH_CHARS]
+        path = "-" if unparsed else route if route in SECRET_PATH_ROUTES else request.path[:_PATH_CHARS]
         account = request.get(OMNI_ACCOUNT) if isinstance(request, web.Request) else None
         ACCESS_LOG.info(
             "%s %s %d",

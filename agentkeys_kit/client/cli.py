@@ -3,6 +3,8 @@
 ::
 
     agentkeys [--broker-url URL] init wallet (--keystore FILE | --private-key-file FILE | --mnemonic-file FILE)
+    agentkeys [--broker-url URL] init email ADDRESS          (asks for the code sent to ADDRESS)
+    agentkeys [--broker-url URL] init google [--login-hint EMAIL]   (prints a URL to open, waits)
     agentkeys [--broker-url URL] whoami
     agentkeys [--broker-url URL] logout
 
@@ -31,6 +33,8 @@ DEFAULT_BROKER_URL = "http://127.0.0.1:8091"
 #: Modules that register commands (``register(commands, init)``); other login methods add theirs.
 COMMAND_MODULES = (
     "agentkeys_kit.client.wallet",
+    "agentkeys_kit.client.login_email",
+    "agentkeys_kit.client.login_google",
     "agentkeys_kit.client.session",
 )
 

@@ -19,6 +19,7 @@ alone: the backend, its methods, the client id, and for ``heima`` the worker's J
 from __future__ import annotations
 
 import importlib
+import logging
 from typing import Any
 
 from aiohttp import web
@@ -26,6 +27,7 @@ from aiohttp import web
 from agentkeys_kit.broker import errors
 from agentkeys_kit.broker.bearer import AGENTKEYS_CLIENT_ID
 from agentkeys_kit.broker.callbacks import canonical_identity_value, pumpx_account_hex
+from agentkeys_kit.broker.config import BrokerConfig
 from agentkeys_kit.broker.state import STATE, BrokerState
 from agentkeys_kit.broker.storage import AuditEvent
 from agentkeys_kit.broker.storage import login as login_store
@@ -33,13 +35,26 @@ from agentkeys_kit.broker.storage.login import SessionRow
 from agentkeys_kit.protocol.auth import UserId
 from agentkeys_kit.protocol.identity import Identity, IdentityError, IdentityKind
 
+log = logging.getLogger(__name__)
+
 #: The local backend's login methods: name → module with ``add_routes(app)``. Each method is a
 #: module of its own (`login/wallet.py`, and e-mail and Google beside it).
 LOCAL_METHODS: dict[str, str] = {
     "wallet": "agentkeys_kit.broker.login.wallet",
+    "email": "agentkeys_kit.broker.login.email",
+    "google": "agentkeys_kit.broker.login.google",
 }
 #: What the worker offers a client of the ``heima`` backend (`omni_userLogin` user_auth kinds used).
 HEIMA_METHODS = ("wallet", "email")
+
+
+def offered_methods(config: BrokerConfig) -> list[str]:
+    """What this broker offers: the worker's methods (``heima``), or of `LOCAL_METHODS` the wallet
+    always, e-mail when a mailer is configured and Google when a Google client is (``local``)."""
+    if config.login_backend == "heima":
+        return list(HEIMA_METHODS)
+    configured = {"wallet": True, "email": config.email_login is not None, "google": config.google_login is not None}
+    return [name for name in LOCAL_METHODS if configured[name]]
 
 
 def login_config(state: BrokerState) -> dict[str, Any]:
@@ -47,7 +62,7 @@ def login_config(state: BrokerState) -> dict[str, Any]:
     document: dict[str, Any] = {
         "backend": config.login_backend,
         "client_id": AGENTKEYS_CLIENT_ID,
-        "methods": list(HEIMA_METHODS if config.login_backend == "heima" else LOCAL_METHODS),
+        "methods": offered_methods(config),
         "session": {
             "jwks_uri": "/v1/auth/jwks.json",
             "kid": state.sessions.key.kid,
@@ -130,8 +145,13 @@ async def complete_login(
     )
 
 
-def add_login_routes(app: web.Application, backend: str) -> None:
+def add_login_routes(app: web.Application, config: BrokerConfig) -> None:
     app.router.add_get("/v1/auth/config", auth_config)
-    if backend == "local":
-        for module in LOCAL_METHODS.values():
-            importlib.import_module(module).add_routes(app)
+    if config.login_backend == "heima" and (config.email_login or config.google_login):
+        log.warning(
+            "the e-mail and Google login settings are ignored with BROKER_LOGIN_BACKEND=heima: the worker "
+            "authenticates (its own mailer sends the codes)"
+        )
+    if config.login_backend == "local":
+        for name in offered_methods(config):
+            importlib.import_module(LOCAL_METHODS[name]).add_routes(app)

@@ -22,6 +22,10 @@ EXPIRING_TABLES: tuple[tuple[str, int], ...] = (
     ("login_nonces", 3600),
     ("broker_sessions", 0),
     ("tee_access_tokens", 0),
+    # e-mail codes, rate-limit buckets and Google sign-in requests (`storage/login_state.py`)
+    ("email_codes", 0),
+    ("rate_limit_buckets", 0),
+    ("oauth_requests", 0),
 )
 
 

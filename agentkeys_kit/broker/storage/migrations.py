@@ -180,6 +180,55 @@ _V6 = "login_nonces, broker_sessions, tee_access_tokens (login state shared by r
 _V4 = "tee_tokens rewritten without a trace of the bearers v3 dropped"
 _V5 = "one open grant per pair (grants.superseded_by), audit_log.repeat_count"
 
+# v8: e-mail login (`broker/login/email.py`). One pending code per address (a new request replaces
+# it), kept only as an HMAC under the broker's code key; `attempts` counts every try, so a sixth
+# try after five wrong ones is refused whatever it carries. Rate-limit buckets are fixed windows
+# (`bucket` names the limit and a hash of what it limits). Both are shared by every replica, and
+# rows past `expires_at` are purged (`storage/login.py` `purge_expired`).
+_EMAIL_CODES = (
+    """CREATE TABLE email_codes (
+        email TEXT PRIMARY KEY,
+        code_hmac TEXT NOT NULL,
+        created_at BIGINT NOT NULL,
+        expires_at BIGINT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        consumed_at BIGINT
+    )""",
+    "CREATE INDEX email_codes_expires_at ON email_codes (expires_at)",
+    """CREATE TABLE rate_limit_buckets (
+        bucket TEXT NOT NULL,
+        window_start BIGINT NOT NULL,
+        hits INTEGER NOT NULL,
+        expires_at BIGINT NOT NULL,
+        PRIMARY KEY (bucket, window_start)
+    )""",
+    "CREATE INDEX rate_limit_buckets_expires_at ON rate_limit_buckets (expires_at)",
+)
+_V8 = "email_codes, rate_limit_buckets"
+
+# v9: Google login (`broker/login/google.py`): one row per authorization request, found by the
+# SHA-256 of its `state` (callback) or of its request id (the CLI's poll); the PKCE verifier and the
+# nonce wait here for the callback. `status`: pending → verified (the provider proved `subject`) or
+# failed (`failure`) → delivered (the session went to the holder of the request id, once).
+_OAUTH_REQUESTS = (
+    """CREATE TABLE oauth_requests (
+        request_sha256 TEXT PRIMARY KEY,
+        state_sha256 TEXT NOT NULL UNIQUE,
+        provider TEXT NOT NULL,
+        nonce TEXT NOT NULL,
+        code_verifier TEXT,
+        redirect_uri TEXT NOT NULL,
+        status TEXT NOT NULL,
+        failure TEXT,
+        subject TEXT,
+        email TEXT,
+        created_at BIGINT NOT NULL,
+        expires_at BIGINT NOT NULL
+    )""",
+    "CREATE INDEX oauth_requests_expires_at ON oauth_requests (expires_at)",
+)
+_V9 = "oauth_requests"
+
 SQLITE_MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, _V1, _schema_v1("INTEGER PRIMARY KEY AUTOINCREMENT")),
     Migration(2, "users.next_wallet_index", _NEXT_WALLET_SLOT),
@@ -187,6 +236,8 @@ SQLITE_MIGRATIONS: tuple[Migration, ...] = (
     Migration(4, _V4, (), scrubs=True),
     Migration(5, _V5, _ONE_OPEN_GRANT_PER_PAIR),
     Migration(6, _V6, _LOGIN_STATE),
+    Migration(8, _V8, _EMAIL_CODES),
+    Migration(9, _V9, _OAUTH_REQUESTS),
 )
 
 POSTGRES_MIGRATIONS: tuple[Migration, ...] = (
@@ -196,6 +247,8 @@ POSTGRES_MIGRATIONS: tuple[Migration, ...] = (
     Migration(4, _V4, _SCRUB_TOKENS_POSTGRES, scrubs=True),
     Migration(5, _V5, _ONE_OPEN_GRANT_PER_PAIR),
     Migration(6, _V6, _LOGIN_STATE),
+    Migration(8, _V8, _EMAIL_CODES),
+    Migration(9, _V9, _OAUTH_REQUESTS),
 )
 
 SCHEMA_MIGRATIONS_TABLE = """CREATE TABLE IF NOT EXISTS schema_migrations (

@@ -1,0 +1,102 @@
+"""``agentkeys init google [--login-hint EMAIL]``: the broker's Google sign-in, finished in a browser.
+
+The command asks the broker for a sign-in request (``POST /v1/auth/google/start``), prints the
+authorization URL for the user to open, and polls ``GET /v1/auth/google/status/{request_id}``
+until the browser has come back to the broker (the session), the sign-in failed, or the request
+expired. The request id is the claim on the session: it is never printed. Offered by a ``local``
+broker with a Google client; a ``heima`` broker has no Google login of its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TextIO
+
+import aiohttp
+
+from agentkeys_kit.client import credentials
+from agentkeys_kit.client.api import TIMEOUT, BrokerApi, CliError, normalise_url
+from agentkeys_kit.client.login_email import post_json, refusal
+
+POLL_INTERVAL = 1.0  # seconds between polls
+
+_FAILURES = {
+    "user_denied": "the sign-in was declined in the browser",
+    "code_exchange_failed": "Google did not accept the sign-in (the code exchange failed): start again",
+    "id_token_invalid": "Google's answer did not verify: start again",
+    "provider_unavailable": "the broker cannot reach Google: try again later",
+}
+_EXPIRED = "the sign-in took too long and expired: run `agentkeys init google` again"
+
+
+def register(commands: Any, init: Any) -> None:
+    google = init.add_parser("google", help="log in with a Google account (in a browser)")
+    google.add_argument("--login-hint", help="the Google account to preselect (an e-mail address)")
+    google.set_defaults(handler=init_google)
+
+
+async def google_login(
+    http: aiohttp.ClientSession,
+    broker_url: str,
+    out: TextIO,
+    *,
+    login_hint: str | None = None,
+    interval: float = POLL_INTERVAL,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+) -> dict[str, Any]:
+    """The broker's session once the user signed in with Google (the status answer's ``data``)."""
+    body = {"login_hint": login_hint} if login_hint else {}
+    status, reply = await post_json(http, broker_url + "v1/auth/google/start", body)
+    if status != 200:
+        error, _, message = refusal(reply)
+        raise CliError(_FAILURES.get(error, f"the broker refused to start a Google sign-in: {message}"))
+    started = reply["data"]
+    out.write(f"Open this URL in a browser to sign in with Google:\n{started['authorization_url']}\n")
+    out.write("Waiting for the browser...\n")
+    out.flush()
+    deadline = time.monotonic() + float(started.get("expires_in_seconds", 600))
+    poll_url = broker_url + "v1/auth/google/status/" + started["request_id"]
+    while True:
+        try:
+            async with http.get(poll_url, timeout=TIMEOUT) as response:
+                status = response.status
+                answer = await response.json(content_type=None)
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            raise CliError(f"cannot reach the broker at {broker_url}: {type(exc).__name__}") from None
+        except ValueError:
+            raise CliError(f"the broker at {broker_url} answered HTTP {status} without JSON") from None
+        data = answer.get("data") if isinstance(answer, dict) else None
+        if status == 200 and isinstance(data, dict) and data.get("status") != "pending":
+            return data
+        if status != 200:
+            error, details, message = refusal(answer if isinstance(answer, dict) else {})
+            if error == "google_login_failed":
+                reason = str(details.get("reason", ""))
+                raise CliError(_FAILURES.get(reason, f"the Google sign-in failed: {reason}"))
+            if error == "request_expired":
+                raise CliError(_EXPIRED)
+            raise CliError(f"the broker refused: {message}")
+        if time.monotonic() >= deadline:
+            raise CliError(_EXPIRED)
+        await sleep(interval)
+
+
+async def init_google(args: argparse.Namespace) -> int:
+    url = normalise_url(args.broker_url)
+    async with aiohttp.ClientSession() as http:
+        broker = BrokerApi(http, url)
+        config = await broker.config()
+        if config.get("backend") != "local" or "google" not in (config.get("methods") or []):
+            raise CliError(f"the broker at {url} does not offer Google login")
+        session = await google_login(http, broker.url, sys.stdout, login_hint=args.login_hint)
+    token, account = session.get("session_token"), session.get("omni_account")
+    if not isinstance(token, str) or not isinstance(account, str):
+        raise CliError("the broker's login answer carries no session")
+    where = credentials.store(credentials.Credential(url, token, "session", account, session.get("expires_at")))
+    print(f"logged in to {url} as {account} (google, local backend)")
+    print(f"bearer stored in {where}")
+    return 0
