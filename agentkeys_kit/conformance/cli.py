@@ -119,6 +119,12 @@ def _target_args(parser: argparse.ArgumentParser, *, suites: bool = True) -> Non
         default=None,
         help="'local' (in-process, default), 'none' or the broker's URL",
     )
+    parser.add_argument(
+        "--broker-login",
+        choices=("heima", "local"),
+        default=None,
+        help="declared BROKER_LOGIN_BACKEND of a URL broker (a local one is started as each case needs)",
+    )
     parser.add_argument("--listen", metavar="HOST", default=None, help="address the parties bind (default 127.0.0.1)")
     parser.add_argument(
         "--advertise", metavar="HOST", default=None, help="host the worker reaches the parties at (default: --listen)"
@@ -256,8 +262,9 @@ async def execute(
     suites: list[Suite],
     known: set[str],
     wait: float,
+    broker_login: str | None = None,
 ) -> RunResult:
-    broker = broker_target(broker_spec or "local")
+    broker = broker_target(broker_spec or "local", broker_login)
     deviations = load_deviations(worker.deviations, "sim" if worker.spec == "sim" else "url", worker.profile, known)
     health = None
     if worker.spec != "sim":
@@ -417,7 +424,7 @@ def run_command(args: argparse.Namespace, target: TargetFile) -> int:
     worker = _choose(args, "tee", target.worker, None)
     parties = _parties(args, target, worker)
     broker = args.broker or target.broker
-    result = _run(execute(worker, broker, parties, suites, known, args.wait_for_worker))
+    result = _run(execute(worker, broker, parties, suites, known, args.wait_for_worker, args.broker_login))
     paths = write_reports(result, Path(args.report), extra_sections=[findings_section])
     if args.review:
         paths.append(write_review([result], Path(args.report) / REVIEW_FILE))
@@ -447,7 +454,7 @@ def diff_command(args: argparse.Namespace, target: TargetFile) -> int:
     runs = []
     for label, worker in (("A", first), ("B", second)):
         _print(f"\n=== {label}: {worker.spec} ({worker.profile}) ===")
-        runs.append(_run(execute(worker, broker, parties, suites, known, args.wait_for_worker)))
+        runs.append(_run(execute(worker, broker, parties, suites, known, args.wait_for_worker, args.broker_login)))
         _print(console_summary(runs[-1]))
     path = write_diff(runs[0], runs[1], Path(args.report))
     compared = compare(runs[0], runs[1])

@@ -40,7 +40,17 @@ PATCH_CLAUSE_NUMBERS = frozenset(clause.number for clause in PATCH_CLAUSES)
 
 SCHEMA_PATH = Path(__file__).with_name("suite.schema.json")
 STEP_KINDS = ("let", "rpc", "raw", "broker", "callback", "email", "clock", "fuzz")
-CAPABILITIES = ("sim-clock", "mail", "tee-signing-key", "broker", "broker-clock", "sim-internals", "oauth2-provider")
+CAPABILITIES = (
+    "sim-clock",
+    "mail",
+    "tee-signing-key",
+    "broker",
+    "broker-clock",
+    "broker-login-heima",
+    "broker-login-local",
+    "sim-internals",
+    "oauth2-provider",
+)
 #: older names still accepted in `needs`: `smtp` was the name of `mail` when mail only came over SMTP
 CAPABILITY_ALIASES = {"smtp": "mail"}
 PROFILES = ("upstream", "agentkeys-patch")

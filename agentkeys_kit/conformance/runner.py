@@ -39,6 +39,7 @@ from agentkeys_kit.conformance.model import Case, Step, Suite
 from agentkeys_kit.conformance.parties import OAUTH2_CLIENTS, Parties, PartyAddresses
 from agentkeys_kit.conformance.receiver import BROKER_PATHS, CallbackReceiver, CallbackScript
 from agentkeys_kit.conformance.targets import (
+    BrokerLogin,
     BrokerSession,
     BrokerTarget,
     TeeSession,
@@ -240,8 +241,7 @@ class Harness:
 
     @property
     def capabilities(self) -> set[str]:
-        broker = {"broker"} if self.broker.kind != "none" else set()
-        return self.tee.capabilities | broker | ({"broker-clock"} if self.broker.kind == "local" else set())
+        return self.tee.capabilities | self.broker.capabilities
 
     @property
     def workdir(self) -> Path:
@@ -392,10 +392,15 @@ class _CaseRun:
     async def setup(self) -> None:
         self.h.receiver.observed.clear()
         self._mail_baseline = len(self.h.mailbox.mails())
-        if "broker" in self.case.needs:  # only cases that say so get a broker (and pay its start)
-            self.broker = await start_broker(self.h.broker, self.h.key_file, self.h.new_broker_dir())
-        self.h.receiver.broker_url = self.broker.url if self.broker else None
         self.tee = await start_tee(self.h.tee, self.h.parties)
+        if "broker" in self.case.needs:  # only cases that say so get a broker (and pay its start)
+            login = BrokerLogin(
+                backend="local" if "broker-login-local" in self.case.needs else "heima",
+                worker_url=self.tee.url,
+                smtp_url=self.h.parties.smtp.url,
+            )
+            self.broker = await start_broker(self.h.broker, self.h.key_file, self.h.new_broker_dir(), login)
+        self.h.receiver.broker_url = self.broker.url if self.broker else None
         self.scope.values.update(
             {
                 "tee": {**self.tee.info(), "profile": self.h.tee.profile},

@@ -245,17 +245,35 @@ async def start_tee(target: TeeTarget, parties: Parties) -> TeeSession:
 # ---------------------------------------------------------------------------------------------- broker
 
 
+#: The broker's login backends (`BROKER_LOGIN_BACKEND`); a case that logs in at the broker needs
+#: the capability ``broker-login-<backend>``.
+BROKER_LOGIN_BACKENDS = ("heima", "local")
+
+
 @dataclass(slots=True)
 class BrokerTarget:
     kind: str  # "local", "url" or "none"
     url: str | None
+    #: the login backend a URL broker was declared with (``--broker-login``); a local broker is
+    #: started with whichever backend the case needs
+    login: str | None = None
 
     @property
     def label(self) -> str:
         return {"local": "local (in-process, SQLite)", "none": "none"}.get(self.kind, self.url or "?")
 
+    @property
+    def capabilities(self) -> set[str]:
+        if self.kind == "none":
+            return set()
+        if self.kind == "local":
+            return {"broker", "broker-clock", *(f"broker-login-{backend}" for backend in BROKER_LOGIN_BACKENDS)}
+        return {"broker", *([f"broker-login-{self.login}"] if self.login else [])}
 
-def broker_target(spec: str | None) -> BrokerTarget:
+
+def broker_target(spec: str | None, login: str | None = None) -> BrokerTarget:
+    if login is not None and login not in BROKER_LOGIN_BACKENDS:
+        raise TargetError(f"--broker-login must be one of {', '.join(BROKER_LOGIN_BACKENDS)}, not {login!r}")
     if spec in (None, "none"):
         return BrokerTarget("none", None)
     if spec == "local":
@@ -263,7 +281,25 @@ def broker_target(spec: str | None) -> BrokerTarget:
     assert spec is not None
     if not spec.startswith(("http://", "https://")):
         raise TargetError(f"--broker must be 'local', 'none' or an http(s) URL, not {spec!r}")
-    return BrokerTarget("url", spec.rstrip("/") + "/")
+    return BrokerTarget("url", spec.rstrip("/") + "/", login)
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerLogin:
+    """How a local broker is started for a case: its login backend and where it reaches the
+    harness (the worker it names in ``/v1/auth/config``, the SMTP sink its e-mail codes go to)."""
+
+    backend: str = "heima"
+    worker_url: str | None = None
+    smtp_url: str | None = None
+
+    def env(self) -> dict[str, str]:
+        env = {"BROKER_LOGIN_BACKEND": self.backend}
+        if self.worker_url:
+            env["BROKER_HEIMA_WORKER_URL"] = self.worker_url
+        if self.backend == "local" and self.smtp_url:
+            env["BROKER_SMTP_URL"] = self.smtp_url
+        return env
 
 
 @dataclass(slots=True)
@@ -282,8 +318,11 @@ class BrokerSession:
         self.clock_offset[0] += seconds
 
 
-async def start_broker(target: BrokerTarget, tee_public_key_pem: Path, directory: Path) -> BrokerSession | None:
-    """`directory` (created here, removed by `stop_broker`) holds the local broker's database."""
+async def start_broker(
+    target: BrokerTarget, tee_public_key_pem: Path, directory: Path, login: BrokerLogin | None = None
+) -> BrokerSession | None:
+    """`directory` (created here, removed by `stop_broker`) holds the local broker's database and
+    its session key."""
     if target.kind == "none":
         return None
     if target.kind == "url":
@@ -294,6 +333,7 @@ async def start_broker(target: BrokerTarget, tee_public_key_pem: Path, directory
         {
             "BROKER_DB_URL": f"sqlite:///{directory / 'broker.sqlite3'}",
             "BROKER_TEE_JWT_PUBLIC_KEY": str(tee_public_key_pem),
+            **(login or BrokerLogin()).env(),
         }
     )
     session = BrokerSession("", ServedApp(), directory=directory)
@@ -344,4 +384,10 @@ def missing_reason(capability: str, tee: TeeTarget, broker: BrokerTarget) -> str
         return "no broker (--broker none)"
     if capability == "broker-clock":
         return "needs a broker clock the harness can move (only with --broker local)"
+    if capability.startswith("broker-login-"):
+        backend = capability.removeprefix("broker-login-")
+        return (
+            f"needs a broker whose login backend is {backend} (--broker local, or declare a URL broker's "
+            f"with --broker-login {backend})"
+        )
     return f"the target lacks {capability}"
