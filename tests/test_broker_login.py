@@ -160,6 +160,25 @@ BAD_STARTS: dict[str, Any] = {
 }
 
 
+async def test_wallet_starts_are_limited_per_client_address(
+    make_broker: BrokerFactory, http: aiohttp.ClientSession
+) -> None:
+    """Each start writes a nonce row: beyond the limit a client address gets 429 with Retry-After,
+    until the minute has passed."""
+    clock = Clock()
+    broker = await local_broker(make_broker, clock, BROKER_WALLET_START_RATE_LIMIT_PER_IP_MINUTELY="3")
+    for _ in range(3):
+        await wallet_start(http, broker, ALICE)
+    body = {"address": ALICE, "chain_id": 1}
+    refused = await call(http, broker, "v1/auth/wallet/start", json_body=body)
+    assert_refused(refused, 429, "rate_limited")
+    assert 1 <= refused.body["data"]["retry_after_seconds"] <= 60
+    async with http.post(broker.url + "v1/auth/wallet/start", json=body) as response:  # the header too
+        assert response.status == 429 and 1 <= int(response.headers["Retry-After"]) <= 60
+    clock.now += 61
+    await wallet_start(http, broker, ALICE)
+
+
 @pytest.mark.parametrize("case", list(BAD_STARTS))
 async def test_a_malformed_start_is_400(case: str, make_broker: BrokerFactory, http: aiohttp.ClientSession) -> None:
     broker = await local_broker(make_broker)

@@ -33,6 +33,7 @@
 | `BROKER_PUBLIC_URL` | the broker's URL as users reach it: SIWE domain/URI, session `iss` | from the request |
 | `BROKER_SESSION_KEYPAIR_PATH` | the ES256 session key (created 0600 on first start) | see `session_key_default` |
 | `BROKER_SESSION_JWT_TTL_SECONDS` | session lifetime, 60 to 86400 | `18000` (5 h) |
+| `BROKER_WALLET_START_RATE_LIMIT_PER_IP_MINUTELY` | wallet login starts per client address per minute (429 beyond) | `120` |
 | `BROKER_LOGIN_CLOCK_SKEW_SECONDS` | clock difference tolerated between replicas for a login message, 0 to 300 | `60` |
 
 E-mail login (`broker/login/email.py`; offered when a mailer is configured) and Google login
@@ -64,6 +65,7 @@ DEFAULT_SESSION_KEYPAIR_PATH = Path("~/.agentkeys/broker/session-keypair.json")
 LOGIN_BACKENDS = ("heima", "local")
 SESSION_TTL_DEFAULT, SESSION_TTL_MIN, SESSION_TTL_MAX = 18000, 60, 86400
 CLOCK_SKEW_DEFAULT, CLOCK_SKEW_MAX = 60, 300
+WALLET_STARTS_DEFAULT, WALLET_STARTS_MAX = 120, 1_000_000
 
 IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -158,6 +160,8 @@ class BrokerConfig:
     session_keypair_path: Path | None = None  # None: `session_key_default`
     session_ttl: int = SESSION_TTL_DEFAULT
     login_clock_skew: int = CLOCK_SKEW_DEFAULT
+    #: wallet login starts per client address per minute (each writes a nonce row)
+    wallet_starts_per_minute: int = WALLET_STARTS_DEFAULT
 
     @property
     def primary_client_id(self) -> str:
@@ -257,6 +261,10 @@ def _login(env: Mapping[str, str]) -> dict[str, object]:
         values["session_ttl"] = _bounded_int(env, "BROKER_SESSION_JWT_TTL_SECONDS", SESSION_TTL_MIN, SESSION_TTL_MAX)
     if "BROKER_LOGIN_CLOCK_SKEW_SECONDS" in env:
         values["login_clock_skew"] = _bounded_int(env, "BROKER_LOGIN_CLOCK_SKEW_SECONDS", 0, CLOCK_SKEW_MAX)
+    if "BROKER_WALLET_START_RATE_LIMIT_PER_IP_MINUTELY" in env:
+        values["wallet_starts_per_minute"] = _bounded_int(
+            env, "BROKER_WALLET_START_RATE_LIMIT_PER_IP_MINUTELY", 1, WALLET_STARTS_MAX
+        )
     return values
 
 

@@ -64,6 +64,7 @@ from agentkeys_kit.broker.callbacks import audit_refusal, refuse_unstorable
 from agentkeys_kit.broker.errors import BrokerError
 from agentkeys_kit.broker.http import json_body, require_fields
 from agentkeys_kit.broker.login import complete_login
+from agentkeys_kit.broker.login.limits import bucket_name, charge, client_source
 from agentkeys_kit.broker.state import STATE, BrokerState
 from agentkeys_kit.broker.storage import login as login_store
 from agentkeys_kit.broker.storage.login import LoginNonce
@@ -140,6 +141,9 @@ async def wallet_start(request: web.Request) -> web.Response:
     if not 1 <= body["chain_id"] <= MAX_CHAIN_ID:
         raise errors.malformed(f"chain_id must be an integer from 1 to {MAX_CHAIN_ID}")
     domain, uri = _origin(state, request)
+    # each start writes a nonce row: a client address gets a bounded number per minute
+    limit = state.config.wallet_starts_per_minute
+    await charge(state, "client address", bucket_name("wallet-ip", client_source(request)), limit, 60)
     now = state.now()
     fields = SiweFields(
         domain=domain,
@@ -231,7 +235,10 @@ def audited(event: str, handler: Handler) -> Handler:
             return response
         except BrokerError as error:
             await audit_refusal(request.app[STATE], event, error, request)
-            return error.response()
+            response = error.response()
+            if error.status == 429 and "retry_after_seconds" in error.details:
+                response.headers["Retry-After"] = str(error.details["retry_after_seconds"])
+            return response
 
     return handle
 
