@@ -33,7 +33,7 @@
 | `BROKER_PUBLIC_URL` | the broker's URL as users reach it: SIWE domain/URI, session `iss` | from the request |
 | `BROKER_SESSION_KEYPAIR_PATH` | the ES256 session key (created 0600 on first start) | see `session_key_default` |
 | `BROKER_SESSION_JWT_TTL_SECONDS` | session lifetime, 60 to 86400 | `18000` (5 h) |
-| `BROKER_WALLET_START_RATE_LIMIT_PER_IP_MINUTELY` | wallet login starts per client address per minute (429 beyond) | `120` |
+| `BROKER_WALLET_START_RATE_LIMIT_PER_IP_MINUTELY` | wallet login starts per client address a minute | `120` |
 | `BROKER_LOGIN_CLOCK_SKEW_SECONDS` | clock difference tolerated between replicas for a login message, 0 to 300 | `60` |
 
 E-mail login (`broker/login/email.py`; offered when a mailer is configured) and Google login
