@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
@@ -31,6 +32,7 @@ from agentkeys_kit.broker.config import BrokerConfig
 from agentkeys_kit.broker.state import STATE, BrokerState
 from agentkeys_kit.broker.storage import AuditEvent
 from agentkeys_kit.broker.storage import login as login_store
+from agentkeys_kit.broker.storage.base import Operation
 from agentkeys_kit.broker.storage.login import SessionRow
 from agentkeys_kit.protocol.auth import UserId
 from agentkeys_kit.protocol.identity import Identity, IdentityError, IdentityKind
@@ -83,11 +85,20 @@ async def auth_config(request: web.Request) -> web.Response:
 
 
 async def complete_login(
-    state: BrokerState, request: web.Request, *, identity_type: str, identity_value: str, method: str
+    state: BrokerState,
+    request: web.Request,
+    *,
+    identity_type: str,
+    identity_value: str,
+    method: str,
+    consume: Callable[[], Operation[bool]] | None = None,
 ) -> web.Response:
     """An identity is proven (by `method`): upsert its user, issue a session, answer with it.
 
-    Call this only once the proof is checked and consumed; whatever it is given, it believes."""
+    Call this only once the proof is checked; whatever it is given, it believes. `consume`, when
+    given, uses the proof up (one conditional UPDATE answering whether it was still unused) in the
+    same transaction as the session: a proof already used is 401 ``login_refused`` and makes
+    nothing, and a session is never made without its proof being used up."""
     try:
         kind = IdentityKind(identity_type)
         user_id = UserId(kind, identity_value)
@@ -126,8 +137,11 @@ async def complete_login(
             client_id=AGENTKEYS_CLIENT_ID,
             pumpx_omni_for=pumpx_account_hex(AGENTKEYS_CLIENT_ID),
             audit=audit,
+            consume=consume,
         )
     )
+    if user is None:
+        raise errors.login_refused(f"this {method} login proof was already used")
     return errors.ok(
         {
             "session_token": token,
