@@ -444,3 +444,21 @@ def test_smtp_transport_security_follows_the_url() -> None:
     local = mailer("smtp://127.0.0.1:2525")
     assert (local.tls, local.start_tls, local.port) == (False, None, 2525)
     assert "p:ss" not in tls.describe() and "user" not in tls.describe()
+
+
+async def test_the_right_code_twice_at_once_on_two_brokers_makes_one_session(
+    make_broker: BrokerFactory,
+    tmp_path: Path,
+    sink: SmtpSink,
+    mailbox: Mailbox,
+    http: aiohttp.ClientSession,
+) -> None:
+    env = email_env(tmp_path, sink)
+    first, second = await make_broker(env), await make_broker(env)
+    code, _ = await code_for(http, first, mailbox, ALICE)
+    replies = await asyncio.gather(*(verify(http, broker, ALICE, code) for broker in (first, second, first, second)))
+    assert sorted(reply.status for reply in replies) == [200, 401, 401, 401], replies
+    refusals = {reply.body["data"]["error"] for reply in replies if reply.status == 401}
+    assert refusals <= {"code_used", "login_refused"}, refusals
+    sessions = await rows(first, "SELECT jti FROM broker_sessions")
+    assert len(sessions) == 1

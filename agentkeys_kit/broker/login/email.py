@@ -269,14 +269,22 @@ async def verify_code(request: web.Request, state: BrokerState) -> web.Response:
     if not _CODE.fullmatch(body["code"]):
         raise errors.malformed("code must be 6 digits")
     login = request.app[EMAIL_LOGIN]
-    check: login_state.CodeCheck = await state.db.run(
-        login_state.try_email_code, email, code_hmac(login.key, email, body["code"]), state.now()
-    )
+    digest, now = code_hmac(login.key, email, body["code"]), state.now()
+    check: login_state.CodeCheck = await state.db.run(login_state.try_email_code, email, digest, now)
     if check.outcome == "wrong":
         raise _refused("wrong_code", "the code is wrong", attempts_left=check.attempts_left)
     if check.outcome != "ok":
         raise _refused(*_CHECK_ERRORS[check.outcome])
-    return await complete_login(state, request, identity_type="email", identity_value=email, method="email")
+    # the code is spent in the session's transaction: a session is never made without it, and of
+    # two right tries at once on any replicas one gets the session, the other 401 login_refused
+    return await complete_login(
+        state,
+        request,
+        identity_type="email",
+        identity_value=email,
+        method="email",
+        consume=lambda: login_state.spend_email_code(email, digest, now),
+    )
 
 
 def add_routes(app: web.Application) -> None:

@@ -454,11 +454,16 @@ async def status(request: web.Request, state: BrokerState) -> web.Response:
         raise login_failed(found.failure or "unknown")
     if found.status in ("pending", "exchanging"):
         return errors.ok({"status": "pending"})
-    delivered: login_state.OAuthRequest | None = await state.db.run(login_state.deliver_oauth_request, request_sha, now)
-    if delivered is None or delivered.subject is None:
-        raise unknown_request()  # another poll took it first
+    if found.subject is None:
+        raise unknown_request()
+    # handed out in the session's transaction: once, and never lost to a failed session write
     return await complete_login(
-        state, request, identity_type="google", identity_value=delivered.subject, method="google"
+        state,
+        request,
+        identity_type="google",
+        identity_value=found.subject,
+        method="google",
+        consume=lambda: login_state.deliver_oauth_request(request_sha, now),
     )
 
 

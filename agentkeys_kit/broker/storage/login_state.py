@@ -97,11 +97,12 @@ class CodeCheck:
 
 
 def try_email_code(email: str, code_hmac: str, now: int) -> Operation[CodeCheck]:
-    """One try at `email`'s pending code, in one transaction.
+    """One try at `email`'s pending code, in one transaction; a matching code is not spent here but
+    by `spend_email_code` in the session's transaction (`complete_login`'s ``consume``).
 
     The try is counted first, by a conditional update that also takes the row's lock, so
     concurrent tries on any number of replicas never get more than `MAX_CODE_ATTEMPTS` between
-    them; a matching try then spends the code in the same transaction (single use)."""
+    them (a right code's try counts too)."""
     row = yield Query.one(
         "UPDATE email_codes SET attempts = attempts + 1 WHERE email = ? AND consumed_at IS NULL "
         "AND expires_at > ? AND attempts < ? RETURNING code_hmac, attempts",
@@ -120,8 +121,20 @@ def try_email_code(email: str, code_hmac: str, now: int) -> Operation[CodeCheck]
         return CodeCheck("locked")
     if not _same(row["code_hmac"], code_hmac):
         return CodeCheck("wrong", MAX_CODE_ATTEMPTS - int(row["attempts"]))
-    yield Query.run("UPDATE email_codes SET consumed_at = ? WHERE email = ?", now, email)
     return CodeCheck("ok")
+
+
+def spend_email_code(email: str, code_hmac: str, now: int) -> Operation[bool]:
+    """Use the code up (single use): true for the one transaction, on any replica, that does."""
+    count = yield Query.run(
+        "UPDATE email_codes SET consumed_at = ? WHERE email = ? AND code_hmac = ? AND consumed_at IS NULL "
+        "AND expires_at > ?",
+        now,
+        email,
+        code_hmac,
+        now,
+    )
+    return bool(count)
 
 
 def _same(stored: Any, presented: str) -> bool:
@@ -233,13 +246,13 @@ def find_oauth_request(request_sha256: str) -> Operation[OAuthRequest | None]:
     return None if row is None else OAuthRequest.from_row(row)
 
 
-def deliver_oauth_request(request_sha256: str, now: int) -> Operation[OAuthRequest | None]:
-    """Hand a verified request's identity out once: ``verified`` → ``delivered``; None if it was
-    not verified (still pending, failed, expired, or delivered to an earlier poll)."""
-    row = yield Query.one(
-        f"UPDATE oauth_requests SET status = 'delivered' WHERE request_sha256 = ? AND status = 'verified' "
-        f"AND expires_at > ? RETURNING {_OAUTH_COLUMNS}",
+def deliver_oauth_request(request_sha256: str, now: int) -> Operation[bool]:
+    """Hand a verified request's identity out once: ``verified`` → ``delivered``, in the session's
+    transaction (`complete_login`'s ``consume``); false if an earlier poll took it, or it expired."""
+    count = yield Query.run(
+        "UPDATE oauth_requests SET status = 'delivered' WHERE request_sha256 = ? AND status = 'verified' "
+        "AND expires_at > ?",
         request_sha256,
         now,
     )
-    return None if row is None else OAuthRequest.from_row(row)
+    return bool(count)
