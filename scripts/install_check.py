@@ -10,7 +10,7 @@ Checks, each failing with one line that says what is wrong:
    or other name that belongs to another PyPI project), and carries the package data the harness
    reads at run time (the suite schema, the suites, the deviation files);
 2. it installs with no extras, and the test extras (pytest, hypothesis) are not there;
-3. ``omni-sim``, ``agentkeys-broker`` and ``conformance`` answer ``--help``; ``conformance check``
+3. ``omni-sim``, ``agentkeys-broker``, ``conformance`` and ``agentkeys`` answer ``--help``; ``conformance check``
    validates the installed suites; ``omni-sim run`` and ``agentkeys-broker run`` serve until stopped;
    ``conformance run`` runs every installed suite — the generated negative cases included —
    against the in-process simulator and a local broker, and passes.
@@ -150,7 +150,7 @@ def check_scripts(bin_dir: Path, work: Path) -> None:
     cwd = work / "elsewhere"  # not the source tree: nothing may be imported from it
     cwd.mkdir()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OE_", "BROKER_", "PYTHON"))}
-    for name in ("omni-sim", "agentkeys-broker", "conformance"):
+    for name in ("omni-sim", "agentkeys-broker", "conformance", "agentkeys"):
         step(f"{name} --help")
         run(bin_dir / name, "--help", cwd=cwd, env=env)
     step("conformance check")

@@ -322,3 +322,48 @@ async def test_logout_of_a_tee_token_makes_this_broker_refuse_it(
 )
 def test_the_message_carries_the_eip55_address(address: str) -> None:
     assert eip55(address.lower()) == address
+
+
+async def test_a_token_recorded_before_migration_6_is_still_a_bearer_after_it(
+    db_url: tuple[str, str | None],
+    monkeypatch: pytest.MonkeyPatch,
+    make_broker: BrokerFactory,
+    tee_key: rsa.RSAPrivateKey,
+    http: aiohttp.ClientSession,
+) -> None:
+    """Migration 6 copies each account's latest recorded access token into tee_access_tokens, so a
+    user logged in before the upgrade keeps a working bearer (older tokens were never kept)."""
+    from conftest import open_database_at
+
+    from agentkeys_kit.broker.tokens import bearer_sha256
+    from agentkeys_kit.protocol.tee_jwt import unverified_claims
+
+    account = omni_account_of(IdentityKind.EVM, ALICE, "agentkeys")
+    token = mint_tee_token(tee_key, account)
+    v5 = await open_database_at(5, db_url, monkeypatch)
+    await v5.run(_v5_record, account, bearer_sha256(token), unverified_claims(token)["exp"])
+    await v5.close()
+    broker = await make_broker()
+    me = await whoami(http, broker, token)
+    assert me.status == 200, me
+    assert me.body["data"]["omni_account"] == account
+
+
+def _v5_record(account: str, sha: str, exp: int) -> Any:
+    """What a v5 broker's post_heima_login left: the user row and the latest token in tee_tokens."""
+    from agentkeys_kit.broker.storage.base import Query
+
+    yield Query.run(
+        "INSERT INTO users (user_uid, client_id, identity_type, identity_value, omni_account, pumpx_omni_account, "
+        "created_at) VALUES ('usr_v5', 'agentkeys', 'evm', ?, ?, ?, 1)",
+        ALICE,
+        account,
+        "0x" + "22" * 32,
+    )
+    yield Query.run(
+        "INSERT INTO tee_tokens (omni_account, token_type, client_id, token_sha256, expires_at, updated_at) "
+        "VALUES (?, 'access', 'agentkeys', ?, ?, 1)",
+        account,
+        sha,
+        exp,
+    )

@@ -18,18 +18,21 @@ alone: the backend, its methods, the client id, and for ``heima`` the worker's J
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
 
 from agentkeys_kit.broker import errors
-from agentkeys_kit.broker.audit_chain import CHAIN, ChainEntry, alongside
+from agentkeys_kit.broker.audit_chain import CHAIN, ChainEntry
 from agentkeys_kit.broker.bearer import AGENTKEYS_CLIENT_ID
 from agentkeys_kit.broker.callbacks import canonical_identity_value, pumpx_account_hex
 from agentkeys_kit.broker.state import STATE, BrokerState
-from agentkeys_kit.broker.storage import AuditEvent
+from agentkeys_kit.broker.storage import AuditEvent, UserRecord
 from agentkeys_kit.broker.storage import login as login_store
+from agentkeys_kit.broker.storage.base import Operation
 from agentkeys_kit.broker.storage.login import SessionRow
 from agentkeys_kit.protocol.auth import UserId
 from agentkeys_kit.protocol.identity import Identity, IdentityError, IdentityKind
@@ -69,11 +72,20 @@ async def auth_config(request: web.Request) -> web.Response:
 
 
 async def complete_login(
-    state: BrokerState, request: web.Request, *, identity_type: str, identity_value: str, method: str
+    state: BrokerState,
+    request: web.Request,
+    *,
+    identity_type: str,
+    identity_value: str,
+    method: str,
+    consume: Callable[[], Operation[bool]] | None = None,
 ) -> web.Response:
     """An identity is proven (by `method`): upsert its user, issue a session, answer with it.
 
-    Call this only once the proof is checked and consumed; whatever it is given, it believes."""
+    Call this only once the proof is checked; whatever it is given, it believes. `consume`, when
+    given, uses the proof up (one conditional UPDATE answering whether it was still unused) in the
+    same transaction as the session: a proof already used is 401 ``login_refused`` and makes
+    nothing, and a session is never made without its proof being used up."""
     try:
         kind = IdentityKind(identity_type)
         user_id = UserId(kind, identity_value)
@@ -116,17 +128,23 @@ async def complete_login(
         sts_session_name=claims.jti,
         outcome_detail=f"{method} {kind.value} {canonical}"[:500],
     )
-    user = await request.app[CHAIN].run(
-        alongside(
-            lambda: login_store.open_session(
-                session=session,
-                client_id=AGENTKEYS_CLIENT_ID,
-                pumpx_omni_for=pumpx_account_hex(AGENTKEYS_CLIENT_ID),
-                audit=audit,
-            ),
-            [chained],
+
+    def opened() -> Operation[tuple[list[ChainEntry], UserRecord | None]]:
+        user = yield from login_store.open_session(
+            session=session,
+            client_id=AGENTKEYS_CLIENT_ID,
+            pumpx_omni_for=pumpx_account_hex(AGENTKEYS_CLIENT_ID),
+            audit=audit,
+            consume=consume,
         )
-    )
+        if user is None:  # the proof was used meanwhile: no session, and the chain says so
+            used = dataclasses.replace(chained, outcome="refused:login_refused", outcome_detail="proof already used")
+            return [used], None
+        return [chained], user
+
+    user = await request.app[CHAIN].run(opened)
+    if user is None:
+        raise errors.login_refused(f"this {method} login proof was already used")
     return errors.ok(
         {
             "session_token": token,

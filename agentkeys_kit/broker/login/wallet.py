@@ -32,16 +32,19 @@ the login. The rules, each pinned by a test:
   it at most `BROKER_LOGIN_CLOCK_SKEW_SECONDS` (default 60, at most 300) before its ``Issued At``;
   the end of the window is never extended;
 * **single use** (dexs-backend's signature is replayable inside the window; ours is not): one
-  conditional UPDATE consumes the nonce in the database, so of two verifications on any replicas
-  one wins and the other is refused. A wrong signature does not consume it (the user may retry).
+  conditional UPDATE consumes the nonce in the database, in the transaction that makes the session
+  (`complete_login`'s ``consume``), so of two verifications on any replicas one wins and the other
+  is refused. A wrong signature does not consume it (the user may retry).
 
 Every refusal is 401 ``login_refused`` with the rule in ``data.reason``; malformed input is 400.
 
-Library choice: the `siwe` package (4.4) was evaluated and not used at run time. The broker never
-parses a SIWE message: it renders the message itself, stores the exact text, and verifies the
-signature over those bytes, so the parser (ABNF, the package's main part) has nothing to do, and
-the package pulls in ``web3`` (with ``requests`` and ``websockets``) for EIP-1271 contract wallets,
-which this login does not offer. Rendering is the dozen lines below; EIP-191 recovery is
+Library choice: the `siwe` package (4.4.0, its latest release) was evaluated and not used. The
+broker never parses a SIWE message: it renders the message itself, stores the exact text and
+verifies the signature over those bytes, so the package's main part (an ABNF parser) has nothing
+to do; it pulls in ``web3`` (with ``requests`` and ``websockets``) for EIP-1271 contract wallets,
+which this login does not offer; and it does not even import with the current ``abnf`` (2.9:
+``GrammarError: 'ALPHA' is a core rule``, checked on this machine). Rendering is the dozen lines
+below, EIP-55 included (`eip55`, pinned to the EIP's own vectors); EIP-191 recovery is
 `protocol.signatures` (coincurve), shared with the simulator.
 """
 
@@ -206,9 +209,14 @@ async def wallet_verify(request: web.Request) -> web.Response:
         raise errors.login_refused("the signature does not recover (v must be 0, 1, 27 or 28)")
     if signer != login.address:
         raise errors.login_refused("the signature is not by the address that started this login")
-    if not await state.db.run(login_store.consume_login, request_id, now):
-        raise errors.login_refused("this login message was already used")
-    return await complete_login(state, request, identity_type="evm", identity_value=login.address, method="wallet")
+    return await complete_login(
+        state,
+        request,
+        identity_type="evm",
+        identity_value=login.address,
+        method="wallet",
+        consume=lambda: login_store.consume_login(request_id, now),
+    )
 
 
 Handler = Callable[[web.Request], Awaitable[web.Response]]

@@ -82,10 +82,15 @@ def open_session(
     client_id: str,
     pumpx_omni_for: Callable[[str], str],
     audit: AuditEvent,
-) -> Operation[UserRecord]:
+    consume: Callable[[], Operation[bool]] | None = None,
+) -> Operation[UserRecord | None]:
     """A login proved `session`'s identity: upsert the user row exactly as `post_heima_login`
     would (same key, same OmniAccount, same Pumpx account), record the session, write the audit
-    row; one transaction."""
+    row; one transaction. `consume` (a login nonce, an e-mail code) runs first in the same
+    transaction: when it answers False (already used) nothing is written and None is returned, so
+    a proof is used up exactly when a session is made from it."""
+    if consume is not None and not (yield from consume()):
+        return None
     uid = new_user_uid()
     row = yield _upsert_user(
         uid,
