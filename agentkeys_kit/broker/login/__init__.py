@@ -18,6 +18,7 @@ alone: the backend, its methods, the client id, and for ``heima`` the worker's J
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import logging
 from collections.abc import Callable
@@ -143,17 +144,20 @@ async def complete_login(
         outcome_detail=f"{method} {kind.value} {canonical}"[:500],
     )
 
-    def open_session() -> Operation[tuple[list[ChainEntry], UserRecord | None]]:
-        opened = yield from login_store.open_session(
+    def opened() -> Operation[tuple[list[ChainEntry], UserRecord | None]]:
+        user = yield from login_store.open_session(
             session=session,
             client_id=AGENTKEYS_CLIENT_ID,
             pumpx_omni_for=pumpx_account_hex(AGENTKEYS_CLIENT_ID),
             audit=audit,
             consume=consume,
         )
-        return ([chained] if opened is not None else []), opened  # a used proof opened nothing
+        if user is None:  # the proof was used meanwhile: no session, and the chain says so
+            used = dataclasses.replace(chained, outcome="refused:login_refused", outcome_detail="proof already used")
+            return [used], None
+        return [chained], user
 
-    user = await request.app[CHAIN].run(open_session)
+    user = await request.app[CHAIN].run(opened)
     if user is None:
         raise errors.login_refused(f"this {method} login proof was already used")
     return errors.ok(
