@@ -140,12 +140,13 @@ class Database:
     url: str
     schema: str | None
     path: Path | None = None
-    session_key: Path | None = None  # PostgreSQL: the session key would default to ~/.agentkeys
+    session_key: Path | None = None  # PostgreSQL: the broker's keys would default to ~/.agentkeys
 
     def env(self) -> dict[str, str]:
         env = {"BROKER_DB_URL": self.url, "BROKER_TEE_JWT_PUBLIC_KEY": str(TEE_PUBLIC_KEY)}
         if self.session_key is not None:
             env["BROKER_SESSION_KEYPAIR_PATH"] = str(self.session_key)
+            env["BROKER_OIDC_KEYPAIR_PATH"] = str(self.session_key.with_name("oidc-keypair.json"))
         if self.schema:
             env["BROKER_DB_SCHEMA"] = self.schema
         return env

@@ -831,37 +831,48 @@ async def test_healthz_and_readyz(make_broker: BrokerFactory, http: aiohttp.Clie
 # --------------------------------------------------------------------------- transactions
 
 
-async def _refused_login(http: aiohttp.ClientSession, broker: BrokerHandle, key: rsa.RSAPrivateKey) -> Reply:
+async def _refused_login(
+    http: aiohttp.ClientSession, broker: BrokerHandle, key: rsa.RSAPrivateKey, recorded: str
+) -> Reply:
     token = mint_tee_token(key, evm_account(evm_address(51)))
     return await call(http, broker, LOGIN, token=token, json_body=login_body("evm", evm_address(50)))
 
 
-async def _refused_wallet_body(http: aiohttp.ClientSession, broker: BrokerHandle, key: rsa.RSAPrivateKey) -> Reply:
+async def _refused_wallet_body(
+    http: aiohttp.ClientSession, broker: BrokerHandle, key: rsa.RSAPrivateKey, recorded: str
+) -> Reply:
     return await call(http, broker, ADD_WALLET, token=mint_tee_token(key, evm_account(evm_address(50))), data=b"{}")
 
 
-async def _refused_wallet_unknown(http: aiohttp.ClientSession, broker: BrokerHandle, key: rsa.RSAPrivateKey) -> Reply:
+async def _refused_wallet_unknown(
+    http: aiohttp.ClientSession, broker: BrokerHandle, key: rsa.RSAPrivateKey, recorded: str
+) -> Reply:
     return await call(http, broker, ADD_WALLET, token=mint_tee_token(key, evm_account(evm_address(52))))
 
 
-async def _refused_connect(http: aiohttp.ClientSession, broker: BrokerHandle, key: rsa.RSAPrivateKey) -> Reply:
+async def _refused_connect(
+    http: aiohttp.ClientSession, broker: BrokerHandle, key: rsa.RSAPrivateKey, recorded: str
+) -> Reply:
     user = await broker.state.db.run(store.find_user_by_identity, "evm", evm_address(50))
     token = mint_tee_token(key, evm_account(evm_address(50)))
     return await call(http, broker, USER_CONNECT, token=token, json_body=connect_body(user.user_uid, "a@b.com"))
 
 
-async def _refused_grant(http: aiohttp.ClientSession, broker: BrokerHandle, key: rsa.RSAPrivateKey) -> Reply:
+async def _refused_grant(
+    http: aiohttp.ClientSession, broker: BrokerHandle, key: rsa.RSAPrivateKey, recorded: str
+) -> Reply:
     body = {"agent_wallet": evm_address(53), "scope": "trade", "expires_at": int(time.time()) - 1}
-    return await call(
-        http, broker, GRANT_CREATE, token=mint_tee_token(key, evm_account(evm_address(50))), json_body=body
-    )
+    # the grant endpoints take only a TEE token post_heima_login recorded: the login's own
+    return await call(http, broker, GRANT_CREATE, token=recorded, json_body=body)
 
 
-async def _refused_get_user_id(http: aiohttp.ClientSession, broker: BrokerHandle, key: rsa.RSAPrivateKey) -> Reply:
+async def _refused_get_user_id(
+    http: aiohttp.ClientSession, broker: BrokerHandle, key: rsa.RSAPrivateKey, recorded: str
+) -> Reply:
     return await call(http, broker, GET_USER_ID, method="GET", params={"email": "no-tld@localhost"})
 
 
-Refusal = Callable[[aiohttp.ClientSession, BrokerHandle, rsa.RSAPrivateKey], Any]
+Refusal = Callable[[aiohttp.ClientSession, BrokerHandle, rsa.RSAPrivateKey, str], Any]
 REFUSALS: dict[str, tuple[Refusal, int, str]] = {
     "login_identity_mismatch": (_refused_login, 403, "identity_mismatch"),
     "add_wallet_with_body": (_refused_wallet_body, 400, "malformed_body"),
@@ -881,7 +892,7 @@ async def test_a_refused_callback_writes_nothing_but_its_audit_row(
     assert_ok(await call(http, broker, ADD_WALLET, token=token), {})
     before = await counts(broker)
     action, status, error = REFUSALS[name]
-    assert_refused(await action(http, broker, tee_key), status, error)
+    assert_refused(await action(http, broker, tee_key, token), status, error)
     after = await counts(broker)
     assert after == {**before, "audit_log": before["audit_log"] + 1}
     newest = (await audit(broker))[-1]
