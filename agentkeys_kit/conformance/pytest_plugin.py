@@ -1,9 +1,16 @@
 """pytest collects the YAML suites: one test per case, so CI runs them with the unit tests.
 
 Each case runs against the simulator in the profile it applies to (``agentkeys-patch`` unless
-it says ``only: upstream``) and a local broker. Every patch clause (``profile:
-agentkeys-patch``) is also run against the ``upstream`` simulator, where it must fail: that is
-the proof the suite tells today's worker from the patched one. Nothing is skipped.
+it says ``only: upstream``) and the error era it applies to (``current`` unless it says ``era:
+legacy``), and a local broker. Every patch clause (``profile: agentkeys-patch``) is also run
+against the ``upstream`` simulator, where it must fail: that is the proof the suite tells today's
+worker from the patched one. Nothing is skipped.
+
+``--conformance-runs e2e`` collects what ``dev.py e2e`` runs instead: every case against the
+patched and the upstream simulator (judged with the shipped deviation files: a listed case must
+fail where the list says, any other must pass) and, in the patched profile, in the legacy error era
+as well; a case that does not apply to a run is not collected for it. `dev.py mutate` uses it as
+the mutation test command.
 
 Enabled with ``-p agentkeys_kit.conformance.pytest_plugin`` (see ``pyproject.toml``).
 """
@@ -18,7 +25,8 @@ from typing import Any, TypeVar
 
 import pytest
 
-from agentkeys_kit.conformance.model import Case, load_suite
+from agentkeys_kit.conformance.known_deviations import Deviations, load_deviations
+from agentkeys_kit.conformance.model import Case, load_suite, load_suites
 from agentkeys_kit.conformance.runner import CaseResult, Harness, Verdict
 from agentkeys_kit.conformance.targets import broker_target, tee_target
 
@@ -38,12 +46,15 @@ class _Loop:
     def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
         return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout=300)
 
-    def harness(self, profile: str) -> Harness:
-        if profile not in self.harnesses:
-            harness = Harness(tee_target("sim", profile, None), broker_target("local"))
+    def harness(self, profile: str, era: str = "current", deviations: Deviations | None = None) -> Harness:
+        key = f"{profile}/{era}/{'deviations' if deviations else 'strict'}"
+        if key not in self.harnesses:
+            found = deviations or Deviations()
+            target = tee_target("sim", profile, None, error_era=era)
+            harness = Harness(target, broker_target("local"), found.reasons, found.steps)
             self.run(harness.__aenter__())
-            self.harnesses[profile] = harness
-        return self.harnesses[profile]
+            self.harnesses[key] = harness
+        return self.harnesses[key]
 
     def close(self) -> None:
         for harness in self.harnesses.values():
@@ -62,6 +73,27 @@ def _shared_loop() -> _Loop:
     return _LOOP
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--conformance-runs",
+        choices=["main", "e2e"],
+        default="main",
+        help="main: each case in its own profile and era (default); e2e: also what dev.py e2e runs "
+        "(every case against the upstream simulator with its deviation file, and in the legacy era)",
+    )
+
+
+_UPSTREAM_DEVIATIONS: Deviations | None = None
+
+
+def _upstream_deviations() -> Deviations:
+    global _UPSTREAM_DEVIATIONS
+    if _UPSTREAM_DEVIATIONS is None:
+        known = {case.id for suite in load_suites([SUITES_DIR]) for case in suite.cases}
+        _UPSTREAM_DEVIATIONS = load_deviations(None, "sim", "upstream", known)
+    return _UPSTREAM_DEVIATIONS
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     global _LOOP
     if _LOOP is not None:
@@ -78,12 +110,38 @@ def pytest_collect_file(parent: pytest.Collector, file_path: Path) -> pytest.Col
 class SuiteFile(pytest.File):
     def collect(self) -> Iterator[pytest.Item]:
         suite = load_suite(self.path)
+        e2e = self.config.getoption("--conformance-runs", "main") == "e2e"
         for case in suite.cases:
             profile = case.only or "agentkeys-patch"
-            yield CaseItem.from_parent(self, name=f"{case.id}[{profile}]", case=case, profile=profile, must_fail=False)
+            era = case.era or "current"
+            suffix = "" if era == "current" else f",{era}"
+            yield CaseItem.from_parent(
+                self, name=f"{case.id}[{profile}{suffix}]", case=case, profile=profile, era=era, must_fail=False
+            )
             if case.is_patch_clause:
                 yield CaseItem.from_parent(
-                    self, name=f"{case.id}[upstream-must-fail]", case=case, profile="upstream", must_fail=True
+                    self,
+                    name=f"{case.id}[upstream-must-fail{suffix}]",
+                    case=case,
+                    profile="upstream",
+                    era=era,
+                    must_fail=True,
+                )
+            if not e2e:
+                continue
+            if case.only is None and not case.is_patch_clause:
+                yield CaseItem.from_parent(
+                    self,
+                    name=f"{case.id}[upstream{suffix}]",
+                    case=case,
+                    profile="upstream",
+                    era=era,
+                    must_fail=False,
+                    deviations=_upstream_deviations(),
+                )
+            if case.era is None and case.only in (None, "agentkeys-patch"):
+                yield CaseItem.from_parent(
+                    self, name=f"{case.id}[{profile},legacy]", case=case, profile=profile, era="legacy", must_fail=False
                 )
 
 
@@ -92,18 +150,31 @@ class CaseFailed(Exception):
 
 
 class CaseItem(pytest.Item):
-    def __init__(self, *, case: Case, profile: str, must_fail: bool, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *,
+        case: Case,
+        profile: str,
+        must_fail: bool,
+        era: str = "current",
+        deviations: Deviations | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         self.case = case
         self.profile = profile
+        self.era = era
         self.must_fail = must_fail
+        self.deviations = deviations
         self.result: CaseResult | None = None
 
     def runtest(self) -> None:
         loop = _shared_loop()
-        harness = loop.harness(self.profile)
+        harness = loop.harness(self.profile, self.era, self.deviations)
         self.result = loop.run(harness.run_case(self.case))
         verdict = self.result.verdict
+        if self.deviations is not None and verdict is Verdict.EXPECTED_FAILURE:
+            return
         if self.must_fail:
             if verdict is not Verdict.FAILED:
                 raise CaseFailed(
@@ -120,4 +191,4 @@ class CaseItem(pytest.Item):
         return str(super().repr_failure(excinfo))
 
     def reportinfo(self) -> tuple[Path, int, str]:
-        return self.path, 0, f"conformance case {self.case.id} ({self.profile}): {self.case.clause}"
+        return self.path, 0, f"conformance case {self.case.id} ({self.profile}, {self.era}): {self.case.clause}"
