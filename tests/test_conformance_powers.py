@@ -433,3 +433,32 @@ def _collected(*args: str) -> list[str]:
 def test_dev_e2e_runs_every_suite_in_the_legacy_era_too() -> None:
     dev = (Path(__file__).parent.parent / "scripts" / "dev.py").read_text()
     assert '"--tee-error-era",\n            "legacy",' in dev and "reports/agentkeys-patch-legacy" in dev
+
+
+async def test_scripted_failures_reach_the_mail_api_and_only_while_a_step_asks(tmp_path: Path) -> None:
+    request = {
+        "within": 0,
+        "rpc": {
+            "method": "omni_requestEmailVerificationCode",
+            "params": {"client_id": "wildmeta", "user_email": "${email}"},
+        },
+    }
+    case = {
+        "id": "mail",
+        "needs": ["mail"],
+        "steps": [
+            {"let": {"email": "mail-power@example.org"}},
+            {
+                **request,
+                "callbacks": [{"api": "sendgrid", "op": "mail_send", "reply": {"status": 503}}],
+                "expect": {"error": {"code": -32162}},
+            },
+            {**request, "expect": {"result": None}},
+            {"email": {"to": "${email}"}, "expect": {"code": {"$regex": "[0-9]{6}"}}},
+        ],
+    }
+    (result,) = await run_cases(tmp_path, case)
+    assert result.verdict is Verdict.PASSED, result.failure_report
+    scripted = [e for e in result.exchanges if e.leg == "worker→harness"]
+    assert len(scripted) == 1 and scripted[0].request["api"] == "sendgrid"
+    assert scripted[0].response["status"] == 503

@@ -85,6 +85,8 @@ _CALLBACK_OPS: dict[str, Any] = {
         "check_hyper_agent_address",
     ]
 }
+#: what a step may expect the worker to call: the callbacks, the mail API, the token endpoint
+_EXPECTED_OPS: dict[str, Any] = {"enum": [*_CALLBACK_OPS["enum"], "mail_send", "token"]}
 _CALLBACK_EXPECTATION = {
     "type": "object",
     "additionalProperties": False,
@@ -92,11 +94,11 @@ _CALLBACK_EXPECTATION = {
     "properties": {
         "api": {
             "anyOf": [
-                {"enum": ["pumpx", "agentkeys", "wildmeta", "root", "any"]},
+                {"enum": ["pumpx", "agentkeys", "wildmeta", "root", "sendgrid", "google", "any"]},
                 {"type": "string", "pattern": "^\\$\\{.+\\}$"},
             ]
         },
-        "op": _CALLBACK_OPS,
+        "op": _EXPECTED_OPS,
         "times": {"type": "integer", "minimum": 0, "maximum": 10},
         "expect": _MAP,
         "reply": _REPLY,

@@ -9,6 +9,12 @@ step's callback expectations: each incoming call is matched to the first open ex
 its API and operation, answered with the scripted reply (an envelope, a failure status, a raw
 body, a delay, a dropped connection, or *forwarded to the broker*, which links the three legs),
 and recorded. A call no expectation asked for is recorded as unexpected and fails the case.
+
+The other parties the worker calls — the SendGrid stand-in (API ``sendgrid``, operation
+``mail_send``) and the fake Google's token endpoint (API ``google``, operation ``token``) — ask the
+receiver first (`intercept`): while a step holds an expectation for that API and operation, the
+call is recorded and answered as scripted (a failure status, a raw body, a delay, a dropped
+connection); otherwise the party answers it as usual and nothing is recorded.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,6 +50,26 @@ BROKER_PATHS = {
     "verify_google_code": "v3/account/verify_google_code",
     "check_hyper_agent_address": "v1/account/check_hyper_agent_address",
 }
+
+
+Interceptor = Callable[[str, str, web.Request], Awaitable[web.StreamResponse | None]]
+
+
+def intercepting(owner: Any, api: str, op: str, path: str) -> Any:
+    """aiohttp middleware for a party: `owner.interceptor` (the receiver's `intercept`, when set)
+    may answer a call to `path` instead of the party."""
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+        interceptor: Interceptor | None = getattr(owner, "interceptor", None)
+        if interceptor is not None and request.path == path:
+            scripted = await interceptor(api, op, request)
+            if scripted is not None:
+                return scripted
+        response: web.StreamResponse = await handler(request)
+        return response
+
+    return middleware
 
 
 class Headers(dict[str, str]):
@@ -198,6 +225,13 @@ class CallbackReceiver:
                 await asyncio.wait_for(self._arrivals.wait(), remaining)
             except TimeoutError:
                 return
+
+    async def intercept(self, api: str, op: str, request: web.Request) -> web.StreamResponse | None:
+        """A call to another party: answered as scripted when an open expectation takes it."""
+        if not any(script.accepts(api, op) for script in self.scripts):
+            return None
+        response: web.StreamResponse = await self._handler(api, op)(request)
+        return response
 
     def _at_root(self, op: str) -> str:
         if op == "check_hyper_agent_address":  # the wildmeta API's absolute path, unless agentkeys is at the root
