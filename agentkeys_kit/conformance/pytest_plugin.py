@@ -12,23 +12,49 @@ fail where the list says, any other must pass) and, in the patched profile, in t
 as well; a case that does not apply to a run is not collected for it. `dev.py mutate` uses it as
 the mutation test command.
 
+Under mutmut (``dev.py mutate``) each mutant's worker is forked from a process that has already
+imported the kit, so code that runs at import time (decorators such as the broker's
+``@callback``, tables built from functions) would keep the unmutated behaviour. When pytest starts
+in such a worker (``MUTANT_UNDER_TEST`` names a mutant), this plugin first drops every
+``agentkeys_kit`` module from ``sys.modules``, so the run imports them afresh with the mutant
+active; that is why it reaches the rest of the kit only through `_kit` at call time.
+
 Enabled with ``-p agentkeys_kit.conformance.pytest_plugin`` (see ``pyproject.toml``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import importlib
+import os
+import sys
 import threading
 from collections.abc import Coroutine, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import pytest
 
-from agentkeys_kit.conformance.known_deviations import Deviations, load_deviations
-from agentkeys_kit.conformance.model import Case, load_suite, load_suites
-from agentkeys_kit.conformance.runner import CaseResult, Harness, Verdict
-from agentkeys_kit.conformance.targets import broker_target, tee_target
+if TYPE_CHECKING:
+    from agentkeys_kit.conformance.known_deviations import Deviations
+    from agentkeys_kit.conformance.model import Case
+    from agentkeys_kit.conformance.runner import CaseResult, Harness
+
+#: what mutmut sets MUTANT_UNDER_TEST to when no mutant is active
+_MUTMUT_PHASES = frozenset({"", "stats", "fail", "mutant_generation", "list_all_tests"})
+
+
+def _kit(module: str) -> Any:
+    """A module of the harness, resolved when used (it may have been imported afresh)."""
+    return importlib.import_module(f"agentkeys_kit.conformance.{module}")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if os.environ.get("MUTANT_UNDER_TEST", "") in _MUTMUT_PHASES:
+        return
+    for name in [n for n in sys.modules if n.split(".")[0] == "agentkeys_kit" and n != __name__]:
+        del sys.modules[name]
+
 
 T = TypeVar("T")
 SUITES_DIR = Path(__file__).with_name("suites")
@@ -49,9 +75,12 @@ class _Loop:
     def harness(self, profile: str, era: str = "current", deviations: Deviations | None = None) -> Harness:
         key = f"{profile}/{era}/{'deviations' if deviations else 'strict'}"
         if key not in self.harnesses:
-            found = deviations or Deviations()
-            target = tee_target("sim", profile, None, error_era=era)
-            harness = Harness(target, broker_target("local"), found.reasons, found.steps)
+            found = deviations or _kit("known_deviations").Deviations()
+            targets = _kit("targets")
+            target = targets.tee_target("sim", profile, None, error_era=era)
+            harness: Harness = _kit("runner").Harness(
+                target, targets.broker_target("local"), found.reasons, found.steps
+            )
             self.run(harness.__aenter__())
             self.harnesses[key] = harness
         return self.harnesses[key]
@@ -89,8 +118,8 @@ _UPSTREAM_DEVIATIONS: Deviations | None = None
 def _upstream_deviations() -> Deviations:
     global _UPSTREAM_DEVIATIONS
     if _UPSTREAM_DEVIATIONS is None:
-        known = {case.id for suite in load_suites([SUITES_DIR]) for case in suite.cases}
-        _UPSTREAM_DEVIATIONS = load_deviations(None, "sim", "upstream", known)
+        known = {case.id for suite in _kit("model").load_suites([SUITES_DIR]) for case in suite.cases}
+        _UPSTREAM_DEVIATIONS = _kit("known_deviations").load_deviations(None, "sim", "upstream", known)
     return _UPSTREAM_DEVIATIONS
 
 
@@ -109,7 +138,7 @@ def pytest_collect_file(parent: pytest.Collector, file_path: Path) -> pytest.Col
 
 class SuiteFile(pytest.File):
     def collect(self) -> Iterator[pytest.Item]:
-        suite = load_suite(self.path)
+        suite = _kit("model").load_suite(self.path)
         e2e = self.config.getoption("--conformance-runs", "main") == "e2e"
         for case in suite.cases:
             profile = case.only or "agentkeys-patch"
@@ -173,6 +202,7 @@ class CaseItem(pytest.Item):
         harness = loop.harness(self.profile, self.era, self.deviations)
         self.result = loop.run(harness.run_case(self.case))
         verdict = self.result.verdict
+        Verdict = _kit("runner").Verdict
         if self.deviations is not None and verdict is Verdict.EXPECTED_FAILURE:
             return
         if self.must_fail:
