@@ -5,6 +5,7 @@
     python3 scripts/dev.py test     # every check: ruff (lint and format), mypy, the whole pytest suite
     python3 scripts/dev.py lint     # ruff + mypy only
     python3 scripts/dev.py bench    # benchmarks (prints figures)
+    python3 scripts/dev.py mutate   # mutation score of the suites (sampled, seeded; see scripts/mutate.py)
     python3 scripts/dev.py install-check   # build the wheel, install it alone in a fresh venv, run its scripts
 
 The first run creates `.venv/` and installs the project with its test and lint extras; later runs
@@ -70,19 +71,36 @@ def main() -> int:
         conformance = [str(PYTHON), "-m", "agentkeys_kit.conformance.cli", "run", "--tee", "sim", "--broker", "local"]
         patched = run(*conformance, "--tee-profile", "agentkeys-patch", "--report", "reports/agentkeys-patch", *rest)
         upstream = run(*conformance, "--tee-profile", "upstream", "--report", "reports/upstream", *rest)
+        # every error path in the other era too: the era-A worker's answers (cases marked era: legacy)
+        legacy = run(
+            *conformance,
+            "--tee-profile",
+            "agentkeys-patch",
+            "--tee-error-era",
+            "legacy",
+            "--report",
+            "reports/agentkeys-patch-legacy",
+            *rest,
+        )
         # the reviewers' document for Litentry, from both runs' transcripts
         review = [str(PYTHON), "-m", "agentkeys_kit.conformance.cli", "review", "reports/agentkeys-patch"]
         reviewed = run(*review, "reports/upstream", "--out", "reports/review.md")
         print(
-            "\nreports: reports/agentkeys-patch/report.md, reports/upstream/report.md; "
+            "\nreports: reports/agentkeys-patch/report.md, reports/upstream/report.md, "
+            "reports/agentkeys-patch-legacy/report.md (legacy error era); "
             "for Litentry: reports/review.md (what the patch must do, the upstream gaps)"
         )
-        return patched or upstream or reviewed
+        return patched or upstream or legacy or reviewed
     if command == "bench":
         return run(str(PYTHON), str(ROOT / "scripts" / "bench_sim.py"), *rest) or run(
             str(PYTHON), str(ROOT / "scripts" / "bench_broker.py"), *rest
         )
-    sys.exit(f"unknown command {command!r}: expected test, lint, e2e, bench or install-check")
+    if command == "mutate":
+        if subprocess.run([str(PYTHON), "-c", "import mutmut"], capture_output=True).returncode != 0:
+            pip = [str(PYTHON), "-m", "pip", "--disable-pip-version-check", "-q"]
+            subprocess.run([*pip, "install", "-e", f"{ROOT}[test,lint,mutate]"], check=True)
+        return run(str(PYTHON), str(ROOT / "scripts" / "mutate.py"), *rest)
+    sys.exit(f"unknown command {command!r}: expected test, lint, e2e, bench, mutate or install-check")
 
 
 if __name__ == "__main__":

@@ -187,7 +187,7 @@ def test_list_shows_every_case_with_its_clause_and_marks(capsys: pytest.CaptureF
 def test_check_validates_suites_and_deviation_files_without_running(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["check"]) == 0
     out = capsys.readouterr().out
-    assert "worker-upstream.yaml (34 cases): valid" in out and "suite tee" in out
+    assert "worker-upstream.yaml (45 cases): valid" in out and "suite tee" in out
 
 
 def test_check_refuses_a_broken_suite(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

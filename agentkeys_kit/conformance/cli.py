@@ -156,6 +156,12 @@ def _worker_args(parser: argparse.ArgumentParser, prefix: str, what: str) -> Non
         choices=["harness", "none"],
         help="harness: an omni-sim exchanging OAuth2 codes at the harness's fake Google (OE_SIM_* lines)",
     )
+    parser.add_argument(
+        f"{flag}-error-era",
+        default=None,
+        choices=["current", "legacy"],
+        help="the worker revision whose error objects it follows: the simulator's --error-era; declared for a URL",
+    )
     deviations = "--deviations" if prefix == "tee" else f"{flag}-deviations"
     parser.add_argument(
         deviations,
@@ -176,6 +182,7 @@ class WorkerChoice:
     sim_endpoints: bool
     deviations: str | None
     oauth2_provider: bool = False
+    error_era: str = "current"
 
     def target(self) -> TeeTarget:
         return tee_target(
@@ -186,6 +193,7 @@ class WorkerChoice:
             clock=self.clock,
             sim_endpoints=self.sim_endpoints,
             oauth2_provider=self.oauth2_provider,
+            error_era=self.error_era,
         )
 
 
@@ -218,6 +226,7 @@ def _choose(args: argparse.Namespace, prefix: str, spec: WorkerSpec, fallback: W
         sim_endpoints=False if is_sim else bool(pick("sim_endpoints", False)),
         deviations=pick("deviations", None),
         oauth2_provider=False if is_sim else bool(provider),
+        error_era=pick("error_era", "current"),
     )
 
 
@@ -355,6 +364,7 @@ def _target_flags(args: argparse.Namespace) -> list[str]:
         "tee_mailer",
         "tee_clock",
         "tee_oauth2_provider",
+        "tee_error_era",
         "listen",
         "advertise",
         "port_base",

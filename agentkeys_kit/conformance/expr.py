@@ -300,6 +300,24 @@ def jwt_claims(scope: Scope, argument: Any) -> dict[str, Any]:
     return claims
 
 
+def add(scope: Scope, argument: Any) -> int:
+    """``{$add: [a, b, …]}``: the sum of integers (an instant plus a lifetime, a boundary minus one)."""
+    if not isinstance(argument, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in argument):
+        raise ExprError("$add takes a list of integers")
+    return sum(argument)
+
+
+def totp_code(scope: Scope, argument: Any) -> str:
+    """``{$totp: {secret, at}}``: the RFC 6238 code (SHA-1, 30 s, 6 digits) of a base32 `secret` at unix
+    time `at`, computed by the harness itself (not with the broker's `totp.py`, which it checks)."""
+    args = _args(argument, "$totp", "secret", "at")
+    secret = str(args["secret"]).upper()
+    key = base64.b32decode(secret + "=" * (-len(secret) % 8))
+    digest = hmac.new(key, (int(args["at"]) // 30).to_bytes(8, "big"), hashlib.sha1).digest()
+    start = digest[19] & 0x0F
+    return f"{(int.from_bytes(digest[start : start + 4], 'big') & 0x7FFFFFFF) % 1_000_000:06d}"
+
+
 def sha256_hex(scope: Scope, argument: Any) -> str:
     """Lowercase hex SHA-256 of a text's UTF-8."""
     return hashlib.sha256(str(argument).encode()).hexdigest()
@@ -500,6 +518,8 @@ FUNCTIONS: dict[str, Callable[[Scope, Any], Any]] = {
     "$fresh": fresh,
     "$mint_jwt": mint_jwt,
     "$sha256": sha256_hex,
+    "$add": add,
+    "$totp": totp_code,
     "$upper": upper,
     "$lower": lower,
     "$claims": jwt_claims,

@@ -37,6 +37,7 @@ from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric import rsa
 from multidict import MultiMapping
 
+from agentkeys_kit.conformance.receiver import Interceptor, intercepting
 from agentkeys_kit.omni_sim.server import ServedApp, Service
 
 AUTHORIZATION_PATH = "/o/oauth2/v2/auth"
@@ -175,6 +176,8 @@ class FakeGoogle(Service):
     _spent_codes: dict[str, list[str]] = field(default_factory=dict)
     _access_tokens: dict[str, _AccessGrant] = field(default_factory=dict)
     _served: ServedApp | None = None
+    #: set by the parties: the receiver may answer a token exchange as a step scripted
+    interceptor: Interceptor | None = None
 
     # ------------------------------------------------------------------ setup
 
@@ -236,7 +239,7 @@ class FakeGoogle(Service):
             self.key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         if self.kid is None:
             self.kid = self._thumbprint()
-        app = web.Application()
+        app = web.Application(middlewares=[intercepting(self, "google", "token", TOKEN_PATH)])
         app.router.add_get(DISCOVERY_PATH, self._discovery)
         app.router.add_get(JWKS_PATH, self._jwks)
         app.router.add_get(AUTHORIZATION_PATH, self._authorize)

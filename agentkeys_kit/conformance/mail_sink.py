@@ -27,6 +27,7 @@ from typing import Any
 from aiohttp import web
 from aiosmtpd.controller import Controller
 
+from agentkeys_kit.conformance.receiver import Interceptor, intercepting
 from agentkeys_kit.omni_sim.server import ServedApp
 
 _CODE_PARAGRAPH = re.compile(r"<p[^>]*font-weight:\s*600[^>]*>(\d{6})</p>")
@@ -151,6 +152,8 @@ class SendGridStandIn:
         self.advertise = advertise or host
         #: requests refused as malformed, with the reason (a worker that posts something else)
         self.refused: list[str] = []
+        #: set by the parties: the receiver may answer a mail as a step scripted (`receiver.intercept`)
+        self.interceptor: Interceptor | None = None
 
     @property
     def port(self) -> int:
@@ -162,7 +165,8 @@ class SendGridStandIn:
         return f"http://{self.advertise}:{self.port}{SENDGRID_PATH}"
 
     async def start(self) -> None:
-        app = web.Application(client_max_size=1024 * 1024)
+        middleware = intercepting(self, "sendgrid", "mail_send", SENDGRID_PATH)
+        app = web.Application(client_max_size=1024 * 1024, middlewares=[middleware])
         app.router.add_post(SENDGRID_PATH, self._send)
         await self._served.start(app)
 

@@ -11,10 +11,13 @@ A suite file::
         patch_clause: 1             # optional: its number in `omni_sim.profiles.PATCH_CLAUSES`
         only: upstream              # optional: applies to targets of this profile only
         needs: [mail]               # optional: capabilities the target must have
+        era: legacy                 # optional: applies to targets of this error era only
+        base_urls: {pumpx: prefix}  # optional: where the in-process simulator calls each API
         steps: [ … ]
 
 Step kinds (one per step): ``let``, ``rpc``, ``raw``, ``broker``, ``callback``, ``email``,
-``clock``, ``fuzz``. See the schema (`conformance/suite.schema.json`) for every field.
+``clock``, ``fuzz``, ``audit`` (the local broker's audit rows), ``totp`` (enrol or remove a
+user's second factor at the local broker). See the schema (`conformance/suite.schema.json`) for every field.
 
 A file is refused before anything runs when it breaks the schema, and also (`static_checks`) when
 it calls an unknown ``$`` function or matcher, expects an unknown field of a callback, or uses a
@@ -39,7 +42,7 @@ from agentkeys_kit.omni_sim.profiles import PATCH_CLAUSES
 PATCH_CLAUSE_NUMBERS = frozenset(clause.number for clause in PATCH_CLAUSES)
 
 SCHEMA_PATH = Path(__file__).with_name("suite.schema.json")
-STEP_KINDS = ("let", "rpc", "raw", "broker", "callback", "email", "clock", "fuzz")
+STEP_KINDS = ("let", "rpc", "raw", "broker", "callback", "email", "clock", "fuzz", "audit", "totp")
 CAPABILITIES = (
     "sim-clock",
     "mail",
@@ -50,7 +53,11 @@ CAPABILITIES = (
     "broker-login-local",
     "sim-internals",
     "oauth2-provider",
+    "broker-internals",
+    "sim-config",
 )
+ERAS = ("current", "legacy")
+BASE_URL_FORMS = ("prefix/", "prefix", "root/", "root")
 #: older names still accepted in `needs`: `smtp` was the name of `mail` when mail only came over SMTP
 CAPABILITY_ALIASES = {"smtp": "mail"}
 PROFILES = ("upstream", "agentkeys-patch")
@@ -80,6 +87,8 @@ _CALLBACK_OPS: dict[str, Any] = {
         "check_hyper_agent_address",
     ]
 }
+#: what a step may expect the worker to call: the callbacks, the mail API, the token endpoint
+_EXPECTED_OPS: dict[str, Any] = {"enum": [*_CALLBACK_OPS["enum"], "mail_send", "token"]}
 _CALLBACK_EXPECTATION = {
     "type": "object",
     "additionalProperties": False,
@@ -87,11 +96,11 @@ _CALLBACK_EXPECTATION = {
     "properties": {
         "api": {
             "anyOf": [
-                {"enum": ["pumpx", "agentkeys", "wildmeta", "any"]},
+                {"enum": ["pumpx", "agentkeys", "wildmeta", "root", "sendgrid", "google", "any"]},
                 {"type": "string", "pattern": "^\\$\\{.+\\}$"},
             ]
         },
-        "op": _CALLBACK_OPS,
+        "op": _EXPECTED_OPS,
         "times": {"type": "integer", "minimum": 0, "maximum": 10},
         "expect": _MAP,
         "reply": _REPLY,
@@ -194,9 +203,15 @@ STEP_SCHEMAS: dict[str, dict[str, Any]] = {
         {
             "type": "object",
             "additionalProperties": False,
-            "required": ["advance"],
+            "description": (
+                "Move the worker's (`tee`, needs sim-clock) or the local broker's (`broker`, needs broker-clock) "
+                "clock: `advance` by seconds, or `set` it to an instant (unix seconds, or a `${…}` value) where it "
+                "then stands, so a boundary is checked at exactly the instant; with both, `set` comes first."
+            ),
+            "anyOf": [{"required": ["advance"]}, {"required": ["set"]}],
             "properties": {
                 "advance": {"type": "integer", "minimum": 0},
+                "set": {"anyOf": [{"type": "integer", "minimum": 0}, {"type": "string", "pattern": "^\\$\\{.+\\}$"}]},
                 "target": {"enum": ["tee", "broker"]},
             },
         },
@@ -214,6 +229,50 @@ STEP_SCHEMAS: dict[str, dict[str, Any]] = {
                 "examples": {"type": "integer", "minimum": 1, "maximum": 500},
                 "seed": {"type": "integer"},
                 "token": _ANY,
+            },
+        },
+    ),
+    "audit": _step(
+        "audit",
+        {
+            "type": "object",
+            "additionalProperties": False,
+            "description": (
+                "Read the local broker's audit rows (needs broker-internals) whose event, outcome, client_id, "
+                "omni_account and detail equal the given ones; "
+                "`bearer` is a token the harness hashes (SHA-256, hex) to match `bearer_sha256`. The view is "
+                "{count, rows: [{event, outcome, client_id, omni_account, bearer_sha256, remote_addr, detail, "
+                "repeat_count}], oldest first}. The step fails, whatever `expect` says, when the raw text of a "
+                "given `bearer` or of any `secrets` entry is stored anywhere in the broker's database files."
+            ),
+            "properties": {
+                "event": _ANY,
+                "outcome": _ANY,
+                "client_id": _ANY,
+                "omni_account": _ANY,
+                "detail": _ANY,
+                "bearer": _ANY,
+                "secrets": {"type": "array"},
+            },
+        },
+    ),
+    "totp": _step(
+        "totp",
+        {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["user_id"],
+            "description": (
+                "Enrol (`secret`: base32) or remove (`remove: true`) the TOTP second factor of a local broker user "
+                "(its `userId`), as an operator would; needs broker-internals. The view is {found, enrolled, now, "
+                "code}: whether the user exists, whether a factor is now enrolled, the broker's clock, and the "
+                "code the harness computes (RFC 6238, its own implementation) for that clock."
+            ),
+            "oneOf": [{"required": ["secret"]}, {"required": ["remove"]}],
+            "properties": {
+                "user_id": _ANY,
+                "secret": {"type": "string"},
+                "remove": {"const": True},
             },
         },
     ),
@@ -247,6 +306,23 @@ SCHEMA: dict[str, Any] = {
                     "patch_clause": {"type": "integer", "minimum": 1},
                     "only": {"enum": list(PROFILES)},
                     "needs": {"type": "array", "items": {"enum": [*CAPABILITIES, *CAPABILITY_ALIASES]}},
+                    "era": {
+                        "enum": list(ERAS),
+                        "description": "applies only to targets of this error era (--tee-error-era)",
+                    },
+                    "base_urls": {
+                        "type": "object",
+                        "additionalProperties": False,
+                        "description": (
+                            "where the in-process simulator calls each API (needs sim-config): `prefix/` "
+                            "(the receiver's /pumpx/ etc., the default), `prefix` (the same without the trailing "
+                            "slash: Url::join then drops the last segment and the call lands at the receiver's "
+                            "root), `root/` or `root` (the receiver's root)"
+                        ),
+                        "properties": {
+                            api: {"enum": list(BASE_URL_FORMS)} for api in ("pumpx", "agentkeys", "wildmeta")
+                        },
+                    },
                     "steps": {
                         "type": "array",
                         "minItems": 1,
@@ -291,6 +367,8 @@ class Case:
     description: str = ""
     source: str = ""
     patch_clause: int | None = None  # its number in `omni_sim.profiles.PATCH_CLAUSES`
+    era: str | None = None  # applies to targets of this error era only
+    base_urls: tuple[tuple[str, str], ...] = ()  # (API, form): where the in-process simulator calls
 
     @property
     def is_patch_clause(self) -> bool:
@@ -360,6 +438,8 @@ def load_suite(path: Path) -> Suite:
                 description=raw_case.get("description", ""),
                 source=str(path),
                 patch_clause=raw_case.get("patch_clause"),
+                era=raw_case.get("era"),
+                base_urls=tuple(sorted((raw_case.get("base_urls") or {}).items())),
             )
         )
     if found:

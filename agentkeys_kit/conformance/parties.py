@@ -100,6 +100,9 @@ class Parties:
         self.sendgrid = SendGridStandIn(self.mailbox, host, self.addresses.sendgrid_port, advertise)
         self.smtp = SmtpSink(self.mailbox, host, self.addresses.smtp_port, advertise)
         self.google = FakeGoogle(host=host, port=self.addresses.google_port)
+        # a step may script a failure of the mail API or the token endpoint (`receiver.intercept`)
+        self.sendgrid.interceptor = self.receiver.intercept
+        self.google.interceptor = self.receiver.intercept
         if self.addresses.advertise and self.addresses.google_port:  # `env` prints it without starting
             self.google.issuer_override = f"http://{self.addresses.advertise}:{self.addresses.google_port}"
         self._started: list[str] = []

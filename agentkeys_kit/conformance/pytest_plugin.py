@@ -1,9 +1,23 @@
 """pytest collects the YAML suites: one test per case, so CI runs them with the unit tests.
 
 Each case runs against the simulator in the profile it applies to (``agentkeys-patch`` unless
-it says ``only: upstream``) and a local broker. Every patch clause (``profile:
-agentkeys-patch``) is also run against the ``upstream`` simulator, where it must fail: that is
-the proof the suite tells today's worker from the patched one. Nothing is skipped.
+it says ``only: upstream``) and the error era it applies to (``current`` unless it says ``era:
+legacy``), and a local broker. Every patch clause (``profile: agentkeys-patch``) is also run
+against the ``upstream`` simulator, where it must fail: that is the proof the suite tells today's
+worker from the patched one. Nothing is skipped.
+
+``--conformance-runs e2e`` collects what ``dev.py e2e`` runs instead: every case against the
+patched and the upstream simulator (judged with the shipped deviation files: a listed case must
+fail where the list says, any other must pass) and, in the patched profile, in the legacy error era
+as well; a case that does not apply to a run is not collected for it. `dev.py mutate` uses it as
+the mutation test command.
+
+Under mutmut (``dev.py mutate``) each mutant's worker is forked from a process that has already
+imported the kit, so code that runs at import time (decorators such as the broker's
+``@callback``, tables built from functions) would keep the unmutated behaviour. When pytest starts
+in such a worker (``MUTANT_UNDER_TEST`` names a mutant), this plugin first drops every
+``agentkeys_kit`` module from ``sys.modules``, so the run imports them afresh with the mutant
+active; that is why it reaches the rest of the kit only through `_kit` at call time.
 
 Enabled with ``-p agentkeys_kit.conformance.pytest_plugin`` (see ``pyproject.toml``).
 """
@@ -11,16 +25,36 @@ Enabled with ``-p agentkeys_kit.conformance.pytest_plugin`` (see ``pyproject.tom
 from __future__ import annotations
 
 import asyncio
+import importlib
+import os
+import sys
 import threading
 from collections.abc import Coroutine, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import pytest
 
-from agentkeys_kit.conformance.model import Case, load_suite
-from agentkeys_kit.conformance.runner import CaseResult, Harness, Verdict
-from agentkeys_kit.conformance.targets import broker_target, tee_target
+if TYPE_CHECKING:
+    from agentkeys_kit.conformance.known_deviations import Deviations
+    from agentkeys_kit.conformance.model import Case
+    from agentkeys_kit.conformance.runner import CaseResult, Harness
+
+#: what mutmut sets MUTANT_UNDER_TEST to when no mutant is active
+_MUTMUT_PHASES = frozenset({"", "stats", "fail", "mutant_generation", "list_all_tests"})
+
+
+def _kit(module: str) -> Any:
+    """A module of the harness, resolved when used (it may have been imported afresh)."""
+    return importlib.import_module(f"agentkeys_kit.conformance.{module}")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if os.environ.get("MUTANT_UNDER_TEST", "") in _MUTMUT_PHASES:
+        return
+    for name in [n for n in sys.modules if n.split(".")[0] == "agentkeys_kit" and n != __name__]:
+        del sys.modules[name]
+
 
 T = TypeVar("T")
 SUITES_DIR = Path(__file__).with_name("suites")
@@ -38,12 +72,18 @@ class _Loop:
     def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
         return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout=300)
 
-    def harness(self, profile: str) -> Harness:
-        if profile not in self.harnesses:
-            harness = Harness(tee_target("sim", profile, None), broker_target("local"))
+    def harness(self, profile: str, era: str = "current", deviations: Deviations | None = None) -> Harness:
+        key = f"{profile}/{era}/{'deviations' if deviations else 'strict'}"
+        if key not in self.harnesses:
+            found = deviations or _kit("known_deviations").Deviations()
+            targets = _kit("targets")
+            target = targets.tee_target("sim", profile, None, error_era=era)
+            harness: Harness = _kit("runner").Harness(
+                target, targets.broker_target("local"), found.reasons, found.steps
+            )
             self.run(harness.__aenter__())
-            self.harnesses[profile] = harness
-        return self.harnesses[profile]
+            self.harnesses[key] = harness
+        return self.harnesses[key]
 
     def close(self) -> None:
         for harness in self.harnesses.values():
@@ -62,6 +102,27 @@ def _shared_loop() -> _Loop:
     return _LOOP
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--conformance-runs",
+        choices=["main", "e2e"],
+        default="main",
+        help="main: each case in its own profile and era (default); e2e: also what dev.py e2e runs "
+        "(every case against the upstream simulator with its deviation file, and in the legacy era)",
+    )
+
+
+_UPSTREAM_DEVIATIONS: Deviations | None = None
+
+
+def _upstream_deviations() -> Deviations:
+    global _UPSTREAM_DEVIATIONS
+    if _UPSTREAM_DEVIATIONS is None:
+        known = {case.id for suite in _kit("model").load_suites([SUITES_DIR]) for case in suite.cases}
+        _UPSTREAM_DEVIATIONS = _kit("known_deviations").load_deviations(None, "sim", "upstream", known)
+    return _UPSTREAM_DEVIATIONS
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     global _LOOP
     if _LOOP is not None:
@@ -77,13 +138,39 @@ def pytest_collect_file(parent: pytest.Collector, file_path: Path) -> pytest.Col
 
 class SuiteFile(pytest.File):
     def collect(self) -> Iterator[pytest.Item]:
-        suite = load_suite(self.path)
+        suite = _kit("model").load_suite(self.path)
+        e2e = self.config.getoption("--conformance-runs", "main") == "e2e"
         for case in suite.cases:
             profile = case.only or "agentkeys-patch"
-            yield CaseItem.from_parent(self, name=f"{case.id}[{profile}]", case=case, profile=profile, must_fail=False)
+            era = case.era or "current"
+            suffix = "" if era == "current" else f",{era}"
+            yield CaseItem.from_parent(
+                self, name=f"{case.id}[{profile}{suffix}]", case=case, profile=profile, era=era, must_fail=False
+            )
             if case.is_patch_clause:
                 yield CaseItem.from_parent(
-                    self, name=f"{case.id}[upstream-must-fail]", case=case, profile="upstream", must_fail=True
+                    self,
+                    name=f"{case.id}[upstream-must-fail{suffix}]",
+                    case=case,
+                    profile="upstream",
+                    era=era,
+                    must_fail=True,
+                )
+            if not e2e:
+                continue
+            if case.only is None and not case.is_patch_clause:
+                yield CaseItem.from_parent(
+                    self,
+                    name=f"{case.id}[upstream{suffix}]",
+                    case=case,
+                    profile="upstream",
+                    era=era,
+                    must_fail=False,
+                    deviations=_upstream_deviations(),
+                )
+            if case.era is None and case.only in (None, "agentkeys-patch"):
+                yield CaseItem.from_parent(
+                    self, name=f"{case.id}[{profile},legacy]", case=case, profile=profile, era="legacy", must_fail=False
                 )
 
 
@@ -92,18 +179,32 @@ class CaseFailed(Exception):
 
 
 class CaseItem(pytest.Item):
-    def __init__(self, *, case: Case, profile: str, must_fail: bool, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *,
+        case: Case,
+        profile: str,
+        must_fail: bool,
+        era: str = "current",
+        deviations: Deviations | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         self.case = case
         self.profile = profile
+        self.era = era
         self.must_fail = must_fail
+        self.deviations = deviations
         self.result: CaseResult | None = None
 
     def runtest(self) -> None:
         loop = _shared_loop()
-        harness = loop.harness(self.profile)
+        harness = loop.harness(self.profile, self.era, self.deviations)
         self.result = loop.run(harness.run_case(self.case))
         verdict = self.result.verdict
+        Verdict = _kit("runner").Verdict
+        if self.deviations is not None and verdict is Verdict.EXPECTED_FAILURE:
+            return
         if self.must_fail:
             if verdict is not Verdict.FAILED:
                 raise CaseFailed(
@@ -120,4 +221,4 @@ class CaseItem(pytest.Item):
         return str(super().repr_failure(excinfo))
 
     def reportinfo(self) -> tuple[Path, int, str]:
-        return self.path, 0, f"conformance case {self.case.id} ({self.profile}): {self.case.clause}"
+        return self.path, 0, f"conformance case {self.case.id} ({self.profile}, {self.era}): {self.case.clause}"

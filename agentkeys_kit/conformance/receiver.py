@@ -1,11 +1,20 @@
 """The callback receiver: the harness plays the backend the worker calls back.
 
 The worker under test is configured with the receiver's URLs (``/pumpx/``, ``/agentkeys/``; the
-wildmeta API's absolute path lands at the root). While a step runs, the receiver holds that
+wildmeta API's absolute path lands at the root). The receiver also answers every operation at its
+root (``/v3/account/…``): where a base URL lacks its trailing slash, or is the root itself, the
+worker's `Url::join` lands there. Such a call counts as the API `root_api` names (the case says
+which API it pointed at the root), else as API ``root``. While a step runs, the receiver holds that
 step's callback expectations: each incoming call is matched to the first open expectation for
 its API and operation, answered with the scripted reply (an envelope, a failure status, a raw
 body, a delay, a dropped connection, or *forwarded to the broker*, which links the three legs),
 and recorded. A call no expectation asked for is recorded as unexpected and fails the case.
+
+The other parties the worker calls — the SendGrid stand-in (API ``sendgrid``, operation
+``mail_send``) and the fake Google's token endpoint (API ``google``, operation ``token``) — ask the
+receiver first (`intercept`): while a step holds an expectation for that API and operation, the
+call is recorded and answered as scripted (a failure status, a raw body, a delay, a dropped
+connection); otherwise the party answers it as usual and nothing is recorded.
 """
 
 from __future__ import annotations
@@ -13,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,6 +50,26 @@ BROKER_PATHS = {
     "verify_google_code": "v3/account/verify_google_code",
     "check_hyper_agent_address": "v1/account/check_hyper_agent_address",
 }
+
+
+Interceptor = Callable[[str, str, web.Request], Awaitable[web.StreamResponse | None]]
+
+
+def intercepting(owner: Any, api: str, op: str, path: str) -> Any:
+    """aiohttp middleware for a party: `owner.interceptor` (the receiver's `intercept`, when set)
+    may answer a call to `path` instead of the party."""
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+        interceptor: Interceptor | None = getattr(owner, "interceptor", None)
+        if interceptor is not None and request.path == path:
+            scripted = await interceptor(api, op, request)
+            if scripted is not None:
+                return scripted
+        response: web.StreamResponse = await handler(request)
+        return response
+
+    return middleware
 
 
 class Headers(dict[str, str]):
@@ -137,6 +167,8 @@ class CallbackReceiver:
         self.port = port
         self.advertise = advertise or host
         self.broker_url: str | None = None
+        #: the API whose calls land at the receiver's root in the running case (`base_urls:`)
+        self.root_api: str | None = None
         self.scripts: list[CallbackScript] = []
         self.observed: list[ObservedCallback] = []
         self._served = ServedApp(host, port)
@@ -155,8 +187,10 @@ class CallbackReceiver:
         for api in ("pumpx", "agentkeys"):
             for op in OPERATIONS:
                 app.router.add_route("*", f"/{api}/v3/account/{op}", self._handler(api, op))
+        for op in OPERATIONS:
+            app.router.add_route("*", f"/v3/account/{op}", self._handler(None, op))
         app.router.add_route(
-            "*", "/v1/account/check_hyper_agent_address", self._handler("wildmeta", "check_hyper_agent_address")
+            "*", "/v1/account/check_hyper_agent_address", self._handler(None, "check_hyper_agent_address")
         )
         # The agentkeys patch joins the path relative to OE_AGENTKEYS_API_BASE_URL, keeping /agentkeys/.
         app.router.add_route(
@@ -192,8 +226,21 @@ class CallbackReceiver:
             except TimeoutError:
                 return
 
-    def _handler(self, api: str, op: str) -> Any:
+    async def intercept(self, api: str, op: str, request: web.Request) -> web.StreamResponse | None:
+        """A call to another party: answered as scripted when an open expectation takes it."""
+        if not any(script.accepts(api, op) for script in self.scripts):
+            return None
+        response: web.StreamResponse = await self._handler(api, op)(request)
+        return response
+
+    def _at_root(self, op: str) -> str:
+        if op == "check_hyper_agent_address":  # the wildmeta API's absolute path, unless agentkeys is at the root
+            return "agentkeys" if self.root_api == "agentkeys" else "wildmeta"
+        return self.root_api or "root"
+
+    def _handler(self, fixed_api: str | None, op: str) -> Any:
         async def handle(request: web.Request) -> web.StreamResponse:
+            api = fixed_api if fixed_api is not None else self._at_root(op)
             observed = ObservedCallback(
                 api=api,
                 op=op,

@@ -6,7 +6,9 @@ Legs recorded (the transcript and the sequence diagrams come from them):
 * ``worker→harness`` — a callback the worker made, with the harness's scripted reply, or
   ``worker→broker`` when the harness forwarded it to the broker and relayed the broker's reply;
 * ``harness→broker`` — an HTTP call to the broker, or a callback sent as the worker would;
-* ``worker→harness (sendgrid)`` / ``(smtp)`` — a verification mail the worker sent to the harness.
+* ``worker→harness (sendgrid)`` / ``(smtp)`` — a verification mail the worker sent to the harness;
+* ``harness→broker (internals)`` — what an ``audit`` or ``totp`` step read or wrote in the local
+  broker's database (the harness runs the broker in-process and uses its storage directly).
 
 Cases run one after the other; against a URL target they share the one worker, which is why
 suites use fresh wallets and addresses in every case.
@@ -15,6 +17,7 @@ suites use fresh wallets and addresses in every case.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import itertools
 import json
 import re
@@ -31,7 +34,9 @@ import aiohttp
 import yaml
 from cryptography.hazmat.primitives import serialization
 
-from agentkeys_kit.conformance.expr import ExprError, Keys, Scope
+from agentkeys_kit.broker.state import STATE
+from agentkeys_kit.broker.storage import store
+from agentkeys_kit.conformance.expr import ExprError, Keys, Scope, totp_code
 from agentkeys_kit.conformance.fuzz import EDGE_PAYLOADS, generate_payloads
 from agentkeys_kit.conformance.mail_sink import Mailbox
 from agentkeys_kit.conformance.matchers import Mismatch, match
@@ -319,7 +324,10 @@ class Harness:
     def applicability(self, case: Case) -> str | None:
         if case.only is not None and case.only != self.tee.profile:
             return f"only for {case.only} targets"
-        missing = [need for need in case.needs if need not in self.capabilities]
+        if case.era is not None and case.era != self.tee.error_era:
+            return f"only for targets of the {case.era} error era (this one follows {self.tee.error_era})"
+        needs = list(case.needs) + (["sim-config"] if case.base_urls and "sim-config" not in case.needs else [])
+        missing = [need for need in needs if need not in self.capabilities]
         return "; ".join(missing_reason(need, self.tee, self.broker) for need in missing) if missing else None
 
     def new_broker_dir(self) -> Path:
@@ -392,7 +400,11 @@ class _CaseRun:
     async def setup(self) -> None:
         self.h.receiver.observed.clear()
         self._mail_baseline = len(self.h.mailbox.mails())
-        self.tee = await start_tee(self.h.tee, self.h.parties)
+        base_urls = dict(self.case.base_urls)
+        # an API whose base URL is not the prefix with its slash is called at the receiver's root
+        at_root = [api for api, form in base_urls.items() if form != "prefix/" and api != "wildmeta"]
+        self.h.receiver.root_api = at_root[0] if len(at_root) == 1 else None
+        self.tee = await start_tee(self.h.tee, self.h.parties, base_urls)
         if "broker" in self.case.needs:  # only cases that say so get a broker (and pay its start)
             login = BrokerLogin(
                 backend="local" if "broker-login-local" in self.case.needs else "heima",
@@ -403,7 +415,7 @@ class _CaseRun:
         self.h.receiver.broker_url = self.broker.url if self.broker else None
         self.scope.values.update(
             {
-                "tee": {**self.tee.info(), "profile": self.h.tee.profile},
+                "tee": {**self.tee.info(), "profile": self.h.tee.profile, "error_era": self.h.tee.error_era},
                 "broker": {"url": self.broker.url if self.broker else None},
                 "case": {"id": self.case.id},
                 # the OAuth2 clients registered at the fake Google for each worker client
@@ -416,6 +428,7 @@ class _CaseRun:
 
     async def teardown(self) -> None:
         self.h.receiver.close_window()
+        self.h.receiver.root_api = None
         if self.tee is not None and self.tee.sim is not None:
             await self.tee.sim.close()
         await stop_broker(self.broker)
@@ -711,15 +724,78 @@ class _CaseRun:
         return view
 
     async def step_clock(self, step: Step) -> Any:
-        spec = step.spec["clock"]
+        spec = self.scope.evaluate(step.spec["clock"])
+        at = spec.get("set")
+        if at is not None and (isinstance(at, bool) or not isinstance(at, int) or at < 0):
+            raise ExprError(f"clock set: {at!r} is not a unix time")
         if spec.get("target", "tee") == "broker":
             if self.broker is None:
                 raise StepFailed(["no broker target"])
-            self.broker.advance(spec["advance"])
-            return {"status": 200, "json": {"now": int(self.broker.now())}}
+            if at is not None:
+                self.broker.set(at)
+            self.broker.advance(spec.get("advance", 0))
+            view = {"status": 200, "json": {"now": int(self.broker.now())}}
+            self.exchanges.append(Exchange("harness→broker (internals)", step.index, "clock", spec, view["json"]))
+            return view
         assert self.tee is not None
-        async with self.http.post(self.tee.url + "_sim/clock", json={"advance": spec["advance"]}) as response:
+        body = {key: spec[key] for key in ("set", "advance") if key in spec}
+        async with self.http.post(self.tee.url + "_sim/clock", json=body) as response:
             return {"status": response.status, "json": await response.json()}
+
+    def _local_broker(self, what: str) -> Any:
+        """The in-process broker's state (database, clock), for the steps that read or write it."""
+        if self.broker is None or self.broker.app is None or STATE not in self.broker.app:
+            raise StepFailed([f"{what}: needs the local broker (--broker local)"])
+        return self.broker.app[STATE]
+
+    async def step_audit(self, step: Step) -> Any:
+        spec = self.scope.evaluate(step.spec["audit"])
+        state = self._local_broker("audit")
+        await state.refusals.flush()  # refusals counted rather than written are written now
+        rows = list(reversed(await state.db.run(store.audit_rows, 100_000)))  # oldest first
+        fields = ("event", "outcome", "client_id", "omni_account", "detail")
+        wanted = {key: spec[key] for key in fields if key in spec}
+        if "bearer" in spec:
+            wanted["bearer_sha256"] = hashlib.sha256(str(spec["bearer"]).encode()).hexdigest()
+        chosen = [
+            {key: value for key, value in row.items() if key not in ("id", "occurred_at")}
+            for row in rows
+            if all(row.get(key) == value for key, value in wanted.items())
+        ]
+        secrets = [str(value) for value in [spec.get("bearer"), *spec.get("secrets", [])] if value]
+        leaks = self._stored_secrets(secrets)
+        view = {"count": len(chosen), "rows": chosen}
+        self.exchanges.append(Exchange("harness→broker (internals)", step.index, "audit rows", {"match": wanted}, view))
+        if leaks:
+            raise StepFailed(leaks)
+        return view
+
+    def _stored_secrets(self, secrets: list[str]) -> list[str]:
+        """Where the raw text of a secret is stored in the local broker's database files."""
+        assert self.broker is not None and self.broker.directory is not None
+        problems = []
+        for path in sorted(self.broker.directory.glob("broker.sqlite3*")):  # the database, its WAL
+            content = path.read_bytes()
+            for secret in secrets:
+                if secret.encode() in content:
+                    problems.append(f"a raw secret ({secret[:12]}…) is stored in {path.name}")
+        return problems
+
+    async def step_totp(self, step: Step) -> Any:
+        spec = self.scope.evaluate(step.spec["totp"])
+        state = self._local_broker("totp")
+        secret = None if spec.get("remove") else str(spec["secret"])
+        found = await state.db.run(store.set_totp_secret, str(spec["user_id"]), secret)
+        now = state.now()
+        view = {
+            "found": bool(found),
+            "enrolled": bool(found) and secret is not None,
+            "now": now,
+            "code": totp_code(self.scope, {"secret": secret, "at": now}) if secret else None,
+        }
+        record = {"user_id": spec["user_id"], "action": "remove" if secret is None else "enrol"}
+        self.exchanges.append(Exchange("harness→broker (internals)", step.index, "second factor", record, view))
+        return view
 
     async def step_fuzz(self, step: Step) -> Any:
         spec = self.scope.evaluate(step.spec["fuzz"])

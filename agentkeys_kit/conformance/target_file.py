@@ -44,6 +44,7 @@ _WORKER = {
         "clock": {"enum": ["sim", "none"]},
         "sim_endpoints": {"type": "boolean"},
         "oauth2_provider": {"enum": ["harness", "none"]},
+        "error_era": {"enum": ["current", "legacy"]},
         "deviations": {"type": "string"},
     },
 }
@@ -79,6 +80,7 @@ class WorkerSpec:
     sim_endpoints: bool | None = None
     deviations: str | None = None
     oauth2_provider: bool | None = None
+    error_era: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,4 +143,5 @@ def _worker(raw: dict[str, Any], base: Path) -> WorkerSpec:
         sim_endpoints=raw.get("sim_endpoints"),
         deviations=deviations,
         oauth2_provider=None if "oauth2_provider" not in raw else raw["oauth2_provider"] == "harness",
+        error_era=raw.get("error_era"),
     )

@@ -39,6 +39,18 @@ from agentkeys_kit.omni_sim.server import ServedApp, SimServer
 
 KIT_VERSION = "0.1.0"
 PROFILES = ("upstream", "agentkeys-patch")
+#: the worker revisions whose error objects a target follows (`protocol.errors.ErrorEra`)
+ERROR_ERAS = ("current", "legacy")
+#: how a case may have the in-process simulator reach an API (`base_urls:`): the receiver's prefix
+#: with (default) or without the trailing slash, or the receiver's root with or without it. The
+#: worker joins every path with `Url::join`, so without the slash the prefix's last segment is
+#: replaced and the call lands at the receiver's root.
+BASE_URL_FORMS = ("prefix/", "prefix", "root/", "root")
+BASE_URL_VARIABLES = {
+    "pumpx": "OE_PUMPX_API_BASE_URL",
+    "agentkeys": "OE_AGENTKEYS_API_BASE_URL",
+    "wildmeta": "OE_WILDMETA_API_URL",
+}
 SIM_CALLBACK_TIMEOUT = "3"  # the in-process simulator gives up on a silent callback after 3 s
 
 
@@ -127,6 +139,8 @@ class TeeTarget:
     #: the worker exchanges OAuth2 codes at the harness's fake Google (an omni-sim given the
     #: simulator-only OE_SIM_* endpoint lines; never a real worker)
     oauth2_provider: bool = False
+    #: the error era: the simulator's ``--error-era``; declared for a URL (which worker revision)
+    error_era: str = "current"
     local_dir: Path | None = None  # the in-process simulator's (set by the harness)
 
     @property
@@ -139,7 +153,8 @@ class TeeTarget:
 
     @property
     def label(self) -> str:
-        return f"sim ({self.profile})" if self.kind == "sim" else f"{self.url} ({self.profile})"
+        era = "" if self.error_era == "current" else f", {self.error_era} era"
+        return f"sim ({self.profile}{era})" if self.kind == "sim" else f"{self.url} ({self.profile}{era})"
 
     @property
     def version(self) -> str:
@@ -148,7 +163,7 @@ class TeeTarget:
     @property
     def capabilities(self) -> set[str]:
         if self.kind == "sim":
-            return {"sim-clock", "mail", "tee-signing-key", "sim-internals", "oauth2-provider"}
+            return {"sim-clock", "mail", "tee-signing-key", "sim-internals", "oauth2-provider", "sim-config"}
         offered = {"mail"} if self.mailer in ("sendgrid", "smtp") else set()
         offered |= {"sim-clock"} if self.clock else set()
         offered |= {"sim-internals"} if self.sim_endpoints else set()
@@ -158,8 +173,13 @@ class TeeTarget:
     def declared(self) -> dict[str, str]:
         """What the run was told about the worker (for the reports)."""
         if self.kind == "sim":
-            return {"worker": "in-process simulator, configured by the harness", "JWT key": self.key.source}
+            return {
+                "worker": "in-process simulator, configured by the harness",
+                "JWT key": self.key.source,
+                "error era": self.error_era,
+            }
         return {
+            "error era": self.error_era,
             "JWT key": f"{self.key.source} ({self.key.kind})",
             "mailer": self.mailer,
             "clock": "movable (/_sim/clock)" if self.clock else "not movable",
@@ -181,9 +201,12 @@ def tee_target(
     clock: bool = False,
     sim_endpoints: bool = False,
     oauth2_provider: bool = False,
+    error_era: str = "current",
 ) -> TeeTarget:
     if profile not in PROFILES:
         raise TargetError(f"profile {profile!r}: expected upstream or agentkeys-patch")
+    if error_era not in ERROR_ERAS:
+        raise TargetError(f"error era {error_era!r}: expected current or legacy")
     if mailer is not None and mailer not in MAILERS:
         raise TargetError(f"mailer {mailer!r}: expected one of {', '.join(MAILERS)}")
     if spec == "sim":
@@ -193,13 +216,13 @@ def tee_target(
                 "declare them for a URL"
             )
         if key_file is None:
-            return TeeTarget("sim", None, profile, generated_tee_key())
+            return TeeTarget("sim", None, profile, generated_tee_key(), error_era=error_era)
         key = load_tee_key(key_file)
         if key.private is None:
             raise TargetError(
                 f"--tee sim --tee-key {key_file}: the simulator signs with this key, so it must be a private key"
             )
-        return TeeTarget("sim", None, profile, key)
+        return TeeTarget("sim", None, profile, key, error_era=error_era)
     if not spec.startswith(("http://", "https://")):
         raise TargetError(f"--tee must be 'sim' or an http(s) URL, not {spec!r}")
     if key_file is None:
@@ -214,6 +237,7 @@ def tee_target(
         clock,
         sim_endpoints,
         oauth2_provider=oauth2_provider,
+        error_era=error_era,
     )
 
 
@@ -227,7 +251,18 @@ class TeeSession:
         return {"url": self.url, "ws_url": self.ws_url}
 
 
-async def start_tee(target: TeeTarget, parties: Parties) -> TeeSession:
+def base_url(receiver_url: str, api: str, form: str) -> str:
+    """The base URL of `api` at the receiver (which ends in ``/``) in one of `BASE_URL_FORMS`."""
+    if form not in BASE_URL_FORMS:
+        raise TargetError(f"base URL form {form!r}: expected one of {', '.join(BASE_URL_FORMS)}")
+    root = receiver_url.rstrip("/")
+    if form.startswith("root"):
+        return root + ("/" if form.endswith("/") else "")
+    return f"{root}/{api}" + ("/" if form.endswith("/") else "")
+
+
+async def start_tee(target: TeeTarget, parties: Parties, base_urls: dict[str, str] | None = None) -> TeeSession:
+    """`base_urls` (API → one of `BASE_URL_FORMS`) changes where the in-process simulator calls."""
     if target.kind == "url":
         assert target.url is not None
         return TeeSession(target.url, "ws" + target.url[4:])
@@ -236,7 +271,16 @@ async def start_tee(target: TeeTarget, parties: Parties) -> TeeSession:
         **parties.worker_env("sendgrid", oauth2_provider=True),
         "OE_SIM_CALLBACK_TIMEOUT_SECONDS": SIM_CALLBACK_TIMEOUT,
     }
-    config = sim_config(env, host="127.0.0.1", port=0, profile=target.profile, local_dir=target.local_dir)
+    for api, form in (base_urls or {}).items():
+        env[BASE_URL_VARIABLES[api]] = base_url(parties.receiver.url, api, form)
+    config = sim_config(
+        env,
+        host="127.0.0.1",
+        port=0,
+        profile=target.profile,
+        error_era=target.error_era,
+        local_dir=target.local_dir,
+    )
     sim = SimServer(config, jwt_key=target.key.private)
     await sim.start()
     return TeeSession(sim.url, sim.ws_url, sim)
@@ -267,7 +311,8 @@ class BrokerTarget:
         if self.kind == "none":
             return set()
         if self.kind == "local":
-            return {"broker", "broker-clock", *(f"broker-login-{backend}" for backend in BROKER_LOGIN_BACKENDS)}
+            logins = (f"broker-login-{backend}" for backend in BROKER_LOGIN_BACKENDS)
+            return {"broker", "broker-clock", "broker-internals", *logins}
         return {"broker", *([f"broker-login-{self.login}"] if self.login else [])}
 
 
@@ -309,13 +354,22 @@ class BrokerSession:
     app: web.Application | None = None
     directory: Path | None = None
     clock_offset: list[float] = field(default_factory=lambda: [0.0])
+    #: once `set`, the clock stands at this instant (plus what `advance` adds) instead of running
+    frozen_at: list[float | None] = field(default_factory=lambda: [None])
 
     def now(self) -> float:
-        return time.time() + self.clock_offset[0]
+        base = self.frozen_at[0]
+        return (time.time() if base is None else base) + self.clock_offset[0]
 
     def advance(self, seconds: float) -> None:
         """Move the local broker's clock forward (grant expiry, token expiry)."""
         self.clock_offset[0] += seconds
+
+    def set(self, at: float) -> None:
+        """Stand the local broker's clock at `at` (unix seconds) until the case ends: a case can
+        then check a boundary at exactly the instant, which a running clock cannot promise."""
+        self.frozen_at[0] = at
+        self.clock_offset[0] = 0.0
 
 
 async def start_broker(
@@ -389,5 +443,12 @@ def missing_reason(capability: str, tee: TeeTarget, broker: BrokerTarget) -> str
         return (
             f"needs a broker whose login backend is {backend} (--broker local, or declare a URL broker's "
             f"with --broker-login {backend})"
+        )
+    if capability == "broker-internals":
+        return "needs the broker's database (its audit rows, a user's second factor): only with --broker local"
+    if capability == "sim-config":
+        return (
+            "needs a worker the harness configures per case (its API base URLs): only the in-process "
+            "simulator (--tee sim)"
         )
     return f"the target lacks {capability}"

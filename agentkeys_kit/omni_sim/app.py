@@ -269,8 +269,13 @@ async def sim_clock_move(request: web.Request) -> web.Response:
         body = await request.json()
     except ValueError:
         return _sim_error(400, "bad_request", "body must be JSON")
-    if not isinstance(body, dict) or not body.keys() <= {"advance", "freeze"} or not body:
-        return _sim_error(400, "bad_request", 'expected {"advance": seconds} or {"freeze": unix|null}')
+    if not isinstance(body, dict) or not body.keys() <= {"advance", "freeze", "set"} or not body:
+        return _sim_error(400, "bad_request", 'expected {"advance": seconds}, {"freeze": unix|null} or {"set": unix}')
+    if "set" in body:  # before `advance`, so {"set": t, "advance": s} stands at t + s
+        at = body["set"]
+        if isinstance(at, bool) or not isinstance(at, int) or at < 0:
+            return _sim_error(400, "bad_request", "set must be a unix time")
+        clock.set(at)
     if "advance" in body:
         seconds = body["advance"]
         if isinstance(seconds, bool) or not isinstance(seconds, int) or seconds < 0:

@@ -1,4 +1,5 @@
-"""The simulator's clock: wall time plus an offset tests can move forward (`/_sim/clock`)."""
+"""The simulator's clock: wall time plus an offset tests can move forward (`/_sim/clock`), or an
+instant it is set to (a test hook: expiry checked at exactly the instant needs a clock that stands)."""
 
 from __future__ import annotations
 
@@ -28,6 +29,12 @@ class SimClock:
 
     def freeze(self, at: int | None) -> None:
         self._frozen_at = at
+
+    def set(self, at: int) -> int:
+        """Stand at `at` (unix seconds): frozen there, offset cleared; `advance` still adds to it."""
+        self._frozen_at = at
+        self._offset = 0
+        return self.now()
 
     @property
     def frozen(self) -> bool:

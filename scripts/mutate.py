@@ -1,0 +1,186 @@
+#!/usr/bin/env python3
+"""Mutation testing of the conformance suites: how many seeded faults turn the main command red.
+
+    python3 scripts/dev.py mutate [--per-package N] [--seed S] [--keep] [--max-children K]
+
+The tool is mutmut (pinned in the ``mutate`` extra; configured under ``[tool.mutmut]`` in
+pyproject.toml): it mutates ``agentkeys_kit/protocol/``, ``agentkeys_kit/omni_sim/`` and the
+broker's handlers (``broker/callbacks.py``, ``broker/grants.py``), and its test command is the
+conformance suites collected by pytest with ``--conformance-runs e2e`` — what ``dev.py e2e`` runs:
+every case against the patched and the upstream simulator (the upstream deviation file judging)
+and in the legacy error era, with a local broker. mutmut runs, for each mutant, only the cases
+that executed the mutated function (it records them once), and stops at the first red one.
+
+The full set (about 8,000 mutants) takes far longer than a working session, so this script takes
+a sample: `--per-package` mutants from each package (protocol, omni_sim, broker), drawn with a
+seeded random generator from the sorted mutant names (the seed is printed; the same seed and the
+same sources give the same sample). It prints, per package and overall, the mutants killed
+(a red case, or a run that timed out) against those that survived or that no case executes, the
+score, and every surviving mutant with the command that shows its diff. Survivors accepted as
+equivalent or out of reach are listed with their reasons in
+``agentkeys_kit/conformance/mutation_survivors.yaml`` and left out of the score (and printed as
+such); a listed mutant that is now killed is reported, so the list cannot go stale unnoticed.
+
+Only the mutant generation calls into mutmut's module (its CLI has no "generate only" command);
+the runs go through its CLI, and the results are read from the ``.meta`` files it writes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import shutil
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+MUTANTS = ROOT / "mutants"
+SURVIVORS_FILE = ROOT / "agentkeys_kit" / "conformance" / "mutation_survivors.yaml"
+PACKAGES = {
+    "protocol": "agentkeys_kit.protocol.",
+    "omni_sim": "agentkeys_kit.omni_sim.",
+    "broker": "agentkeys_kit.broker.",
+}
+# mutmut.stats.status_by_exit_code, reduced to what the score needs
+KILLED = {1, 3, 36, -24, 24, 152, 255, 37}
+SURVIVED = {0}
+NO_TESTS = {5, 33}
+
+
+def package_of(name: str) -> str:
+    return next(package for package, prefix in PACKAGES.items() if name.startswith(prefix))
+
+
+def generate() -> None:
+    """Copy the sources into mutants/ and write every mutant (mutmut's own first step of `run`)."""
+    import os
+
+    os.chdir(ROOT)
+    from mutmut import __main__ as mm  # the pinned mutmut's own functions, in the order `run` calls them
+
+    mm.set_mutant_under_test("mutant_generation")
+    MUTANTS.mkdir(exist_ok=True)
+    mm.copy_src_dir()
+    mm.copy_also_copy_files()
+    mm.setup_source_paths()
+    mm.store_lines_covered_by_tests()
+    mm.create_mutants(2)
+
+
+def meta_files() -> list[Path]:
+    return sorted(MUTANTS.rglob("*.py.meta"))
+
+
+def exit_codes() -> dict[str, int | None]:
+    codes: dict[str, int | None] = {}
+    for meta in meta_files():
+        codes.update(json.loads(meta.read_text(encoding="utf-8"))["exit_code_by_key"])
+    return codes
+
+
+def sample(names: list[str], per_package: int, seed: int) -> list[str]:
+    rng = random.Random(seed)
+    chosen: list[str] = []
+    for package in PACKAGES:
+        pool = sorted(name for name in names if package_of(name) == package)
+        chosen += rng.sample(pool, min(per_package, len(pool)))
+    return chosen
+
+
+def accepted_survivors() -> dict[str, str]:
+    if not SURVIVORS_FILE.exists():
+        return {}
+    document = yaml.safe_load(SURVIVORS_FILE.read_text(encoding="utf-8")) or {}
+    return {str(entry["mutant"]): str(entry["reason"]) for entry in document.get("accepted", [])}
+
+
+def report(chosen: list[str], codes: dict[str, int | None], seed: int, command: str, elapsed: float) -> int:
+    accepted = accepted_survivors()
+    rows: dict[str, Counter[str]] = {package: Counter() for package in PACKAGES}
+    survivors: list[tuple[str, str]] = []
+    stale: list[str] = []
+    for name in chosen:
+        code = codes.get(name)
+        package = package_of(name)
+        if code in KILLED:
+            rows[package]["killed"] += 1
+            if name in accepted:
+                stale.append(name)
+        elif name in accepted:
+            rows[package]["accepted"] += 1
+        elif code in SURVIVED or code in NO_TESTS:
+            kind = "survived" if code in SURVIVED else "no case runs it"
+            rows[package]["survived"] += 1
+            survivors.append((name, kind))
+        else:
+            rows[package]["unchecked"] += 1
+            survivors.append((name, f"not checked (exit code {code})"))
+    sampled = f"seed {seed}, {len(chosen)} sampled mutants, {elapsed / 60:.1f} min"
+    print(f"\nmutation score of the conformance suites ({sampled})")
+    print(f"reproduce: {command}")
+    print(f"{'package':<10} {'killed':>7} {'survived':>9} {'accepted':>9} {'score':>7}")
+    total = Counter[str]()
+    for package, row in rows.items():
+        total.update(row)
+        print(_line(package, row))
+    print(_line("overall", total))
+    if survivors:
+        print("\nsurviving mutants (show one with: .venv/bin/mutmut show NAME):")
+        for name, kind in survivors:
+            print(f"  {name}  [{kind}]")
+    listed = [name for name in chosen if name in accepted and codes.get(name) not in KILLED]
+    if listed:
+        print(f"\naccepted survivors in this sample ({SURVIVORS_FILE.relative_to(ROOT)}):")
+        for name in listed:
+            print(f"  {name}: {accepted[name]}")
+    if stale:
+        print("\nlisted as accepted but now killed (remove them from the list):")
+        for name in stale:
+            print(f"  {name}")
+    return 0
+
+
+def _line(label: str, row: Counter[str]) -> str:
+    decided = row["killed"] + row["survived"] + row["unchecked"]
+    score = f"{100 * row['killed'] / decided:.1f}%" if decided else "-"
+    return f"{label:<10} {row['killed']:>7} {row['survived'] + row['unchecked']:>9} {row['accepted']:>9} {score:>7}"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--per-package", type=int, default=40, help="mutants sampled per package (default 40)")
+    parser.add_argument("--seed", type=int, default=None, help="sample seed (default: drawn and printed)")
+    parser.add_argument("--keep", action="store_true", help="reuse mutants/ and mutmut's recorded stats")
+    parser.add_argument("--max-children", type=int, default=2, help="mutants run at once (default 2)")
+    parser.add_argument("--report-only", action="store_true", help="print the score of the last run's sample")
+    args = parser.parse_args()
+    seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1, 1_000_000)
+    command = f"python3 scripts/dev.py mutate --per-package {args.per_package} --seed {seed}"
+    started = time.monotonic()
+    if not args.keep and not args.report_only and MUTANTS.exists():
+        shutil.rmtree(MUTANTS)
+    if not args.report_only:
+        print(f"seed {seed}: generating mutants", flush=True)
+        generate()
+    names = sorted(exit_codes())
+    counts = Counter(package_of(name) for name in names)
+    print("mutants: " + ", ".join(f"{package} {counts[package]}" for package in PACKAGES), flush=True)
+    chosen = sample(names, args.per_package, seed)
+    if not args.report_only:
+        mutmut = Path(sys.executable).with_name("mutmut")
+        run = [str(mutmut), "run", "--max-children", str(args.max_children), *chosen]
+        log = MUTANTS / "mutmut-run.log"
+        print(f"running {len(chosen)} mutants with mutmut ({args.max_children} at once); its output: {log}", flush=True)
+        with log.open("wb") as out:
+            subprocess.run(run, cwd=ROOT, check=False, stdout=out, stderr=subprocess.STDOUT)
+    return report(chosen, exit_codes(), seed, command, time.monotonic() - started)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
