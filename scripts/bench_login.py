@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import secrets
 import sys
 import tempfile
@@ -194,7 +195,10 @@ async def _post_login(http: aiohttp.ClientSession, base: str, key: bytes, addres
 
 
 def render(results: dict[str, list[Window]], concurrency: int) -> tuple[str, bool]:
-    lines = [benchkit.machine_line(benchkit.machine_info()), f"callers: {concurrency}"]
+    load = os.getloadavg()[0]
+    lines = [benchkit.machine_line(benchkit.machine_info()), f"callers: {concurrency}", f"load average now: {load:.2f}"]
+    if load > (os.cpu_count() or 1) / 2:
+        lines.append("WARNING: the machine is busy with other work; these figures are disturbed, rerun when it is idle")
     ok = True
     for database, windows in results.items():
         lines.append(f"\n{database}:")
