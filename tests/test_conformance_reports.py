@@ -487,6 +487,8 @@ def test_normalise_value_hides_what_changes_by_design() -> None:
         "<uid>",
         "your code is <code>.",
     ]
+    siwe = "Issued At: 2026-12-01T04:40:58Z\nExpiration Time: 2026-12-01T05:25:58.5Z\nNot a time: 2026-12-01"
+    assert normalise_value(siwe) == "Issued At: <time>\nExpiration Time: <time>\nNot a time: 2026-12-01"
     assert normalise_value(
         {
             "email": "connect-80ab12f3c4f1@example.com",  # {$fresh: …}

@@ -12,7 +12,8 @@ run to run by design cannot be compared literally, so each exchange is normalise
   addresses) ``<base58>``; 6- or 8-digit codes ``<code>``; a token shaped like a JWT that does not
   decode (a tampered one) ``<token>``; the port of a loopback URL ``<port>``; an integer that is a
   Unix time in seconds or milliseconds (2017–2128) ``<time>``, and so are 10- or 13-digit times
-  inside text (the ``timestamp`` of a ``business_json``);
+  inside text (the ``timestamp`` of a ``business_json``) and RFC 3339 instants in UTC (a Sign-In
+  with Ethereum message's ``Issued At`` and ``Expiration Time``);
 * a string the case recorded under a field that is random by design (`RANDOM_FIELDS`: OAuth2
   ``state``, ``nonce`` and ``code``, passkey challenges, credential ids and WebAuthn structures,
   signatures) becomes ``<random>``, wherever it appears in the case's exchanges (in a URL's
@@ -61,6 +62,8 @@ _CODE = re.compile(r"(?<![0-9A-Za-z])(?:[0-9]{8}|[0-9]{6})(?![0-9A-Za-z])")
 _TOKEN = re.compile(r"^(Bearer )?[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*$")
 _LOOPBACK_PORT = re.compile(r"(127\.0\.0\.1|localhost|\[::1\]|0\.0\.0\.0):[0-9]{1,5}")
 _UNIX_SECONDS = (1_500_000_000, 5_000_000_000)
+#: an RFC 3339 instant in UTC (the `Issued At` / `Expiration Time` of a Sign-In with Ethereum message)
+_RFC3339 = re.compile(r"(?<![0-9])[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]+)?Z")
 _UNIX_IN_TEXT = re.compile(r"(?<![0-9A-Za-z])1[5-9][0-9]{8}(?:[0-9]{3})?(?![0-9A-Za-z])")
 #: fields whose string values are random by design: a fresh draw on every run
 RANDOM_FIELDS = frozenset(
@@ -148,6 +151,7 @@ def normalise_value(value: Any, random: frozenset[str] = frozenset()) -> Any:
         text = _BASE58.sub(_base58, text)
         text = _PASSKEY_MESSAGE_ID.sub("<random>", text)
         text = _UNIX_IN_TEXT.sub("<time>", text)
+        text = _RFC3339.sub("<time>", text)
         text = _CODE.sub("<code>", text)
         return _LOOPBACK_PORT.sub(r"\1:<port>", text)
     if isinstance(value, int) and not isinstance(value, bool) and _is_unix_time(value):
@@ -370,7 +374,7 @@ callbacks, harness→broker calls, mails) are compared after normalising what di
 run to run: JWTs are compared by their decoded header and claims (without `exp`/`iat`/`nbf`/`jti` \
 and signature), 6/8-digit codes become `<code>`, `0x` hex of 40/64 digits `<hex40>`/`<hex64>` \
 (wallets, OmniAccounts), broker user ids `<uid>`, other long hex ids `<hex>`, Solana/Substrate \
-addresses `<base58>`, Unix times `<time>`, loopback ports `<port>`; client headers such as Host and \
+addresses `<base58>`, Unix times and RFC 3339 instants `<time>`, loopback ports `<port>`; client headers such as Host and \
 Content-Length and the harness's JSON-RPC ids are dropped. A case is **same** when both workers did the same on every \
 leg and got the same verdict.\
 """
