@@ -374,7 +374,8 @@ callbacks, harness→broker calls, mails) are compared after normalising what di
 run to run: JWTs are compared by their decoded header and claims (without `exp`/`iat`/`nbf`/`jti` \
 and signature), 6/8-digit codes become `<code>`, `0x` hex of 40/64 digits `<hex40>`/`<hex64>` \
 (wallets, OmniAccounts), broker user ids `<uid>`, other long hex ids `<hex>`, Solana/Substrate \
-addresses `<base58>`, Unix times and RFC 3339 instants `<time>`, loopback ports `<port>`; client headers such as Host and \
+addresses `<base58>`, Unix times and RFC 3339 instants `<time>`, loopback ports `<port>`; client \
+headers such as Host and \
 Content-Length and the harness's JSON-RPC ids are dropped. A case is **same** when both workers did the same on every \
 leg and got the same verdict.\
 """
