@@ -343,6 +343,19 @@ def test_email_configuration_refused(env: dict[str, str], message: str, tmp_path
         config_from_env({**base, **env})
 
 
+def test_the_code_key_sits_beside_a_sqlite_database_unless_named(tmp_path: Path) -> None:
+    """Never in the user's home for a broker whose database is elsewhere (the harness's brokers)."""
+    base = {
+        "BROKER_TEE_JWT_PUBLIC_KEY": str(tmp_path / "k.pem"),
+        "BROKER_DB_URL": f"sqlite:///{tmp_path}/sub/db.sqlite3",
+        "BROKER_SMTP_URL": "smtp://127.0.0.1:25",
+    }
+    settings = config_from_env(base).email_login
+    assert settings is not None and settings.code_key_path == tmp_path / "sub" / "email_code.key"
+    named = config_from_env({**base, "BROKER_EMAIL_CODE_KEY_PATH": str(tmp_path / "k.key")}).email_login
+    assert named is not None and named.code_key_path == tmp_path / "k.key"
+
+
 def test_no_mailer_no_email_login(tmp_path: Path) -> None:
     base = {"BROKER_TEE_JWT_PUBLIC_KEY": str(tmp_path / "k.pem"), "BROKER_DB_URL": f"sqlite:///{tmp_path}/db"}
     assert config_from_env(base).email_login is None

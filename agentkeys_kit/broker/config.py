@@ -360,8 +360,7 @@ def email_login_from_env(env: Mapping[str, str]) -> EmailLoginSettings | None:
             if any(char in env[variable] for char in "\r\n"):
                 raise BrokerConfigError(f"{variable} must be one line")
             values[key] = env[variable].strip()
-    if env.get("BROKER_EMAIL_CODE_KEY_PATH"):
-        values["code_key_path"] = Path(env["BROKER_EMAIL_CODE_KEY_PATH"]).expanduser()
+    values["code_key_path"] = email_code_key_path(env)
     for variable, key in (
         ("BROKER_EMAIL_RATE_LIMIT_PER_EMAIL_HOURLY", "per_email_hourly"),
         ("BROKER_EMAIL_RATE_LIMIT_PER_IP_MINUTELY", "per_ip_minutely"),
@@ -419,6 +418,19 @@ def check_issuer(issuer: str) -> str:
             "(the JWKS is served at <issuer>/.well-known/jwks.json)"
         )
     return issuer
+
+
+def email_code_key_path(env: Mapping[str, str]) -> Path:
+    """`BROKER_EMAIL_CODE_KEY_PATH`, else ``email_code.key`` beside the SQLite database (for the
+    default database ``~/.agentkeys/broker/email_code.key``), else there. Replicas on PostgreSQL
+    must share one key file: name it."""
+    if env.get("BROKER_EMAIL_CODE_KEY_PATH"):
+        return Path(env["BROKER_EMAIL_CODE_KEY_PATH"]).expanduser()
+    db_url = env.get("BROKER_DB_URL") or f"sqlite:///{DEFAULT_DB_PATH}"
+    if db_url.startswith("sqlite:"):
+        with contextlib.suppress(BrokerConfigError):
+            return sqlite_path(db_url).parent / "email_code.key"
+    return DEFAULT_EMAIL_CODE_KEY_PATH.expanduser()
 
 
 def oidc_keypair_path(env: Mapping[str, str]) -> Path:
