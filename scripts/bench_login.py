@@ -122,6 +122,7 @@ async def bench_database(database: str, args: argparse.Namespace, tmp: Path) -> 
         "BROKER_WALLET_START_RATE_LIMIT_PER_IP_MINUTELY": "1000000",  # the bench is one client address
         "BROKER_TEE_JWT_PUBLIC_KEY": str(TEE_KEY_PATH.with_name("tee_jwt_public_key.test.pem")),
         "BROKER_SESSION_KEYPAIR_PATH": str(tmp / f"session-{database}.json"),
+        "BROKER_OIDC_KEYPAIR_PATH": str(tmp / f"oidc-{database}.json"),  # never ~/.agentkeys
         "BROKER_LOG_LEVEL": "WARNING",
     }
     schema = None

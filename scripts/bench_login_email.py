@@ -52,6 +52,7 @@ async def bench_database(database: str, args: argparse.Namespace, tmp: Path) -> 
         "BROKER_LOGIN_BACKEND": "local",
         "BROKER_TEE_JWT_PUBLIC_KEY": str(TEE_KEY_PATH.with_name("tee_jwt_public_key.test.pem")),
         "BROKER_SESSION_KEYPAIR_PATH": str(tmp / f"session-{database}.json"),
+        "BROKER_OIDC_KEYPAIR_PATH": str(tmp / f"oidc-{database}.json"),  # never ~/.agentkeys
         "BROKER_EMAIL_CODE_KEY_PATH": str(tmp / "email_code.key"),
         "BROKER_SMTP_URL": sink.url,  # type: ignore[attr-defined]
         "BROKER_EMAIL_RATE_LIMIT_PER_EMAIL_HOURLY": "1000000000",
