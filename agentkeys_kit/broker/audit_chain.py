@@ -92,10 +92,9 @@ class ChainRow:
         return cls(int(row["seq"]), entry, row["prev_hash"], row["row_hash"])
 
 
-def row_hash_of(seq: int, entry: ChainEntry, prev_hash: str) -> str:
-    """SHA-256 hex of the row: a JSON array of every column but `row_hash`, in table order,
-    compact, UTF-8 (an array, so no column can pass for another)."""
-    values = [
+def _columns(seq: int, entry: ChainEntry, prev_hash: str) -> list[Any]:
+    """Every column of the row but `row_hash`, in table order (what is hashed and inserted)."""
+    return [
         seq,
         entry.minted_at,
         entry.event,
@@ -109,6 +108,12 @@ def row_hash_of(seq: int, entry: ChainEntry, prev_hash: str) -> str:
         entry.outcome_detail,
         prev_hash,
     ]
+
+
+def row_hash_of(seq: int, entry: ChainEntry, prev_hash: str) -> str:
+    """SHA-256 hex of the row: a JSON array of every column but `row_hash`, in table order,
+    compact, UTF-8 (an array, so no column can pass for another)."""
+    values = _columns(seq, entry, prev_hash)
     encoded = json.dumps(values, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
     return hashlib.sha256(encoded).hexdigest()
 
@@ -129,21 +134,7 @@ def append(entries: list[ChainEntry]) -> Operation[list[ChainRow]]:
         seq += 1
         digest = row_hash_of(seq, entry, prev)
         rows.append(ChainRow(seq, entry, prev, digest))
-        args += [
-            seq,
-            entry.minted_at,
-            entry.event,
-            entry.outcome,
-            entry.requester_token,
-            entry.requester_wallet,
-            entry.omni_account,
-            entry.requested_role,
-            entry.session_duration_seconds,
-            entry.sts_session_name,
-            entry.outcome_detail,
-            prev,
-            digest,
-        ]
+        args += [*_columns(seq, entry, prev), digest]
         prev = digest
     # Full chunks share one statement text (the databases' statement caches keep it compiled);
     # the rest goes row by row with the one-row statement.
