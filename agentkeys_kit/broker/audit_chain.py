@@ -55,8 +55,11 @@ _COLUMNS = (
 )
 _ROW_PLACEHOLDERS = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 CHUNK = 16  # rows per multi-row INSERT
-_INSERT_ONE = f"INSERT INTO mint_log ({_COLUMNS}) VALUES {_ROW_PLACEHOLDERS}"  # noqa: S608 - placeholders only
-_INSERT_CHUNK = f"INSERT INTO mint_log ({_COLUMNS}) VALUES {', '.join([_ROW_PLACEHOLDERS] * CHUNK)}"  # noqa: S608
+#: the INSERT of n rows, for n from 1 to CHUNK (placeholders only)
+_INSERT_ROWS = {
+    n: f"INSERT INTO mint_log ({_COLUMNS}) VALUES {', '.join([_ROW_PLACEHOLDERS] * n)}"  # noqa: S608
+    for n in range(1, CHUNK + 1)
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,15 +139,12 @@ def append(entries: list[ChainEntry]) -> Operation[list[ChainRow]]:
         rows.append(ChainRow(seq, entry, prev, digest))
         args += [*_columns(seq, entry, prev), digest]
         prev = digest
-    # Full chunks share one statement text (the databases' statement caches keep it compiled);
-    # the rest goes row by row with the one-row statement.
+    # At most CHUNK rows per statement: full chunks, then the rest in one statement of its size
+    # (CHUNK statement texts in all, which the databases' statement caches keep compiled).
     width = len(args) // len(entries)
-    done = 0
-    while len(entries) - done >= CHUNK:
-        yield Query.run(_INSERT_CHUNK, *args[done * width : (done + CHUNK) * width])
-        done += CHUNK
-    for row in range(done, len(entries)):
-        yield Query.run(_INSERT_ONE, *args[row * width : (row + 1) * width])
+    for done in range(0, len(entries), CHUNK):
+        rows_here = min(CHUNK, len(entries) - done)
+        yield Query.run(_INSERT_ROWS[rows_here], *args[done * width : (done + rows_here) * width])
     yield Query.run("UPDATE mint_log_head SET row_hash = ? WHERE id = 1", prev)
     return rows
 

@@ -58,6 +58,12 @@ class Query:
         return cls(sql, args, Fetch.ONE, whole=True)
 
     @classmethod
+    def run_alone(cls, sql: str, *args: Any) -> Query:
+        """A statement that is the whole operation, answering its row count (an INSERT that
+        needs nothing before it: on PostgreSQL one round trip instead of three)."""
+        return cls(sql, args, Fetch.ROWCOUNT, whole=True)
+
+    @classmethod
     def all(cls, sql: str, *args: Any) -> Query:
         return cls(sql, args, Fetch.ALL)
 

@@ -169,7 +169,7 @@ def revoke_access_token(*, token_sha256: str, audit: AuditEvent) -> Operation[bo
 
 
 def start_login(nonce: LoginNonce) -> Operation[None]:
-    yield Query.run(
+    yield Query.run_alone(
         "INSERT INTO login_nonces (request_id, method, address, chain_id, nonce, message, issued_at, expires_at) "
         "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
         nonce.request_id,

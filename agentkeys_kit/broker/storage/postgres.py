@@ -263,9 +263,9 @@ class PostgresDatabase(Database):
                         raise ConnectionLost("the pool handed out a closed connection", safe=True)
                     if query.whole:
                         committing = True
-                        row = await conn.fetchrow(numbered(query.sql), *query.args)
+                        answer = await _fetch(conn, query)
                         try:
-                            operation.send(None if row is None else dict(row))
+                            operation.send(answer)
                         except StopIteration as done:
                             return done.value  # type: ignore[no-any-return]
                         raise StorageError("an operation marked as one statement yielded another")
