@@ -73,6 +73,53 @@ async def test_several_writers_on_one_database_stay_linear(db_url: tuple[str, st
             await db.close()
 
 
+async def test_appends_of_every_batch_size_number_rows_in_order(db_url: tuple[str, str | None]) -> None:
+    """`append` writes at most CHUNK rows per INSERT; batches below, at and above a chunk (and a
+    remainder after full chunks) all land whole, numbered and linked in order."""
+    url, schema = db_url
+    db = open_database(url, schema=schema)
+    await db.open()
+    try:
+        sizes = [1, 2, audit_chain.CHUNK - 1, audit_chain.CHUNK, audit_chain.CHUNK + 1, 2 * audit_chain.CHUNK + 3]
+        minted_at = itertools.count()
+        expected: list[int] = []
+        for size in sizes:
+            entries = [ChainEntry(event="login", outcome="ok", minted_at=next(minted_at)) for _ in range(size)]
+            expected += [entry.minted_at for entry in entries]
+
+            def batch(entries: list[ChainEntry] = entries) -> Operation[list[audit_chain.ChainRow]]:
+                return (yield from audit_chain.append(entries))
+
+            appended = await db.run(batch)
+            assert [row.entry for row in appended] == entries
+        rows = await db.run(audit_chain.rows_after, 0, 1000)
+        assert [row.entry.minted_at for row in rows] == expected
+        assert [row.seq for row in rows] == list(range(1, len(expected) + 1))
+        verdict = await audit_chain.verify(db)
+        assert verdict.intact and verdict.rows == verdict.head_seq == len(expected), verdict.problems
+    finally:
+        await db.close()
+
+
+async def test_a_statement_run_alone_answers_its_row_count(db_url: tuple[str, str | None]) -> None:
+    """`Query.run_alone` (no BEGIN/COMMIT on PostgreSQL) answers the rows it changed, like `Query.run`."""
+    url, schema = db_url
+    db = open_database(url, schema=schema)
+    await db.open()
+    try:
+        entries = [ChainEntry(event="login", outcome="ok", minted_at=i) for i in range(3)]
+        await db.run(lambda: audit_chain.append(entries))
+
+        def alone(sql: str) -> Operation[int]:
+            count: int = yield Query.run_alone(sql)
+            return count
+
+        assert await db.run(lambda: alone("UPDATE mint_log SET outcome = 'ok' WHERE seq <= 2")) == 2
+        assert await db.run(lambda: alone("UPDATE mint_log SET outcome = 'ok' WHERE seq > 99")) == 0
+    finally:
+        await db.close()
+
+
 @pytest.mark.parametrize("tamper", ["edit", "edit_and_rehash", "delete_middle", "cut_the_end", "edit_the_last"])
 async def test_verify_detects_tampering(
     make_broker: BrokerFactory,
