@@ -36,7 +36,7 @@ from aiohttp import web
 from agentkeys_kit.broker import errors
 from agentkeys_kit.broker.callbacks import audit_refusal, presented_token_sha256, refuse_unstorable
 from agentkeys_kit.broker.errors import BrokerError
-from agentkeys_kit.broker.http import authorization_header, note_omni_account
+from agentkeys_kit.broker.http import authorization_header, client_address, note_omni_account
 from agentkeys_kit.broker.state import STATE, BrokerState
 from agentkeys_kit.broker.storage import AuditEvent, StorageError
 from agentkeys_kit.broker.storage import login as login_store
@@ -177,7 +177,7 @@ def audit_event(
         client_id=principal.client_id,
         omni_account=principal.omni_account,
         bearer_sha256=principal.token_sha256,
-        remote_addr=request.remote,
+        remote_addr=client_address(request),
         detail=fields.pop("detail", None),
     )
 

@@ -22,7 +22,7 @@ from aiohttp import web
 from agentkeys_kit.broker import errors
 from agentkeys_kit.broker.audit_chain import CHAIN, ChainEntry, alongside
 from agentkeys_kit.broker.errors import BrokerError
-from agentkeys_kit.broker.http import authorization_header, note_omni_account, query_param
+from agentkeys_kit.broker.http import authorization_header, client_address, note_omni_account, query_param
 from agentkeys_kit.broker.http import json_body as json_body  # the request layer, still importable from here
 from agentkeys_kit.broker.http import read_body as read_body
 from agentkeys_kit.broker.http import require_fields as require_fields
@@ -134,7 +134,7 @@ async def audit_refusal(
             event=event,
             outcome=f"refused:{error.error}",
             occurred_at=state.now(),
-            remote_addr=request.remote,
+            remote_addr=client_address(request),
             detail=error.details.get("reason") or error.message,
             **fields,
         )
@@ -199,7 +199,7 @@ def _audit(
         client_id=fields.pop("client_id", verified.claims.aud if verified else None),
         omni_account=fields.pop("omni_account", verified.claims.sub if verified else None),
         bearer_sha256=verified.sha256 if verified else None,
-        remote_addr=request.remote,
+        remote_addr=client_address(request),
         detail=fields.pop("detail", None),
     )
 

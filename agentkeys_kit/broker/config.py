@@ -11,6 +11,7 @@
 | `BROKER_TEE_JWT_PUBLIC_KEY_URL` | development only: fetch the key once at start (`/_sim/jwt-public-key`) | — |
 | `BROKER_ACCEPTED_CLIENT_IDS` | comma list of `aud` values accepted; the first is the broker's own | `agentkeys` |
 | `BROKER_CALLBACK_ALLOW_CIDRS` | networks allowed to call the credential-less callbacks | `127.0.0.0/8,::1/128` |
+| `BROKER_TRUSTED_PROXY_CIDRS` | proxies whose `X-Forwarded-For` names the client (rate limits, audit, log) | none |
 | `BROKER_CALLBACK_BASE_PATH` | extra prefix the callbacks are also served under | `/agentkeys` |
 | `BROKER_MAX_CONNECTIONS` | open connections at most (lowered to fit the open-file limit) | `1000` |
 | `BROKER_HEADER_TIMEOUT_SECONDS` | a request's line and headers must arrive within this | `10` |
@@ -135,6 +136,8 @@ class BrokerConfig:
         )
     )
     callback_base_path: str = "/agentkeys"
+    #: reverse proxies (load balancers) whose `X-Forwarded-For` is believed; empty: none is
+    trusted_proxy_cidrs: tuple[IpNetwork, ...] = ()
     max_connections: int = 1000
     header_timeout: float = 10.0
     body_timeout: float = 10.0
@@ -306,6 +309,8 @@ def config_from_env(env: Mapping[str, str] | None = None, **overrides: object) -
         values["accepted_client_ids"] = ids
     if "BROKER_CALLBACK_ALLOW_CIDRS" in env:
         values["callback_allow_cidrs"] = parse_cidrs(env["BROKER_CALLBACK_ALLOW_CIDRS"])
+    if "BROKER_TRUSTED_PROXY_CIDRS" in env:
+        values["trusted_proxy_cidrs"] = parse_cidrs(env["BROKER_TRUSTED_PROXY_CIDRS"], "BROKER_TRUSTED_PROXY_CIDRS")
     if "BROKER_CALLBACK_BASE_PATH" in env:
         values["callback_base_path"] = env["BROKER_CALLBACK_BASE_PATH"]
     values.update(_request_handling(env))

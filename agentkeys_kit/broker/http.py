@@ -12,7 +12,9 @@ Use these in a handler, never `request.json()`, `request.read()`, `request.query
 * `query_param` — one query parameter decoded as the worker's reqwest/serde_urlencoded writes it
   (form-urlencoded, ``+`` is a space, strict UTF-8, one occurrence): 400 otherwise;
 * `authorization_header` — the ``Authorization`` value, refused unless visible ASCII and single;
-* `note_omni_account` — tell the access log whose request this is, once a token proved it.
+* `note_omni_account` — tell the access log whose request this is, once a token proved it;
+* `client_address` — the client's address: the TCP peer, or behind a proxy of
+  `BROKER_TRUSTED_PROXY_CIDRS` the address its ``X-Forwarded-For`` names (rate limits, audit, log).
 
 `install` (called by `app.create_app`) adds `envelope_middleware`: a `BrokerError` becomes its
 envelope, aiohttp's 404/405 become envelopes, a `StorageError` is a 503 with one log line, and
@@ -37,7 +39,8 @@ from aiohttp.http_exceptions import HttpProcessingError
 from agentkeys_kit.broker import errors
 from agentkeys_kit.broker.config import IpNetwork
 from agentkeys_kit.broker.errors import BrokerError
-from agentkeys_kit.broker.observability import OMNI_ACCOUNT, route_of
+from agentkeys_kit.broker.observability import CLIENT_ADDRESS, OMNI_ACCOUNT, route_of
+from agentkeys_kit.broker.state import STATE
 from agentkeys_kit.broker.storage import StorageError
 from agentkeys_kit.protocol import json_rules
 
@@ -218,6 +221,53 @@ def require_peer_in(request: web.Request, networks: tuple[IpNetwork, ...]) -> No
         raise errors.network_refused(remote)
 
 
+def forwarded_client(peer: str | None, forwarded_for: list[str], trusted: tuple[IpNetwork, ...]) -> str | None:
+    """The client behind `peer`: `peer` itself unless it is a trusted proxy; then, walking
+    ``X-Forwarded-For`` from the right (each proxy appends the address it was called from), the
+    first address that is not a trusted proxy. Only hops a trusted proxy wrote are believed: the
+    walk stops at the first untrusted address, and at anything that is not an address (the last
+    trusted hop is then the client, as far as anyone can tell)."""
+    if not _is_trusted(_address(peer), trusted):
+        return peer
+    client = peer
+    hops = [hop.strip() for value in forwarded_for for hop in value.split(",")]
+    for hop in reversed(hops):
+        address = _address(hop)
+        if address is None:
+            break
+        client = str(address)
+        if not _is_trusted(address, trusted):
+            break
+    return client
+
+
+def _is_trusted(address: ipaddress.IPv4Address | ipaddress.IPv6Address | None, trusted: tuple[IpNetwork, ...]) -> bool:
+    return address is not None and any(address in network for network in trusted)
+
+
+def _address(text: str | None) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """An IP address (an IPv4-mapped IPv6 address as its IPv4 address), or None."""
+    try:
+        address = ipaddress.ip_address(text or "")
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
+def client_address(request: web.Request) -> str | None:
+    """Whom rate limits, refusal budgets, audit rows and the access log count this request to
+    (`forwarded_client` with `BROKER_TRUSTED_PROXY_CIDRS`; found once per request)."""
+    known = request.get(CLIENT_ADDRESS)
+    if known is None:
+        state = request.app.get(STATE)
+        trusted = state.config.trusted_proxy_cidrs if state is not None else ()
+        known = forwarded_client(request.remote, request.headers.getall("X-Forwarded-For", []), trusted) or ""
+        request[CLIENT_ADDRESS] = known
+    return known or None
+
+
 def note_omni_account(request: web.Request, omni_account: str) -> None:
     """Record whose request this is (the ``sub`` of a verified token) for the access log."""
     request[OMNI_ACCOUNT] = omni_account
@@ -231,6 +281,7 @@ async def envelope_middleware(request: web.Request, handler: Handler) -> web.Str
     """Every error a handler or the router raises leaves as the envelope."""
     try:
         authorization_header(request)  # a malformed credential is refused before any handler sees it
+        client_address(request)  # for the access log, whatever the handler does
         return await handler(request)
     except BrokerError as error:
         return error.response()

@@ -55,6 +55,8 @@ from agentkeys_kit.broker.storage import Database
 ACCESS_LOG = logging.getLogger("agentkeys_kit.broker.access")
 #: The OmniAccount a verified token named (set through `http.note_omni_account`).
 OMNI_ACCOUNT = web.RequestKey("broker_omni_account", str)
+#: the client's address as `http.client_address` found it (behind a trusted proxy, not the peer's)
+CLIENT_ADDRESS = web.RequestKey("broker_client_address", str)
 log = logging.getLogger("agentkeys_kit.broker")
 
 _BEARER = re.compile(r"(?i)\b(bearer)(\s+|\\u0020|%20)[^\s\"',;\\]+")
@@ -178,6 +180,12 @@ def log_start(config: BrokerConfig, tee_key: rsa.RSAPublicKey, schema_version: i
     log.info(
         "credential-less callbacks served to %s", ", ".join(callbacks) or "nobody", extra=fields(networks=callbacks)
     )
+    proxies = [str(network) for network in config.trusted_proxy_cidrs]
+    log.info(
+        "X-Forwarded-For believed from %s",
+        ", ".join(proxies) or "nobody (clients are TCP peers)",
+        extra=fields(networks=proxies),
+    )
     metrics = [str(network) for network in config.metrics_allow_cidrs]
     log.info("GET /metrics served to %s", ", ".join(metrics) or "nobody", extra=fields(networks=metrics))
 
@@ -280,6 +288,7 @@ class AccessLog(AbstractAccessLogger):
             return
         path = "-" if unparsed else route if route in SECRET_PATH_ROUTES else request.path[:_PATH_CHARS]
         account = request.get(OMNI_ACCOUNT) if isinstance(request, web.Request) else None
+        client = request.get(CLIENT_ADDRESS) if isinstance(request, web.Request) else None
         ACCESS_LOG.info(
             "%s %s %d",
             method,
@@ -291,7 +300,7 @@ class AccessLog(AbstractAccessLogger):
                 route=route,
                 status=response.status,
                 duration_ms=round(time * 1000, 3),
-                remote=request.remote,
+                remote=client or request.remote,
                 refusal=refusal.error if refusal else None,
                 reason=refusal.reason if refusal else None,
                 omni_account=account,

@@ -31,6 +31,7 @@ from agentkeys_kit.broker.audit_chain import CHAIN, ChainEntry
 from agentkeys_kit.broker.bearer import AGENTKEYS_CLIENT_ID
 from agentkeys_kit.broker.callbacks import canonical_identity_value, pumpx_account_hex
 from agentkeys_kit.broker.config import BrokerConfig
+from agentkeys_kit.broker.http import client_address
 from agentkeys_kit.broker.state import STATE, BrokerState
 from agentkeys_kit.broker.storage import AuditEvent, UserRecord
 from agentkeys_kit.broker.storage import login as login_store
@@ -130,7 +131,7 @@ async def complete_login(
         occurred_at=now,
         client_id=AGENTKEYS_CLIENT_ID,
         omni_account=omni_account,
-        remote_addr=request.remote,
+        remote_addr=client_address(request),
         detail=f"{method} session {claims.jti}",
     )
     # the login's audit-chain row, in the session's transaction (`broker/audit_chain.py`)

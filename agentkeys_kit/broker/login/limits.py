@@ -3,7 +3,8 @@ wrapper that audits each refusal (within `broker/audit.py`'s budget) and answers
 
 A rate limit is a fixed window counted in `rate_limit_buckets` (migration 8), so every replica
 on one database counts against the same budget. The client address is the TCP peer (an IPv6
-peer counts by its /64, as the refusal audit does); a forwarding header is never believed.
+peer counts by its /64, as the refusal audit does): the TCP peer, or behind a reverse proxy of
+`BROKER_TRUSTED_PROXY_CIDRS` the client its `X-Forwarded-For` names (`http.client_address`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from aiohttp import web
 from agentkeys_kit.broker.audit import source_of
 from agentkeys_kit.broker.callbacks import audit_refusal, refuse_unstorable
 from agentkeys_kit.broker.errors import BrokerError
+from agentkeys_kit.broker.http import client_address
 from agentkeys_kit.broker.state import STATE, BrokerState
 from agentkeys_kit.broker.storage import login_state
 
@@ -41,7 +43,7 @@ def bucket_name(kind: str, value: str) -> str:
 
 
 def client_source(request: web.Request) -> str:
-    return source_of(request.remote)
+    return source_of(client_address(request))
 
 
 async def charge(state: BrokerState, limit_name: str, bucket: str, limit: int, window: int) -> None:
