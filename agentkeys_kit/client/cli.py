@@ -9,6 +9,8 @@
     agentkeys [--broker-url URL] logout
     agentkeys [--broker-url URL] mint oidc-jwt | mint aws-creds [--format json|credential-process]
     agentkeys [--broker-url URL] creds aws        (AWS credential_process output)
+    agentkeys [--broker-url URL] grant create --agent 0x… --scope S[/P] --expires-in 7d | grant list | grant revoke ID
+    agentkeys [--broker-url URL] mint … | creds aws  --grant ID --service S [--scope-path P] KEY   (as an agent)
 
 The broker URL comes from ``--broker-url``, else `AGENTKEYS_BROKER_URL`, else
 ``http://127.0.0.1:8091``; everything else (the login backend, the worker for ``heima``) the CLI
@@ -39,6 +41,7 @@ COMMAND_MODULES = (
     "agentkeys_kit.client.login_google",
     "agentkeys_kit.client.session",
     "agentkeys_kit.client.mint",
+    "agentkeys_kit.client.grants",
 )
 
 

@@ -39,16 +39,26 @@ DEFAULT_CHAIN_ID = 84532  # Base Sepolia, the AgentKeys CLI's default
 
 def register(commands: Any, init: Any) -> None:
     wallet = init.add_parser("wallet", help="log in with an EVM wallet")
-    source = wallet.add_mutually_exclusive_group(required=True)
-    source.add_argument("--keystore", type=Path, help="a keystore JSON file (password: AGENTKEYS_KEYSTORE_PASSWORD)")
-    source.add_argument("--private-key-file", type=Path, help="a file holding the hex private key")
-    source.add_argument("--mnemonic-file", type=Path, help="a file holding a BIP-39 mnemonic")
-    wallet.add_argument("--account-index", type=int, default=0, help="with --mnemonic-file (default 0)")
+    add_key_source(wallet, required=True)
     wallet.add_argument("--chain-id", type=int, default=DEFAULT_CHAIN_ID, help="for the SIWE message (local)")
     wallet.set_defaults(handler=init_wallet)
 
 
 # --------------------------------------------------------------------------- the key
+
+
+def add_key_source(parser: argparse.ArgumentParser, *, required: bool) -> None:
+    """``--keystore | --private-key-file | --mnemonic-file`` (and ``--account-index``), read by
+    `load_private_key`; `init wallet` and the agent's signed mints (`client/mint.py`) share them."""
+    source = parser.add_mutually_exclusive_group(required=required)
+    source.add_argument("--keystore", type=Path, help="a keystore JSON file (password: AGENTKEYS_KEYSTORE_PASSWORD)")
+    source.add_argument("--private-key-file", type=Path, help="a file holding the hex private key")
+    source.add_argument("--mnemonic-file", type=Path, help="a file holding a BIP-39 mnemonic")
+    parser.add_argument("--account-index", type=int, default=0, help="with --mnemonic-file (default 0)")
+
+
+def has_key_source(args: argparse.Namespace) -> bool:
+    return any(getattr(args, name) is not None for name in ("keystore", "private_key_file", "mnemonic_file"))
 
 
 def _read_secret_file(path: Path, what: str) -> str:
