@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import re
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -245,8 +246,14 @@ async def test_init_google_against_the_fake_provider(
         assert line, f"the CLI printed no URL: {lines}"
         lines.append(line.strip())
     async with http.get(lines[-1]) as response:  # the user's browser
-        assert response.status == 200 and "Signed in with Google" in await response.text()
+        page = await response.text()
+        assert response.status == 200 and "Signed in with Google" in page
+    code = re.search(r'id="confirmation-code">([A-Z-]+)<', page)
+    assert code, page
+    await running.type_line("BBBB-BBBB" if code.group(1) != "BBBB-BBBB" else "CCCC-CCCC")  # mistyped once
+    await running.type_line(code.group(1))  # then read off the page
     ran = await running.finish()
+    assert "not the code on the page (4 tries left)" in ran.stderr
     assert ran.status == 0, ran
     assert "logged in to" in ran.stdout and "(google, local backend)" in ran.stdout
     bearer = stored_bearer(user)

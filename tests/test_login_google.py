@@ -10,6 +10,7 @@ import hashlib
 import hmac
 import json
 import logging
+import re
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -34,6 +35,8 @@ CLIENT_SECRET = "GOCSPX-broker-test-secret"
 EMAIL = "alice@gmail.test"
 START = "v1/auth/google/start"
 CALLBACK = "auth/google/callback"
+CONFIRM_PATH = "v1/auth/google/confirm"
+CONFIRM = "/" + CONFIRM_PATH
 
 
 class Clock:
@@ -129,6 +132,25 @@ async def poll(http: aiohttp.ClientSession, broker: BrokerHandle, request_id: st
     return await call(http, broker, f"v1/auth/google/status/{request_id}", method="GET")
 
 
+async def confirm(http: aiohttp.ClientSession, broker: BrokerHandle, request_id: str, code: str) -> Reply:
+    return await call(http, broker, CONFIRM_PATH, json_body={"request_id": request_id, "code": code})
+
+
+def page_code(page: Reply) -> str:
+    """The confirmation code the signed-in page shows the user."""
+    found = re.search(r'id="confirmation-code">([A-Z]{4}-[A-Z]{4})<', page.body)
+    assert found, page.body
+    return found.group(1)
+
+
+async def signed_in(http: aiohttp.ClientSession, broker: BrokerHandle) -> tuple[str, str]:
+    """A request whose browser came back from the provider: (request id, the page's code)."""
+    started = await start(http, broker)
+    page = await browse(http, started["authorization_url"])
+    assert page.status == 200, page
+    return started["request_id"], page_code(page)
+
+
 async def callback(http: aiohttp.ClientSession, broker: BrokerHandle, **params: str) -> Reply:
     async with http.get(broker.url + CALLBACK + "?" + urlencode(params)) as response:
         text = await response.text()
@@ -156,12 +178,61 @@ async def test_google_login_hands_the_session_out_once(
     assert (await poll(http, broker, started["request_id"])).body["data"] == {"status": "pending"}
 
     page = await browse(http, started["authorization_url"])
-    assert page.status == 200 and "Signed in with Google" in page.body
+    assert page.status == 200 and "Signed in with Google" in page.body and EMAIL in page.body
+    code = page_code(page)
+    assert set(code.replace("-", "")) <= set("BCDFGHJKLMNPQRSTVWXZ")
 
-    reply = await poll(http, broker, started["request_id"])
+    # the poll never hands out the session: the code the browser shows is needed as well
+    assert (await poll(http, broker, started["request_id"])).body["data"]["status"] == "confirm"
+    reply = await confirm(http, broker, started["request_id"], code.lower().replace("-", " "))
     assert reply.status == 200, reply
     assert reply.body["data"]["omni_account"] == omni_account_of(IdentityKind.GOOGLE, default_sub(EMAIL), "agentkeys")
     assert_refused(await poll(http, broker, started["request_id"]), 404, "unknown_request")
+    assert_refused(await confirm(http, broker, started["request_id"], code), 404, "unknown_request")
+
+
+async def test_whoever_only_holds_the_request_id_gets_no_session(
+    http: aiohttp.ClientSession, broker: BrokerHandle
+) -> None:
+    """The phishing path: a stranger starts a sign-in, a victim finishes it in a browser. Polling
+    gives nothing, and guessing the code fails the request after five tries."""
+    request_id, code = await signed_in(http, broker)
+    assert (await poll(http, broker, request_id)).body["data"] == {"status": "confirm", "confirm_url": CONFIRM}
+    wrong = "BBBB-BBBB" if code != "BBBB-BBBB" else "CCCC-CCCC"
+    for left in (4, 3, 2, 1):
+        reply = await confirm(http, broker, request_id, wrong)
+        assert_refused(reply, 401, "wrong_confirmation_code")
+        assert reply.body["data"]["attempts_left"] == left
+    last = await confirm(http, broker, request_id, wrong)
+    assert_refused(last, 401, "google_login_failed")
+    assert last.body["data"]["reason"] == "confirmation_failed"
+    # the right code after that: the request is failed, for the code and for the poll
+    late = await confirm(http, broker, request_id, code)
+    assert_refused(late, 401, "google_login_failed")
+    assert late.body["data"]["reason"] == "confirmation_failed"
+    assert (await poll(http, broker, request_id)).body["data"]["reason"] == "confirmation_failed"
+
+
+async def test_confirming_before_the_browser_is_back_or_unknown_or_malformed(
+    http: aiohttp.ClientSession, broker: BrokerHandle
+) -> None:
+    started = await start(http, broker)
+    assert_refused(await confirm(http, broker, started["request_id"], "BCDF-GHJK"), 409, "not_signed_in_yet")
+    assert_refused(await confirm(http, broker, "A" * 43, "BCDF-GHJK"), 404, "unknown_request")
+    assert_refused(await confirm(http, broker, "short", "BCDF-GHJK"), 404, "unknown_request")
+    for body in ({"request_id": started["request_id"]}, {"request_id": started["request_id"], "code": "é" * 8}):
+        assert_refused(await call(http, broker, CONFIRM_PATH, json_body=body), 400, "malformed_body")
+    # none of that counted against the request: it still completes
+    page = await browse(http, started["authorization_url"])
+    assert (await confirm(http, broker, started["request_id"], page_code(page))).status == 200
+
+
+async def test_the_code_expires_with_the_request(
+    http: aiohttp.ClientSession, broker: BrokerHandle, clock: Clock
+) -> None:
+    request_id, code = await signed_in(http, broker)
+    clock.now += 600
+    assert_refused(await confirm(http, broker, request_id, code), 401, "request_expired")
 
 
 async def test_state_is_single_use(http: aiohttp.ClientSession, broker: BrokerHandle) -> None:
@@ -285,9 +356,13 @@ async def test_started_on_one_broker_finished_on_another(
     # the callback reaches the other replica (a load balancer's choice)
     assert location.startswith(first.url)
     other = second.url + location[len(first.url) :]
-    assert (await browse(http, other)).status == 200
+    page = await browse(http, other)
+    assert page.status == 200
     assert_refused(await browse(http, location), 400, "unknown_state")
-    assert (await poll(http, first, started["request_id"])).status == 200
+    # the code shown by one replica is confirmed at the other, and the session handed out once
+    code = page_code(page)
+    assert (await confirm(http, first, started["request_id"], code)).status == 200
+    assert_refused(await confirm(http, second, started["request_id"], code), 404, "unknown_request")
     assert_refused(await poll(http, second, started["request_id"]), 404, "unknown_request")
 
 

@@ -15,6 +15,7 @@ treats any non-2xx as a transport failure, so the code is for people and logs):
 | 40111–40114 | 401 | `code_expired` … | … `code_used`, `no_code` (none requested), `too_many_attempts` (5 used) |
 | 40010 | 400 | `unknown_state` | a Google callback whose `state` is unknown, expired or used (`login/google.py`) |
 | 40115, 40116 | 401 | `request_expired`, `google_login_failed` (`reason`) | Google sign-in request expired or failed |
+| 40117 | 401 | `wrong_confirmation_code` | Google sign-in: not the code the browser shows (`data.attempts_left`) |
 | 40300 | 403 | `identity_mismatch` | token ``sub``/``aud`` is not the identity the body names |
 | 40301 | 403 | `network_refused` | credential-less callback from outside `BROKER_CALLBACK_ALLOW_CIDRS` |
 | 40302 | 403 | `client_not_accepted` | ``clientId`` not in `BROKER_ACCEPTED_CLIENT_IDS` |
@@ -25,6 +26,7 @@ treats any non-2xx as a transport failure, so the code is for people and logs):
 | 40800 | 408 | `request_timeout` | headers or body too slow (`BROKER_HEADER_`/`BODY_TIMEOUT_SECONDS`) |
 | 40900 | 409 | `already_revoked` | the grant was revoked before |
 | 40901 | 409 | `grant_exists` | the master already has an active grant for that agent |
+| 40903 | 409 | `not_signed_in_yet` | Google sign-in confirmed before the browser came back from Google |
 | 41300 | 413 | `body_too_large` | body above 64 KiB |
 | 41500 | 415 | `unsupported_content_encoding` | a `Content-Encoding` but `identity` (the worker never compresses) |
 | 42900 | 429 | `rate_limited` | a login rate limit (`data.limit`, `data.retry_after_seconds`, `Retry-After`) |

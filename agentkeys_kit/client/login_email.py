@@ -36,11 +36,12 @@ def register(commands: Any, init: Any) -> None:
     email.set_defaults(handler=init_email)
 
 
-def read_code(prompt: str) -> str | None:
-    """The code from the terminal (no echo) or the next line of standard input; None at its end."""
+def read_code(prompt: str, *, echo: bool = False) -> str | None:
+    """The code from the terminal (without echo unless `echo`: a code the user reads off a screen
+    is no secret there) or the next line of standard input; None at its end."""
     if sys.stdin.isatty():
         try:
-            return getpass.getpass(prompt).strip()
+            return (input(prompt) if echo else getpass.getpass(prompt)).strip()
         except EOFError:
             return None
     sys.stderr.write(prompt + "\n")

@@ -2,9 +2,11 @@
 
 The command asks the broker for a sign-in request (``POST /v1/auth/google/start``), prints the
 authorization URL for the user to open, and polls ``GET /v1/auth/google/status/{request_id}``
-until the browser has come back to the broker (the session), the sign-in failed, or the request
-expired. The request id is the claim on the session: it is never printed. Offered by a ``local``
-broker with a Google client; a ``heima`` broker has no Google login of its own.
+until the browser has come back to the broker, the sign-in failed, or the request expired. Then it
+asks for the code the browser page shows and sends it with the request id (``POST
+/v1/auth/google/confirm``) for the session: the request id alone is not enough (see
+`broker/login/google.py`). The request id is never printed. Offered by a ``local`` broker with a
+Google client; a ``heima`` broker has no Google login of its own.
 """
 
 from __future__ import annotations
@@ -14,13 +16,14 @@ import asyncio
 import sys
 import time
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any, TextIO
 
 import aiohttp
 
 from agentkeys_kit.client import credentials
 from agentkeys_kit.client.api import TIMEOUT, BrokerApi, CliError, normalise_url
-from agentkeys_kit.client.login_email import post_json, refusal
+from agentkeys_kit.client.login_email import CodeReader, post_json, read_code, refusal
 
 POLL_INTERVAL = 1.0  # seconds between polls
 
@@ -29,7 +32,9 @@ _FAILURES = {
     "code_exchange_failed": "Google did not accept the sign-in (the code exchange failed): start again",
     "id_token_invalid": "Google's answer did not verify: start again",
     "provider_unavailable": "the broker cannot reach Google: try again later",
+    "confirmation_failed": "too many wrong codes: run `agentkeys init google` again",
 }
+read_page_code: CodeReader = partial(read_code, echo=True)  # shown on the page: no secret on this screen
 _EXPIRED = "the sign-in took too long and expired: run `agentkeys init google` again"
 
 
@@ -47,8 +52,9 @@ async def google_login(
     login_hint: str | None = None,
     interval: float = POLL_INTERVAL,
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ask: CodeReader = read_page_code,
 ) -> dict[str, Any]:
-    """The broker's session once the user signed in with Google (the status answer's ``data``)."""
+    """The broker's session once the user signed in with Google and typed the page's code."""
     body = {"login_hint": login_hint} if login_hint else {}
     status, reply = await post_json(http, broker_url + "v1/auth/google/start", body)
     if status != 200:
@@ -70,8 +76,8 @@ async def google_login(
         except ValueError:
             raise CliError(f"the broker at {broker_url} answered HTTP {status} without JSON") from None
         data = answer.get("data") if isinstance(answer, dict) else None
-        if status == 200 and isinstance(data, dict) and data.get("status") != "pending":
-            return data
+        if status == 200 and isinstance(data, dict) and data.get("status") == "confirm":
+            return await _confirm(http, broker_url, started["request_id"], ask)
         if status != 200:
             error, details, message = refusal(answer if isinstance(answer, dict) else {})
             if error == "google_login_failed":
@@ -83,6 +89,30 @@ async def google_login(
         if time.monotonic() >= deadline:
             raise CliError(_EXPIRED)
         await sleep(interval)
+
+
+async def _confirm(http: aiohttp.ClientSession, broker_url: str, request_id: str, ask: CodeReader) -> dict[str, Any]:
+    prompt = "Signed in. Type the code the browser page shows: "
+    while True:
+        code = ask(prompt)
+        if not code:
+            raise CliError("no code was entered")
+        body = {"request_id": request_id, "code": code}
+        status, reply = await post_json(http, broker_url + "v1/auth/google/confirm", body)
+        if status == 200 and isinstance(reply.get("data"), dict):
+            session: dict[str, Any] = reply["data"]
+            return session
+        error, details, message = refusal(reply)
+        if error == "wrong_confirmation_code":
+            left = int(details.get("attempts_left", 0))
+            prompt = f"That is not the code on the page ({left} {'try' if left == 1 else 'tries'} left). Code: "
+            continue
+        if error == "google_login_failed":
+            reason = str(details.get("reason", ""))
+            raise CliError(_FAILURES.get(reason, f"the Google sign-in failed: {reason}"))
+        if error == "request_expired":
+            raise CliError(_EXPIRED)
+        raise CliError(f"the broker refused the code: {message}")
 
 
 async def init_google(args: argparse.Namespace) -> int:

@@ -7,10 +7,21 @@
   exchanged at the token endpoint the provider's discovery document names, with the PKCE verifier
   and the client secret; the id token is verified; the request becomes ``verified`` (or
   ``failed``: ``user_denied``, ``code_exchange_failed``, ``id_token_invalid``).
+  The page shows a confirmation code (8 letters, RFC 8628's unambiguous alphabet, ``XXXX-XXXX``).
 * ``GET /v1/auth/google/status/{request_id}`` (the CLI polls): ``{status: "pending"}`` until the
-  callback; then the session, once (`broker.login.complete_login`, identity type ``google``, value
-  the provider's ``sub``), to whoever holds the request id; 401 ``google_login_failed`` with the
-  reason, ``request_expired``; 404 ``unknown_request`` (also for a request already handed out).
+  callback, then ``{status: "confirm"}``; 401 ``google_login_failed`` with the reason,
+  ``request_expired``; 404 ``unknown_request`` (also for a request already handed out).
+* ``POST /v1/auth/google/confirm`` ``{request_id, code}`` (the CLI, with the code the user read in
+  the browser): the session, once (`broker.login.complete_login`, identity type ``google``, value
+  the provider's ``sub``); 401 ``wrong_confirmation_code`` (``attempts_left``), 5 tries in all,
+  the last wrong one failing the request (``google_login_failed``, ``confirmation_failed``).
+
+Why the code: without it the session went to whoever held the request id, and whoever starts a
+sign-in holds it. A stranger could start one, send its authorization link to a victim ("sign in
+to AgentKeys"), and collect the victim's session by polling. Now the session needs both the request
+id (the terminal that started the sign-in) and the code (shown only in the browser that finished
+it, never returned by any API), so it goes to a terminal whose user saw that browser; the page
+says not to type the code anywhere else or give it to anyone.
 
 State: one `oauth_requests` row (migration 9) per request, shared by every replica; only SHA-256s
 of the request id and the ``state`` are stored; the ``state`` is single use (the callback takes the
@@ -33,6 +44,7 @@ import asyncio
 import base64
 import hashlib
 import hmac
+import html
 import json
 import logging
 import re
@@ -52,7 +64,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from agentkeys_kit.broker import errors
 from agentkeys_kit.broker.config import GoogleLoginSettings
 from agentkeys_kit.broker.errors import BrokerError
-from agentkeys_kit.broker.http import _query_pairs, read_body
+from agentkeys_kit.broker.http import _query_pairs, json_body, read_body, require_fields
 from agentkeys_kit.broker.login import complete_login
 from agentkeys_kit.broker.login.limits import bucket_name, charge, client_source, login_endpoint
 from agentkeys_kit.broker.state import STATE, BrokerState
@@ -65,12 +77,17 @@ PROVIDER = "google"
 START_PATH = "/v1/auth/google/start"
 CALLBACK_PATH = "/auth/google/callback"
 STATUS_PATH = "/v1/auth/google/status/{request_id}"
+CONFIRM_PATH = "/v1/auth/google/confirm"
+#: RFC 8628 §6.1: no vowels (no words), no look-alikes; 20^8 codes, 5 tries per request
+CODE_ALPHABET = "BCDFGHJKLMNPQRSTVWXZ"
+CODE_LENGTH = 8
 REQUEST_TTL = 600  # seconds from start to the session's hand-out
 SKEW = 60  # seconds of clock difference allowed on iat/exp
 METADATA_TTL = 3600.0
 JWKS_REFETCH_INTERVAL = 60.0
 HTTP_TIMEOUT = 10.0
 START_PER_CLIENT_MINUTELY = 30
+CONFIRM_PER_CLIENT_MINUTELY = 30
 SCOPE = "openid email"
 _REQUEST_ID = re.compile(r"[A-Za-z0-9_-]{32,64}")
 _MAX_RESPONSE = 256 * 1024
@@ -91,6 +108,31 @@ def unknown_request() -> BrokerError:
 
 def request_expired() -> BrokerError:
     return BrokerError(401, 40115, "request_expired", "the sign-in request expired; start again")
+
+
+def wrong_confirmation_code(attempts_left: int) -> BrokerError:
+    return BrokerError(
+        401,
+        40117,
+        "wrong_confirmation_code",
+        "this is not the code the browser shows",
+        attempts_left=attempts_left,
+    )
+
+
+def not_signed_in_yet() -> BrokerError:
+    return BrokerError(409, 40903, "not_signed_in_yet", "the browser has not come back from Google yet")
+
+
+def confirmation_code() -> str:
+    letters = "".join(secrets.choice(CODE_ALPHABET) for _ in range(CODE_LENGTH))
+    return f"{letters[:4]}-{letters[4:]}"
+
+
+def confirmation_sha256(request_sha256: str, code: str) -> str:
+    """The stored form of a code (the request's hash as salt); spaces, dashes and case ignored."""
+    normalised = "".join(code.split()).replace("-", "").upper()
+    return _sha256(f"{request_sha256}:{normalised}")
 
 
 def login_failed(reason: str) -> BrokerError:
@@ -400,10 +442,16 @@ def _callback_params(request: web.Request) -> dict[str, str]:
     return params
 
 
-_SIGNED_IN_PAGE = (
-    "<!DOCTYPE html><html><head><title>AgentKeys</title></head><body>"
-    "<p>Signed in with Google. You can close this tab and return to your terminal.</p></body></html>"
-)
+def signed_in_page(code: str, email: str | None) -> str:
+    who = f" as {html.escape(email)}" if email else ""
+    return (
+        '<!DOCTYPE html><html><head><meta charset="utf-8"><title>AgentKeys</title></head><body>'
+        f"<p>Signed in with Google{who}.</p>"
+        f"<p>To finish, type this code in the terminal where you ran <code>agentkeys init google</code>:</p>"
+        f'<p style="font-size:2em;font-family:monospace" id="confirmation-code">{code}</p>'
+        "<p>If you did not start this sign-in yourself, close this tab and do not give the code to anyone: "
+        "whoever sent you the link would get access to your AgentKeys account.</p></body></html>"
+    )
 
 
 @login_endpoint("google_callback")
@@ -431,11 +479,20 @@ async def google_callback(request: web.Request, state: BrokerState) -> web.Respo
             pending.request_sha256,
         )
         raise login_failed(exc.reason) from None
+    code = confirmation_code()
     await state.db.run(
-        partial(login_state.finish_oauth_request, subject=verified.subject, email=verified.email, failure=None),
+        partial(
+            login_state.finish_oauth_request,
+            subject=verified.subject,
+            email=verified.email,
+            failure=None,
+            confirm_sha256=confirmation_sha256(pending.request_sha256, code),
+        ),
         pending.request_sha256,
     )
-    return web.Response(text=_SIGNED_IN_PAGE, content_type="text/html", headers={"Cache-Control": "no-store"})
+    page = signed_in_page(code, verified.email)
+    headers = {"Cache-Control": "no-store", "Referrer-Policy": "no-referrer", "X-Frame-Options": "DENY"}
+    return web.Response(text=page, content_type="text/html", headers=headers)
 
 
 @login_endpoint("google_status")
@@ -454,7 +511,49 @@ async def status(request: web.Request, state: BrokerState) -> web.Response:
         raise login_failed(found.failure or "unknown")
     if found.status in ("pending", "exchanging"):
         return errors.ok({"status": "pending"})
-    if found.subject is None:
+    return errors.ok({"status": "confirm", "confirm_url": CONFIRM_PATH})
+
+
+async def _confirm_body(request: web.Request) -> tuple[str, str]:
+    body = require_fields(await json_body(request), {"request_id": str, "code": str}, "GoogleConfirm")
+    if not _REQUEST_ID.fullmatch(body["request_id"]):
+        raise unknown_request()
+    if not body["code"].isascii() or not 0 < len(body["code"]) <= 32:
+        raise errors.malformed("code must be the 8 letters the browser shows")
+    return body["request_id"], body["code"]
+
+
+@login_endpoint("google_confirm")
+async def confirm(request: web.Request, state: BrokerState) -> web.Response:
+    request_id, code = await _confirm_body(request)
+    await charge(
+        state,
+        "client address",
+        bucket_name("google-confirm-ip", client_source(request)),
+        CONFIRM_PER_CLIENT_MINUTELY,
+        60,
+    )
+    request_sha = _sha256(request_id)
+    now = state.now()
+    check: login_state.CodeCheck = await state.db.run(
+        login_state.try_oauth_confirmation, request_sha, confirmation_sha256(request_sha, code), now
+    )
+    if check.outcome == "wrong":
+        raise wrong_confirmation_code(check.attempts_left)
+    if check.outcome == "locked":
+        raise login_failed("confirmation_failed")
+    if check.outcome == "expired":
+        raise request_expired()
+    if check.outcome in ("used", "failed"):
+        found = await state.db.run(login_state.find_oauth_request, request_sha)
+        if check.outcome == "failed" and found is not None:
+            raise login_failed(found.failure or "unknown")
+        raise unknown_request()
+    if check.outcome == "none":
+        found = await state.db.run(login_state.find_oauth_request, request_sha)
+        raise unknown_request() if found is None else not_signed_in_yet()
+    found = await state.db.run(login_state.find_oauth_request, request_sha)
+    if found is None or found.subject is None:
         raise unknown_request()
     # handed out in the session's transaction: once, and never lost to a failed session write
     return await complete_login(
@@ -496,3 +595,4 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post(START_PATH, start)
     app.router.add_get(CALLBACK_PATH, google_callback)
     app.router.add_get(STATUS_PATH, status)
+    app.router.add_post(CONFIRM_PATH, confirm)

@@ -90,7 +90,8 @@ def forget_email_code(email: str, code_hmac: str) -> Operation[None]:
 @dataclass(frozen=True, slots=True)
 class CodeCheck:
     """What a try at a code found: ``ok``, ``wrong`` (with the tries left), ``expired``,
-    ``used``, ``locked`` (no tries left) or ``none`` (no code was requested)."""
+    ``used``, ``locked`` (no tries left), ``none`` (no code was requested) or ``failed`` (the
+    sign-in it belongs to failed)."""
 
     outcome: str
     attempts_left: int = 0
@@ -157,6 +158,9 @@ class OAuthRequest:
     email: str | None
     created_at: int
     expires_at: int
+    #: SHA-256 of the confirmation code the browser shows once the provider proved `subject`
+    confirm_sha256: str | None = None
+    confirm_attempts: int = 0
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> OAuthRequest:
@@ -165,7 +169,7 @@ class OAuthRequest:
 
 _OAUTH_COLUMNS = (
     "request_sha256, provider, nonce, code_verifier, redirect_uri, status, failure, subject, email, "
-    "created_at, expires_at"
+    "created_at, expires_at, confirm_sha256, confirm_attempts"
 )
 
 
@@ -214,19 +218,66 @@ def claim_oauth_state(state_sha256: str, now: int) -> Operation[OAuthRequest | N
 
 
 def finish_oauth_request(
-    request_sha256: str, *, subject: str | None, email: str | None, failure: str | None
+    request_sha256: str,
+    *,
+    subject: str | None,
+    email: str | None,
+    failure: str | None,
+    confirm_sha256: str | None = None,
 ) -> Operation[None]:
-    """The callback's verdict: ``verified`` with the provider's subject, or ``failed``."""
+    """The callback's verdict: ``verified`` with the provider's subject and the SHA-256 of the
+    confirmation code the browser shows, or ``failed``."""
     status = "failed" if failure is not None else "verified"
     yield Query.run(
-        "UPDATE oauth_requests SET status = ?, failure = ?, subject = ?, email = ? "
+        "UPDATE oauth_requests SET status = ?, failure = ?, subject = ?, email = ?, confirm_sha256 = ? "
         "WHERE request_sha256 = ? AND status = 'exchanging'",
         status,
         failure,
         subject,
         email,
+        confirm_sha256,
         request_sha256,
     )
+
+
+def try_oauth_confirmation(request_sha256: str, confirm_sha256: str, now: int) -> Operation[CodeCheck]:
+    """One try at a verified request's confirmation code (the `CodeCheck` outcomes of the e-mail
+    code, ``none`` also for a request whose browser has not come back yet). Counted first, by one
+    conditional update, so all replicas together allow `MAX_CODE_ATTEMPTS`; the last wrong try
+    fails the request (``confirmation_failed``). A right code is spent by
+    `deliver_oauth_request` in the session's transaction."""
+    row = yield Query.one(
+        "UPDATE oauth_requests SET confirm_attempts = confirm_attempts + 1 WHERE request_sha256 = ? "
+        "AND status = 'verified' AND expires_at > ? AND confirm_attempts < ? "
+        "RETURNING confirm_sha256, confirm_attempts",
+        request_sha256,
+        now,
+        MAX_CODE_ATTEMPTS,
+    )
+    if row is None:
+        found = yield Query.one(
+            "SELECT status, expires_at FROM oauth_requests WHERE request_sha256 = ?", request_sha256
+        )
+        if found is None or found["status"] in ("pending", "exchanging"):
+            return CodeCheck("none")
+        if found["status"] == "delivered":
+            return CodeCheck("used")
+        if found["status"] == "failed":
+            return CodeCheck("failed")
+        if int(found["expires_at"]) <= now:
+            return CodeCheck("expired")
+        return CodeCheck("locked")
+    if row["confirm_sha256"] is not None and _same(row["confirm_sha256"], confirm_sha256):
+        return CodeCheck("ok")
+    left = MAX_CODE_ATTEMPTS - int(row["confirm_attempts"])
+    if left == 0:
+        yield Query.run(
+            "UPDATE oauth_requests SET status = 'failed', failure = 'confirmation_failed' WHERE request_sha256 = ? "
+            "AND status = 'verified'",
+            request_sha256,
+        )
+        return CodeCheck("locked")
+    return CodeCheck("wrong", left)
 
 
 def fail_oauth_state(state_sha256: str, failure: str, now: int) -> Operation[bool]:

@@ -280,6 +280,15 @@ _OAUTH_REQUESTS = (
 )
 _V9 = "oauth_requests"
 
+# v11: Google login's confirmation code (`broker/login/google.py`): the browser that finished the
+# sign-in shows a code, and the session goes only to the terminal that started it and types that
+# code (a stranger who started the request and sent its link to a victim never sees the code).
+_OAUTH_CONFIRMATION = (
+    "ALTER TABLE oauth_requests ADD COLUMN confirm_sha256 TEXT",
+    "ALTER TABLE oauth_requests ADD COLUMN confirm_attempts INTEGER NOT NULL DEFAULT 0",
+)
+_V11 = "oauth_requests confirmation code"
+
 SQLITE_MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, _V1, _schema_v1("INTEGER PRIMARY KEY AUTOINCREMENT")),
     Migration(2, "users.next_wallet_index", _NEXT_WALLET_SLOT),
@@ -290,6 +299,7 @@ SQLITE_MIGRATIONS: tuple[Migration, ...] = (
     Migration(8, _V8, _EMAIL_CODES),
     Migration(9, _V9, _OAUTH_REQUESTS),
     Migration(10, _V10, _AUDIT_CHAIN),
+    Migration(11, _V11, _OAUTH_CONFIRMATION),
 )
 
 POSTGRES_MIGRATIONS: tuple[Migration, ...] = (
@@ -302,6 +312,7 @@ POSTGRES_MIGRATIONS: tuple[Migration, ...] = (
     Migration(8, _V8, _EMAIL_CODES),
     Migration(9, _V9, _OAUTH_REQUESTS),
     Migration(10, _V10, _AUDIT_CHAIN),
+    Migration(11, _V11, _OAUTH_CONFIRMATION),
 )
 
 SCHEMA_MIGRATIONS_TABLE = """CREATE TABLE IF NOT EXISTS schema_migrations (
