@@ -146,6 +146,24 @@ def test_scope_rules(scope: str, service: str, path: str, allowed: bool) -> None
     assert scope_allows(scope, service, path) is allowed
 
 
+@pytest.mark.parametrize(
+    "scope_path",
+    ["reports/../payroll", "reports/..", "reports/%2e%2E/payroll", "./reports", "reports//2026", "reports\\x", "r\tx"],
+)
+async def test_a_scope_path_that_could_leave_its_prefix_is_refused_and_uses_nothing(
+    make_broker: BrokerFactory, tee_key: rsa.RSAPrivateKey, http: aiohttp.ClientSession, scope_path: str
+) -> None:
+    """The prefix check is textual: ``reports/../payroll`` starts with ``reports/`` but a consumer
+    that resolves it leaves the grant's prefix. Refused before any grant is looked at."""
+    broker, _, agent, grant_id = await setup(make_broker, tee_key, http)
+    reply = await post(http, broker, OIDC, agent, AGENT.body(grant_id, path=OIDC, scope_path=scope_path))
+    assert_refused(reply, 400, "malformed_body")
+    assert "scope_path" in reply.body["message"]
+    assert await uses(broker, grant_id) == 0
+    ok = await post(http, broker, OIDC, agent, AGENT.body(grant_id, path=OIDC, scope_path="/reports/2026/"))
+    assert ok.status == 200, ok
+
+
 async def test_signature_rules(
     make_broker: BrokerFactory, tee_key: rsa.RSAPrivateKey, http: aiohttp.ClientSession
 ) -> None:

@@ -37,6 +37,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import unquote
 
 from eth_hash.auto import keccak
 
@@ -115,6 +116,9 @@ def parse(raw: bytes, method: str, path: str) -> AgentRequest:
             raise errors.malformed(f"intent.{key} is longer than {_TEXT_MAX} characters")
     if not intent["agent_id"] or not intent["service"]:
         raise errors.malformed("intent.agent_id and intent.service must not be empty")
+    problem = path_problem(intent["scope_path"])
+    if problem is not None:
+        raise errors.malformed(f"intent.scope_path has {problem}")
     if not _EVM_ADDRESS.fullmatch(auth["address"]):
         raise errors.malformed("auth.address must be 0x + 40 hex digits")
     if not _SIGNATURE.fullmatch(auth["signature"]):
@@ -142,6 +146,25 @@ def check_signature(request: AgentRequest, *, wallet: str, now: int, max_skew: i
         raise invalid_mint_signature("another_wallet")
     if abs(now - request.issued_at) > max_skew:
         raise invalid_mint_signature("stale_issued_at")
+
+
+def path_problem(path: str) -> str | None:
+    """Why a scope path (a grant's prefix, a mint's ``scope_path``) is refused, or None.
+
+    The prefix check is textual, and whatever reads the path downstream may resolve it: so no
+    ``.`` or ``..`` segment (nor one that percent-decodes to it), no empty segment inside
+    (``a//b``), no backslash, no control character. Leading and trailing slashes do not count."""
+    if any(ord(char) < 0x20 or char == "\x7f" for char in path):
+        return "a control character"
+    if "\\" in path:
+        return "a backslash"
+    inner = path.strip("/")
+    for segment in inner.split("/") if inner else ():
+        if unquote(segment) in (".", ".."):
+            return f"a {segment!r} segment"
+        if not segment:
+            return "an empty segment (//)"
+    return None
 
 
 def scope_allows(scope: str, service: str, scope_path: str) -> bool:

@@ -26,6 +26,7 @@ from typing import Any
 from aiohttp import web
 
 from agentkeys_kit.broker import errors
+from agentkeys_kit.broker.agent_mint import path_problem
 from agentkeys_kit.broker.bearer import Principal, audit_event, protected
 from agentkeys_kit.broker.http import json_body, require_fields
 from agentkeys_kit.broker.state import BrokerState
@@ -53,6 +54,12 @@ def validate_grant_request(body: Any, master_wallet: str, now: int) -> tuple[str
     scope = fields["scope"].strip()
     if not scope or len(scope) > MAX_SCOPE:
         raise errors.malformed(f"scope must be 1 to {MAX_SCOPE} characters")
+    service, _, prefix = scope.partition("/")
+    if not service.strip():
+        raise errors.malformed("scope must start with a service: SERVICE or SERVICE/PATH-PREFIX")
+    problem = path_problem(prefix)
+    if problem is not None:
+        raise errors.malformed(f"scope has {problem} in its path prefix")
     if fields["expires_at"] <= now:
         raise errors.malformed("expires_at must be in the future (unix seconds)")
     if fields["expires_at"] > now + MAX_GRANT_SECONDS:
