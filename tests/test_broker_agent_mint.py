@@ -76,7 +76,16 @@ async def test_an_agent_mints_within_its_grant_until_it_is_exhausted(
         assert claims["agentkeys_user_wallet"] == MASTER
         assert claims["agentkeys_actor_omni"] == account_of(IdentityKind.EVM, AGENT.address)
         assert claims["agentkeys_grant_id"] == grant_id
-        assert claims["https://aws.amazon.com/tags"]["principal_tags"]["agentkeys_user_wallet"] == [MASTER]
+        tags = claims["https://aws.amazon.com/tags"]
+        assert tags["principal_tags"] == {
+            "agentkeys_user_wallet": [MASTER],
+            "agentkeys_actor_omni": [claims["agentkeys_actor_omni"]],
+            "agentkeys_grant_id": [grant_id],
+            "agentkeys_service": ["s3"],
+            "agentkeys_scope_path": ["reports/2026"],  # what the agent asked for, inside the grant
+        }
+        assert tags["transitive_tag_keys"] == sorted(tags["principal_tags"])
+        assert (claims["agentkeys_service"], claims["agentkeys_scope_path"]) == ("s3", "reports/2026")
         assert await uses(broker, grant_id) == expected_uses
     reply = await post(http, broker, OIDC, agent, AGENT.body(grant_id, path=OIDC))
     assert_refused(reply, 403, "grant_refused")
@@ -148,7 +157,16 @@ def test_scope_rules(scope: str, service: str, path: str, allowed: bool) -> None
 
 @pytest.mark.parametrize(
     "scope_path",
-    ["reports/../payroll", "reports/..", "reports/%2e%2E/payroll", "./reports", "reports//2026", "reports\\x", "r\tx"],
+    [
+        "reports/../payroll",
+        "reports/..",
+        "reports/%2e%2E/payroll",
+        "./reports",
+        "reports//2026",
+        "reports\\x",
+        "r\tx",
+        "a!b",
+    ],
 )
 async def test_a_scope_path_that_could_leave_its_prefix_is_refused_and_uses_nothing(
     make_broker: BrokerFactory, tee_key: rsa.RSAPrivateKey, http: aiohttp.ClientSession, scope_path: str
@@ -224,4 +242,8 @@ async def test_an_agent_aws_mint_consumes_and_sts_failure_gives_the_use_back(
     assert await uses(broker, grant_id) == 1
     rows = [row.entry for row in await chain(broker)]
     assert [row.outcome for row in rows] == ["requested", "ok", "requested", "sts_error"]
-    assert all(row.requester_wallet == MASTER for row in rows)
+    # the requester is the agent (as in its refused rows); whose credential it is, the detail says
+    assert all(row.requester_wallet == AGENT.address for row in rows)
+    assert all(
+        f"grant {grant_id} of {MASTER}" in (row.outcome_detail or "") for row in rows if row.outcome != "sts_error"
+    )

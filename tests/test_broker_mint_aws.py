@@ -113,6 +113,10 @@ async def test_without_a_role_arn_aws_mints_are_off(
     _, token = await login(http, broker, tee_key, WALLET)
     reply = await post(http, broker, AWS, token)
     assert reply.status == 503 and reply.body["data"]["error"] == "aws_not_configured"
+    # a refused mint like any other: a chain row naming the caller
+    refused = [row.entry for row in await chain(broker) if row.entry.event == "mint_aws_creds"]
+    assert [row.outcome for row in refused] == ["refused:aws_not_configured"]
+    assert refused[0].requester_token and refused[0].omni_account
 
 
 async def test_a_chain_that_cannot_be_written_means_no_sts_call_and_no_credential(

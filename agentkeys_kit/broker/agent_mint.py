@@ -52,6 +52,8 @@ _REQUEST_ID = re.compile(r"[\x21-\x7e]{8,128}")
 _EVM_ADDRESS = re.compile(r"0x[0-9a-fA-F]{40}")
 _SIGNATURE = re.compile(r"0x[0-9a-fA-F]{130}")
 _TEXT_MAX = 256
+#: what an AWS session tag value may hold (IAM: [\p{L}\p{Z}\p{N}_.:/=+\-@]*)
+_TAG_VALUE = re.compile(r"[\w .:/=+\-@]*")
 GRANT_REFUSALS = ("no_grant", "revoked", "expired", "exhausted", "out_of_scope")
 
 
@@ -119,6 +121,8 @@ def parse(raw: bytes, method: str, path: str) -> AgentRequest:
     problem = path_problem(intent["scope_path"])
     if problem is not None:
         raise errors.malformed(f"intent.scope_path has {problem}")
+    if not _TAG_VALUE.fullmatch(intent["service"]):
+        raise errors.malformed("intent.service has a character an AWS session tag cannot carry")
     if not _EVM_ADDRESS.fullmatch(auth["address"]):
         raise errors.malformed("auth.address must be 0x + 40 hex digits")
     if not _SIGNATURE.fullmatch(auth["signature"]):
@@ -153,11 +157,15 @@ def path_problem(path: str) -> str | None:
 
     The prefix check is textual, and whatever reads the path downstream may resolve it: so no
     ``.`` or ``..`` segment (nor one that percent-decodes to it), no empty segment inside
-    (``a//b``), no backslash, no control character. Leading and trailing slashes do not count."""
+    (``a//b``), no backslash, no control character. Leading and trailing slashes do not count.
+    And only what an AWS session tag value can carry (the credential names the path in one,
+    `broker/mint.py`): letters, digits, spaces and ``_ . : / = + - @``."""
     if any(ord(char) < 0x20 or char == "\x7f" for char in path):
         return "a control character"
     if "\\" in path:
         return "a backslash"
+    if not _TAG_VALUE.fullmatch(path):
+        return "a character an AWS session tag cannot carry (letters, digits, spaces and _ . : / = + - @ only)"
     inner = path.strip("/")
     for segment in inner.split("/") if inner else ():
         if unquote(segment) in (".", ".."):

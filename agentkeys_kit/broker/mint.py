@@ -95,6 +95,9 @@ class Subject:
     actor_wallet: str
     actor_omni: str
     grant_id: str | None = None
+    #: an agent's mint: the service and path it asked for, within the grant
+    service: str | None = None
+    scope_path: str | None = None
 
 
 @dataclass(slots=True)
@@ -127,7 +130,18 @@ class MintService:
             "https://aws.amazon.com/tags": {"principal_tags": tags, "transitive_tag_keys": sorted(tags)},
         }
         if subject.grant_id is not None:
-            claims["agentkeys_grant_id"] = subject.grant_id
+            # session tags too, so a role's policy can confine the credential to what was asked
+            # for, e.g. arn:aws:s3:::bucket/${aws:PrincipalTag/agentkeys_scope_path}/*
+            scope_path = (subject.scope_path or "").strip("/")
+            claims.update(
+                agentkeys_grant_id=subject.grant_id, agentkeys_service=subject.service, agentkeys_scope_path=scope_path
+            )
+            tags.update(
+                agentkeys_grant_id=[subject.grant_id],
+                agentkeys_service=[subject.service or ""],
+                agentkeys_scope_path=[scope_path],
+            )
+            claims["https://aws.amazon.com/tags"]["transitive_tag_keys"] = sorted(tags)
         return claims
 
     def sign(self, subject: Subject, now: int) -> tuple[str, str]:
@@ -235,11 +249,11 @@ async def mint_oidc_jwt(request: web.Request) -> web.Response:
 
     def ok(use: GrantUse) -> ChainEntry:
         detail = f"grant {use.grant_id} of {use.master_wallet}: {parsed.service} {parsed.scope_path}"
-        return service.entry(caller, use.master_wallet, OIDC_JWT_ROLE, ttl, kid, "ok", detail, event=event)
+        return service.entry(caller, wallet, OIDC_JWT_ROLE, ttl, kid, "ok", detail, event=event)
 
     # The JWT is signed only once the grant is consumed; it leaves the broker after that commit.
     use = await service.consume_grant(parsed, caller, wallet, event, ok)
-    subject = Subject(use.master_wallet, wallet, caller.omni_account, use.grant_id)
+    subject = Subject(use.master_wallet, wallet, caller.omni_account, use.grant_id, parsed.service, parsed.scope_path)
     token, _ = service.sign(subject, now)
     return web.json_response(
         {"jwt": token, "wallet": use.master_wallet, "expiration": now + ttl, "grant_id": use.grant_id}
@@ -252,25 +266,34 @@ async def mint_aws_creds(request: web.Request) -> web.Response:
     raw = await read_body(request)
     config = service.config
     if config.data_role_arn is None or service.sts is None:
-        raise aws_not_configured()
+        refusal = aws_not_configured()  # a refused mint: a chain row like the others (within the budget)
+        await audit_refusal(
+            request.app[STATE],
+            "mint_aws_creds",
+            refusal,
+            request,
+            bearer_sha256=caller.token_sha256,
+            omni_account=caller.omni_account,
+        )
+        raise refusal
     role, duration, event = config.data_role_arn, config.session_duration, "mint_aws_creds"
     name = session_name(wallet, service.clock())
 
-    def requested(use: GrantUse | None, user_wallet: str) -> ChainEntry:
+    def requested(use: GrantUse | None) -> ChainEntry:
         detail = None if use is None else f"grant {use.grant_id} of {use.master_wallet}"
-        return service.entry(caller, user_wallet, role, duration, name, "requested", detail, event=event)
+        return service.entry(caller, wallet, role, duration, name, "requested", detail, event=event)
 
     if _is_agent_body(raw):
         parsed = await service.agent_request(request, raw, caller, wallet, event)
-        use: GrantUse | None = await service.consume_grant(
-            parsed, caller, wallet, event, lambda granted: requested(granted, granted.master_wallet)
-        )
+        use: GrantUse | None = await service.consume_grant(parsed, caller, wallet, event, requested)
         assert use is not None
-        subject = Subject(use.master_wallet, wallet, caller.omni_account, use.grant_id)
+        subject = Subject(
+            use.master_wallet, wallet, caller.omni_account, use.grant_id, parsed.service, parsed.scope_path
+        )
     else:
         use = None
         subject = Subject(wallet, wallet, caller.omni_account)
-        await service.writer.record(requested(None, wallet))  # R1-F1: no STS call unless this is written
+        await service.writer.record(requested(None))  # R1-F1: no STS call unless this is written
 
     token, kid = service.sign(subject, service.now())
     try:
@@ -278,7 +301,7 @@ async def mint_aws_creds(request: web.Request) -> web.Response:
             role_arn=role, session_name=name, token=token, duration=duration
         )
     except StsFailure as failure:
-        row = replace(requested(use, subject.user_wallet), outcome=failure.kind, outcome_detail=failure.detail[:500])
+        row = replace(requested(use), outcome=failure.kind, outcome_detail=failure.detail[:500])
         rows = [replace(row, minted_at=service.now())]
         if use is not None:
             await service.writer.run(lambda: agent_mint.give_back(use.grant_id, rows))
@@ -286,10 +309,8 @@ async def mint_aws_creds(request: web.Request) -> web.Response:
             await service.writer.record(rows[0])
         log.warning("STS %s for %s: %s", failure.kind, subject.user_wallet, failure.detail)
         raise sts_failed(failure) from None
-    detail = f"kid {kid}; {assumed}" + ("" if use is None else f"; grant {use.grant_id}")
-    done = replace(
-        requested(use, subject.user_wallet), outcome="ok", outcome_detail=detail[:500], minted_at=service.now()
-    )
+    detail = f"kid {kid}; {assumed}" + ("" if use is None else f"; grant {use.grant_id} of {use.master_wallet}")
+    done = replace(requested(use), outcome="ok", outcome_detail=detail[:500], minted_at=service.now())
     await service.writer.record(done)
     return web.json_response(_credentials_json(credentials, subject, use))
 
