@@ -99,7 +99,7 @@ def test_agentkeys_broker_run_says_what_it_runs_logs_each_request_and_its_stop(
     assert access[1]["refusal"] == "invalid_token" and "omni_account" not in access[1]
     assert access[2]["refusal"] == "malformed_request" and access[2]["path"] == "-"
     assert all(isinstance(line["duration_ms"], float) and line["remote"] == "127.0.0.1" for line in access)
-    assert messages[-2].startswith("stopping on SIGTERM") and messages[-1].startswith("stopped after")
+    assert messages[-2].startswith("stopping on SIGTERM") and messages[-1].startswith("stopped: up ")
 
 
 def test_log_level_and_format_come_from_variables_and_flags(tmp_path: Path, tee_key: rsa.RSAPrivateKey) -> None:

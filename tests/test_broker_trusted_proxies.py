@@ -127,3 +127,31 @@ async def test_callbacks_through_a_trusted_proxy_are_still_refused(
         reply = await response.json()
     assert response.status == 403 and reply["data"]["error"] == "network_refused"
     assert reply["message"].endswith("(through a proxy)")
+
+
+async def test_metrics_through_a_proxy_are_refused_naming_metrics(
+    make_broker: BrokerFactory, http: aiohttp.ClientSession
+) -> None:
+    broker = await make_broker(env={"BROKER_TRUSTED_PROXY_CIDRS": "127.0.0.0/8"})
+    async with http.get(broker.url + "metrics", headers={"X-Forwarded-For": "127.0.0.1"}) as response:
+        reply = await response.json()
+    assert response.status == 403 and reply["data"]["error"] == "network_refused"
+    assert reply["message"] == "/metrics is not served to 127.0.0.1 (through a proxy)"
+    async with http.get(broker.url + "metrics") as response:
+        assert response.status == 200
+
+
+def test_trusting_every_address_is_a_warning_at_start(caplog: pytest.LogCaptureFixture) -> None:
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    from agentkeys_kit.broker.observability import log_start
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048).public_key()
+    env = {"BROKER_TEE_JWT_PUBLIC_KEY": "/dev/null"}
+    caplog.set_level(logging.INFO, logger="agentkeys_kit.broker")
+    log_start(broker_config_from_env({**env, "BROKER_TRUSTED_PROXY_CIDRS": "10.0.0.0/8"}), key, 11)
+    assert not [record for record in caplog.records if record.levelno >= logging.WARNING]
+    assert "X-Forwarded-For believed from 10.0.0.0/8" in caplog.text
+    log_start(broker_config_from_env({**env, "BROKER_TRUSTED_PROXY_CIDRS": "10.0.0.0/8,0.0.0.0/0"}), key, 11)
+    [warning] = [record for record in caplog.records if record.levelno >= logging.WARNING]
+    assert "0.0.0.0/0" in warning.getMessage() and "every client" in warning.getMessage()

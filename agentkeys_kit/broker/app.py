@@ -233,5 +233,5 @@ async def readyz(request: web.Request) -> web.Response:
 
 async def prometheus_metrics(request: web.Request) -> web.Response:
     """Prometheus text format, to `BROKER_METRICS_ALLOW_CIDRS` only."""
-    http.require_peer_in(request, request.app[STATE].config.metrics_allow_cidrs)
+    http.require_peer_in(request, request.app[STATE].config.metrics_allow_cidrs, "/metrics is")
     return metrics_response(request.app[METRICS], request.headers.get("Accept", ""))

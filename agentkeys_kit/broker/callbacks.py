@@ -11,7 +11,6 @@ or not, writes an audit row (the bearer only as its SHA-256).
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import re
 from collections.abc import Awaitable, Callable
@@ -22,7 +21,13 @@ from aiohttp import web
 from agentkeys_kit.broker import errors
 from agentkeys_kit.broker.audit_chain import CHAIN, ChainEntry, alongside
 from agentkeys_kit.broker.errors import BrokerError
-from agentkeys_kit.broker.http import authorization_header, client_address, note_omni_account, query_param
+from agentkeys_kit.broker.http import (
+    authorization_header,
+    client_address,
+    note_omni_account,
+    query_param,
+    require_peer_in,
+)
 from agentkeys_kit.broker.http import json_body as json_body  # the request layer, still importable from here
 from agentkeys_kit.broker.http import read_body as read_body
 from agentkeys_kit.broker.http import require_fields as require_fields
@@ -106,23 +111,10 @@ def canonical_identity_value(user_id: UserId, identity: Identity | None = None) 
 # --------------------------------------------------------------------------- request helpers
 
 
-_PROXY_HEADERS = ("Forwarded", "X-Forwarded-For", "X-Real-IP")
-
-
 def require_allowed_network(request: web.Request, state: BrokerState) -> None:
     """Credential-less callbacks: only from `BROKER_CALLBACK_ALLOW_CIDRS`, and never through a
     proxy. The worker calls directly; behind a reverse proxy every client would look local."""
-    remote = request.remote
-    if any(header in request.headers for header in _PROXY_HEADERS):
-        raise errors.network_refused(f"{remote} (through a proxy)")
-    try:
-        address = ipaddress.ip_address(remote or "")
-    except ValueError:
-        raise errors.network_refused(remote) from None
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    if not any(address in network for network in state.config.callback_allow_cidrs):
-        raise errors.network_refused(remote)
+    require_peer_in(request, state.config.callback_allow_cidrs, "callbacks are")
 
 
 async def audit_refusal(

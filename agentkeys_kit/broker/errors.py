@@ -112,8 +112,8 @@ def identity_mismatch(reason: str) -> BrokerError:
     return BrokerError(403, 40300, "identity_mismatch", "the token does not prove this identity", reason=reason)
 
 
-def network_refused(remote: str | None) -> BrokerError:
-    return BrokerError(403, 40301, "network_refused", f"callbacks are not served to {remote or 'this peer'}")
+def network_refused(remote: str | None, what: str = "callbacks are") -> BrokerError:
+    return BrokerError(403, 40301, "network_refused", f"{what} not served to {remote or 'this peer'}")
 
 
 def client_not_accepted(client_id: str) -> BrokerError:

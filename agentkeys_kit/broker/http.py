@@ -205,20 +205,16 @@ def authorization_header(request: web.Request) -> str | None:
 _PROXY_HEADERS = ("Forwarded", "X-Forwarded-For", "X-Real-IP")
 
 
-def require_peer_in(request: web.Request, networks: tuple[IpNetwork, ...]) -> None:
-    """403 ``network_refused`` unless the TCP peer is in `networks` and no proxy header is present
-    (behind a reverse proxy every client would look like the proxy)."""
+def require_peer_in(request: web.Request, networks: tuple[IpNetwork, ...], what: str) -> None:
+    """403 ``network_refused`` ("`what` not served to …") unless the TCP peer is in `networks` and
+    no proxy header is present: behind a reverse proxy every client would look like the proxy, and
+    `BROKER_TRUSTED_PROXY_CIDRS` is about counting clients, never about letting them in here."""
     remote = request.remote
     if any(header in request.headers for header in _PROXY_HEADERS):
-        raise errors.network_refused(f"{remote} (through a proxy)")
-    try:
-        address = ipaddress.ip_address(remote or "")
-    except ValueError:
-        raise errors.network_refused(remote) from None
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    if not any(address in network for network in networks):
-        raise errors.network_refused(remote)
+        raise errors.network_refused(f"{remote} (through a proxy)", what)
+    address = _address(remote)
+    if address is None or not any(address in network for network in networks):
+        raise errors.network_refused(remote, what)
 
 
 def forwarded_client(peer: str | None, forwarded_for: list[str], trusted: tuple[IpNetwork, ...]) -> str | None:

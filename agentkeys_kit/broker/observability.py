@@ -181,6 +181,14 @@ def log_start(config: BrokerConfig, tee_key: rsa.RSAPublicKey, schema_version: i
         "credential-less callbacks served to %s", ", ".join(callbacks) or "nobody", extra=fields(networks=callbacks)
     )
     proxies = [str(network) for network in config.trusted_proxy_cidrs]
+    for network in config.trusted_proxy_cidrs:
+        if network.prefixlen == 0:
+            log.warning(
+                "BROKER_TRUSTED_PROXY_CIDRS holds %s: every client is a trusted proxy and can name the address it is "
+                "counted as (rate limits, audit); name only the load balancers",
+                network,
+                extra=fields(network=str(network)),
+            )
     log.info(
         "X-Forwarded-For believed from %s",
         ", ".join(proxies) or "nobody (clients are TCP peers)",

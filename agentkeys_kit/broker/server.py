@@ -474,8 +474,17 @@ async def serve_until_stopped(
         await stopped.wait()
         log.info("stopping on %s: finishing requests in flight (%g s at most)", received[0], SHUTDOWN_SECONDS)
     finally:
+        stopping = time.monotonic()
         await server.close()
-    log.info("stopped after %.0f s", time.monotonic() - started, extra=fields(signal=received[0] if received else None))
+    now = time.monotonic()
+    log.info(
+        "stopped: up %.0f s, the shutdown took %.1f s",
+        now - started,
+        now - stopping,
+        extra=fields(
+            signal=received[0] if received else None, uptime_s=round(now - started), shutdown_s=round(now - stopping, 3)
+        ),
+    )
     return received[0] if received else "none"
 
 
