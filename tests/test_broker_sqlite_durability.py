@@ -9,6 +9,7 @@ import errno
 import logging
 import os
 import sqlite3
+import stat
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
@@ -203,3 +204,25 @@ async def test_open_and_close_never_hang(tmp_path: Path, monkeypatch: pytest.Mon
         await db.open()
         await asyncio.sleep((n % 7) * 0.002)
         await asyncio.wait_for(db.close(), 10)
+
+
+async def test_a_new_database_and_its_wal_are_private_and_an_open_one_is_warned_about(
+    make_db: Callable[..., Any], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """It holds bearer hashes, login nonces and PKCE verifiers: 0600, whatever the umask."""
+    old = os.umask(0o022)
+    try:
+        db = await make_db("fresh/private.sqlite3")
+    finally:
+        os.umask(old)
+    for path in (db.path, db.path.with_name(db.path.name + "-wal"), db.path.with_name(db.path.name + "-shm")):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+    assert stat.S_IMODE(db.path.parent.stat().st_mode) == 0o700
+    assert "readable by others" not in caplog.text
+
+    shared = tmp_path / "shared.sqlite3"
+    shared.touch(mode=0o644)
+    shared.chmod(0o644)
+    await make_db("shared.sqlite3")
+    assert "shared.sqlite3 is readable by others (mode 0644)" in caplog.text
+    assert stat.S_IMODE(shared.stat().st_mode) == 0o644  # left as it is

@@ -34,6 +34,7 @@ import contextlib
 import logging
 import os
 import sqlite3
+import stat
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -69,6 +70,22 @@ SYNCHRONOUS_MODES = ("full", "normal")
 #: deleted and overwritten content is zeroed (a replaced TOTP secret does not linger in free space),
 #: whatever the build's default: SQLite's own is OFF, Debian's is ON.
 SECURE_DELETE = "ON"
+
+
+def _create_private(path: Path) -> None:
+    """A new database file is created 0600 (its WAL and shared-memory files take the database's
+    mode): it holds bearer hashes, login nonces and PKCE verifiers. An existing one readable by
+    others is left as it is, with a warning."""
+    try:
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+    except FileExistsError:
+        mode = path.stat().st_mode
+        if stat.S_ISREG(mode) and mode & 0o077:
+            log.warning(
+                "the SQLite database %s is readable by others (mode %04o): chmod 600 it and its -wal and -shm files",
+                path,
+                stat.S_IMODE(mode),
+            )
 
 
 def _connect(path: Path, *, busy_ms: int, create: bool = True) -> sqlite3.Connection:
@@ -217,7 +234,8 @@ class SqliteDatabase(Database):
 
     def _open_sync(self, migrate: bool) -> None:
         if migrate:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            _create_private(self.path)
             self._thread_conn = _connect(self.path, busy_ms=THREAD_BUSY_MS)
             self._migrate_sync(self._thread_conn)
             return
