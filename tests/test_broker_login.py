@@ -4,22 +4,28 @@ sessions it issues, on both databases, with the broker's clock moved where a rul
 from __future__ import annotations
 
 import asyncio
+import os
 import re
+import secrets
+import subprocess
 import time
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import jwt
 import pytest
 from broker_client import LOGIN, assert_refused, call, login_body
+from broker_process import BROKER_COMMAND, BrokerProcess
 from conftest import BrokerFactory, BrokerHandle, mint_tee_token
 from cryptography.hazmat.primitives.asymmetric import rsa
-from login_client import AUTH_CONFIG, LOGOUT, sign, wallet_login, wallet_start, wallet_verify, whoami
+from login_client import AUTH_CONFIG, LOGOUT, WALLET_START, sign, wallet_login, wallet_start, wallet_verify, whoami
 
 from agentkeys_kit.broker.login.wallet import WINDOW_SECONDS, eip55
 from agentkeys_kit.broker.storage import login as login_store
 from agentkeys_kit.broker.storage import store
 from agentkeys_kit.protocol.identity import IdentityKind, omni_account_of
+from agentkeys_kit.protocol.signatures import evm_address
 from fixtures.wallets import EVM_ALICE_KEY, EVM_BOB_KEY, evm_user_id_value
 
 ALICE = evm_user_id_value(EVM_ALICE_KEY)
@@ -386,3 +392,44 @@ def _v5_record(account: str, sha: str, exp: int) -> Any:
         sha,
         exp,
     )
+
+
+async def test_a_local_broker_runs_without_a_tee_key_and_refuses_every_tee_token(
+    db_url: tuple[str, str | None], tmp_path: Path, http: aiohttp.ClientSession, tee_key: rsa.RSAPrivateKey
+) -> None:
+    """A deployment with no worker: no TEE key to invent. Logins and sessions work; a TEE token
+    (however well signed) and the worker's callbacks are refused; the start line says so. A
+    ``heima`` broker without a key is still a configuration mistake."""
+    broker = BrokerProcess(db_url, tmp_path, env={"BROKER_LOGIN_BACKEND": "local", "BROKER_TEE_JWT_PUBLIC_KEY": ""})
+    broker.start()
+    try:
+        messages = [line["msg"] for line in broker.log_lines()]
+        assert any(message.startswith("no TEE key: TEE access tokens") for message in messages), messages
+        async with http.get(broker.url + "readyz") as response:
+            assert response.status == 200 and (await response.json())["tee_key"] is False
+        key = secrets.token_bytes(32)
+        address = "0x" + evm_address(key).hex()
+        async with http.post(broker.url + WALLET_START, json={"address": address, "chain_id": 1}) as response:
+            started = (await response.json())["data"]
+        proof = {"request_id": started["request_id"], "signature": sign(started["message"], key)}
+        async with http.post(broker.url + "v1/auth/wallet/verify", json=proof) as response:
+            session = (await response.json())["data"]["session_token"]
+        async with http.get(broker.url + "v1/whoami", headers={"Authorization": f"Bearer {session}"}) as response:
+            assert response.status == 200
+        account = omni_account_of(IdentityKind.EVM, address, "agentkeys")
+        tee_token = mint_tee_token(tee_key, account)
+        async with http.get(broker.url + "v1/whoami", headers={"Authorization": f"Bearer {tee_token}"}) as response:
+            refused = await response.json()
+            assert response.status == 401 and refused["data"]["error"] == "invalid_token"
+        body = {"userId": {"type": "evm", "value": address}, "clientId": "agentkeys", "clientAuth": None}
+        headers = {"Authorization": f"Bearer {tee_token}"}
+        async with http.post(broker.url + "v3/account/post_heima_login", json=body, headers=headers) as response:
+            assert response.status == 401
+    finally:
+        broker.stop()
+
+
+def test_a_heima_broker_without_a_tee_key_is_one_line(db_url: tuple[str, str | None]) -> None:
+    env = {**os.environ, "BROKER_DB_URL": db_url[0], "BROKER_TEE_JWT_PUBLIC_KEY": "", "BROKER_LOGIN_BACKEND": "heima"}
+    ran = subprocess.run([BROKER_COMMAND, "run"], env=env, capture_output=True, text=True, timeout=60)
+    assert ran.returncode != 0 and "no TEE key" in ran.stderr and ran.stderr.count("\n") == 1, ran.stderr

@@ -55,10 +55,12 @@ log = logging.getLogger(__name__)
 PURGE_EVERY_SECONDS = 60.0
 
 
-async def load_tee_key(config: BrokerConfig) -> rsa.RSAPublicKey:
+async def load_tee_key(config: BrokerConfig) -> rsa.RSAPublicKey | None:
+    """The pinned key; None for a ``local`` broker given none (it then refuses every TEE token)."""
     if config.tee_jwt_public_key is not None:
         return load_public_key_file(config.tee_jwt_public_key)
-    assert config.tee_jwt_public_key_url is not None
+    if config.tee_jwt_public_key_url is None:
+        return None
     log.warning("fetching the TEE key from %s: for local development only", config.tee_jwt_public_key_url)
     return await fetch_public_key(config.tee_jwt_public_key_url)
 
@@ -222,7 +224,7 @@ async def healthz(request: web.Request) -> web.Response:
 async def readyz(request: web.Request) -> web.Response:
     state = request.app[STATE]
     database = await state.db.ping()
-    body = {"database": database, "tee_key": True, "db": state.db.dialect}
+    body = {"database": database, "tee_key": state.verifier.has_key, "db": state.db.dialect}
     if database:
         try:
             body["schema_version"] = await state.db.schema_version()

@@ -7,7 +7,7 @@
 | `BROKER_DB_SCHEMA` | PostgreSQL schema for the tables (isolates deployments or test runs) | `public` |
 | `BROKER_DB_POOL_SIZE` | PostgreSQL connections per broker (replicas × this ≤ the server's max_connections) | `8` |
 | `BROKER_SQLITE_SYNCHRONOUS` | `full`: a reply means the write is on disk; `normal`: may lose the last | `full` |
-| `BROKER_TEE_JWT_PUBLIC_KEY` | pinned TEE JWT public key, PEM or DER (private keys are refused) | — |
+| `BROKER_TEE_JWT_PUBLIC_KEY` | pinned TEE JWT public key, PEM or DER (no private key) | required unless `local` |
 | `BROKER_TEE_JWT_PUBLIC_KEY_URL` | development only: fetch the key once at start (`/_sim/jwt-public-key`) | — |
 | `BROKER_ACCEPTED_CLIENT_IDS` | comma list of `aud` values accepted; the first is the broker's own | `agentkeys` |
 | `BROKER_CALLBACK_ALLOW_CIDRS` | networks allowed to call the credential-less callbacks | `127.0.0.0/8,::1/128` |
@@ -324,7 +324,7 @@ def config_from_env(env: Mapping[str, str] | None = None, **overrides: object) -
         raise BrokerConfigError("BROKER_CALLBACK_BASE_PATH must start with '/'")
     values["callback_base_path"] = base
     config = BrokerConfig(**values)  # type: ignore[arg-type]
-    if config.tee_jwt_public_key is None and config.tee_jwt_public_key_url is None:
+    if config.tee_jwt_public_key is None and config.tee_jwt_public_key_url is None and config.login_backend != "local":
         raise BrokerConfigError(
             "no TEE key: set BROKER_TEE_JWT_PUBLIC_KEY (PEM/DER file) or, for local development, "
             "BROKER_TEE_JWT_PUBLIC_KEY_URL (e.g. http://127.0.0.1:2100/_sim/jwt-public-key)"

@@ -157,7 +157,7 @@ def key_fingerprint(key: rsa.RSAPublicKey) -> str:
     return hashlib.sha256(key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.PKCS1)).hexdigest()
 
 
-def log_start(config: BrokerConfig, tee_key: rsa.RSAPublicKey, schema_version: int) -> None:
+def log_start(config: BrokerConfig, tee_key: rsa.RSAPublicKey | None, schema_version: int) -> None:
     """One line each: version, database, schema version, TEE key, clients, networks."""
     log.info("agentkeys-broker %s starting", version(), extra=fields(version=version()))
     db = database_description(config.db_url, config.db_schema)
@@ -165,15 +165,18 @@ def log_start(config: BrokerConfig, tee_key: rsa.RSAPublicKey, schema_version: i
     schema = f" schema {db['schema']}" if "schema" in db else ""
     log.info("database %s %s%s", db["database"], where, schema, extra=fields(**db))
     log.info("database schema version %d", schema_version, extra=fields(schema_version=schema_version))
-    source = str(config.tee_jwt_public_key or config.tee_jwt_public_key_url)
-    fingerprint = key_fingerprint(tee_key)
-    log.info(
-        "TEE key RSA-%d sha256 %s from %s",
-        tee_key.key_size,
-        fingerprint,
-        source,
-        extra=fields(tee_key_sha256=fingerprint, tee_key_source=source),
-    )
+    if tee_key is None:
+        log.info("no TEE key: TEE access tokens and the worker's callbacks are refused (a local backend on its own)")
+    else:
+        source = str(config.tee_jwt_public_key or config.tee_jwt_public_key_url)
+        fingerprint = key_fingerprint(tee_key)
+        log.info(
+            "TEE key RSA-%d sha256 %s from %s",
+            tee_key.key_size,
+            fingerprint,
+            source,
+            extra=fields(tee_key_sha256=fingerprint, tee_key_source=source),
+        )
     clients = list(config.accepted_client_ids)
     log.info("accepted client ids: %s", ", ".join(clients), extra=fields(accepted_client_ids=clients))
     callbacks = [str(network) for network in config.callback_allow_cidrs]

@@ -79,14 +79,19 @@ VERIFIED_CACHE_SIZE = 4096
 class TeeTokenVerifier:
     def __init__(
         self,
-        public_key: rsa.RSAPublicKey,
+        public_key: rsa.RSAPublicKey | None,
         accepted_client_ids: tuple[str, ...],
         clock: Callable[[], float] = time.time,
     ) -> None:
+        """`public_key` None: a ``local`` broker without a worker, which refuses every TEE token."""
         self._key = public_key
         self._audiences = accepted_client_ids
         self._clock = clock
         self._verified: OrderedDict[str, VerifiedBearer] = OrderedDict()
+
+    @property
+    def has_key(self) -> bool:
+        return self._key is not None
 
     def knows(self, token: str) -> bool:
         return token in self._verified
@@ -105,6 +110,10 @@ class TeeTokenVerifier:
         return verified
 
     def _verify(self, token: str) -> VerifiedBearer:
+        if self._key is None:
+            raise errors.invalid_token(
+                "this broker has no TEE key (BROKER_TEE_JWT_PUBLIC_KEY): it accepts no TEE token"
+            )
         try:
             claims = verify_auth_token(
                 token,
