@@ -29,7 +29,7 @@ from typing import Any
 import aiohttp
 
 from agentkeys_kit.client import credentials
-from agentkeys_kit.client.api import BrokerApi, CliError, WorkerApi, normalise_url
+from agentkeys_kit.client.api import BrokerApi, CliError, heima_credential, heima_worker, normalise_url
 from agentkeys_kit.protocol.identity import IdentityKind, omni_account_of
 from agentkeys_kit.protocol.signatures import evm_address, sign_evm_personal
 from agentkeys_kit.protocol.web3_message import HeimaMessagePayload
@@ -131,11 +131,7 @@ async def init_wallet(args: argparse.Namespace) -> int:
 async def _heima_login(
     http: aiohttp.ClientSession, broker: BrokerApi, config: dict[str, Any], key: bytes, address: str
 ) -> credentials.Credential:
-    heima = config.get("heima") or {}
-    worker_url, client_id = heima.get("worker_url"), heima.get("client_id") or config.get("client_id")
-    if not isinstance(worker_url, str) or not isinstance(client_id, str):
-        raise CliError("the broker uses the heima backend but names no worker (BROKER_HEIMA_WORKER_URL)")
-    worker = WorkerApi(http, worker_url)
+    worker, client_id = heima_worker(http, config)
     account = omni_account_of(IdentityKind.EVM, address, client_id)
     result = await worker.call("omni_getWeb3SignInMessage", {"client_id": client_id, "omni_account": account})
     try:
@@ -156,10 +152,7 @@ async def _heima_login(
     token = login.get("access_token") if isinstance(login, dict) else None
     if not isinstance(token, str):
         raise CliError("the worker's login answer carries no access_token")
-    me = await broker.call("GET", "v1/whoami", token=token)  # the broker heard of this login
-    if me.get("omni_account") != account:
-        raise CliError("the broker names another OmniAccount for this login; not keeping it")
-    return credentials.Credential(broker.url, token, "tee", account, None)
+    return await heima_credential(broker, token, account)
 
 
 async def _local_login(broker: BrokerApi, key: bytes, address: str, chain_id: int) -> credentials.Credential:
