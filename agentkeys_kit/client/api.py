@@ -110,6 +110,14 @@ async def heima_credential(broker: BrokerApi, token: str, account: str) -> crede
     return credentials.Credential(broker.url, token, "tee", account, None)
 
 
+def session_credential(broker_url: str, session: dict[str, Any]) -> credentials.Credential:
+    """The broker session a ``local`` login answered with (its ``data``), as the CLI keeps it."""
+    token, account = session.get("session_token"), session.get("omni_account")
+    if not isinstance(token, str) or not isinstance(account, str):
+        raise CliError("the broker's login answer carries no session")
+    return credentials.Credential(broker_url, token, "session", account, session.get("expires_at"))
+
+
 def _reason(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__

@@ -31,6 +31,7 @@ from agentkeys_kit.client.api import (
     heima_credential,
     heima_worker,
     normalise_url,
+    session_credential,
 )
 from agentkeys_kit.protocol.email_rules import EmailVerdict, validate_email
 from agentkeys_kit.protocol.identity import IdentityKind, omni_account_of
@@ -172,17 +173,10 @@ async def init_email(args: argparse.Namespace, ask: CodeReader = read_code) -> i
         elif backend == "local":
             if "email" not in (config.get("methods") or []):
                 raise CliError(f"the broker at {url} does not offer e-mail login (no mailer configured)")
-            session = await email_login_local(http, broker.url, address, ask)
-            token, account = session.get("session_token"), session.get("omni_account")
-            if not isinstance(token, str) or not isinstance(account, str):
-                raise CliError("the broker's login answer carries no session")
-            credential = credentials.Credential(broker.url, token, "session", account, session.get("expires_at"))
+            credential = session_credential(broker.url, await email_login_local(http, broker.url, address, ask))
         else:
             raise CliError(f"the broker names an unknown login backend {backend!r}")
-    where = credentials.store(credential)
-    print(f"logged in to {url} as {credential.omni_account} (email {address.lower()}, {backend} backend)")
-    print(f"bearer stored in {where}")
-    return 0
+    return credentials.keep(credential, f"email {address.lower()}, {backend} backend")
 
 
 async def _heima_login(

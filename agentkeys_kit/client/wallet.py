@@ -29,7 +29,14 @@ from typing import Any
 import aiohttp
 
 from agentkeys_kit.client import credentials
-from agentkeys_kit.client.api import BrokerApi, CliError, heima_credential, heima_worker, normalise_url
+from agentkeys_kit.client.api import (
+    BrokerApi,
+    CliError,
+    heima_credential,
+    heima_worker,
+    normalise_url,
+    session_credential,
+)
 from agentkeys_kit.protocol.identity import IdentityKind, omni_account_of
 from agentkeys_kit.protocol.signatures import evm_address, sign_evm_personal
 from agentkeys_kit.protocol.web3_message import HeimaMessagePayload
@@ -122,10 +129,7 @@ async def init_wallet(args: argparse.Namespace) -> int:
             credential = await _local_login(broker, key, address, args.chain_id)
         else:
             raise CliError(f"the broker names an unknown login backend {backend!r}")
-    where = credentials.store(credential)
-    print(f"logged in to {url} as {credential.omni_account} (evm {address}, {backend} backend)")
-    print(f"bearer stored in {where}")
-    return 0
+    return credentials.keep(credential, f"evm {address}, {backend} backend")
 
 
 async def _heima_login(
@@ -166,10 +170,7 @@ async def _local_login(broker: BrokerApi, key: bytes, address: str, chain_id: in
         "v1/auth/wallet/verify",
         body={"request_id": started.get("request_id"), "signature": "0x" + signature.hex()},
     )
-    token, account = session.get("session_token"), session.get("omni_account")
-    if not isinstance(token, str) or not isinstance(account, str):
-        raise CliError("the broker's login answer carries no session")
-    return credentials.Credential(broker.url, token, "session", account, session.get("expires_at"))
+    return session_credential(broker.url, session)
 
 
 def _eip55(address: str) -> str:
