@@ -26,89 +26,28 @@ Exit status: 0 when every target passes and nothing failed, 1 otherwise, 2 on a 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import secrets
 import sys
-import tempfile
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import benchkit
 from bench_broker import TEE_KEY_PATH, BrokerProcess, drop_schema, print_profile, wait_ready
-from benchkit import SetupError
+from benchkit import SetupError, Window, post_ok, run_window
 
 LOGIN_TARGET = 800.0
 VALIDATION_TARGET = 3000.0
 P99_TARGET_MS = 50.0
 
 
-@dataclass
-class Window:
-    what: str
-    completed: int = 0
-    failures: int = 0
-    seconds: float = 0.0
-    latencies: list[float] = field(default_factory=list)
-
-    @property
-    def rate(self) -> float:
-        return self.completed / self.seconds if self.seconds else 0.0
-
-    def p(self, q: float) -> float | None:
-        return benchkit.percentile_ms(sorted(self.latencies), q)
-
-
-async def run_window(
-    what: str, concurrency: int, duration: float, operation: Callable[[int], Awaitable[None]]
-) -> Window:
-    """`concurrency` callers run `operation(caller)` (raising on a failure) until `duration`
-    passes, after a warm-up second; the latency is per operation (a login is two requests)."""
-    window = Window(what)
-    stop_at = 0.0
-    measuring = False
-
-    async def caller(index: int) -> None:
-        while time.monotonic() < stop_at:
-            started = time.perf_counter()
-            try:
-                await operation(index)
-            except Exception:
-                if measuring:
-                    window.failures += 1
-                continue
-            if measuring:
-                window.completed += 1
-                window.latencies.append(time.perf_counter() - started)
-
-    stop_at = time.monotonic() + 1.0  # warm-up
-    await asyncio.gather(*(caller(i) for i in range(concurrency)))
-    measuring = True
-    began = time.monotonic()
-    stop_at = began + duration
-    await asyncio.gather(*(caller(i) for i in range(concurrency)))
-    window.seconds = time.monotonic() - began
-    return window
-
-
 def _sign(message: str, key: bytes) -> str:
     from agentkeys_kit.protocol.signatures import sign_evm_personal
 
     return "0x" + sign_evm_personal(message.encode("utf-8"), key).hex()
-
-
-async def _post(http: aiohttp.ClientSession, url: str, body: Any, token: str | None = None) -> dict[str, Any]:
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    async with http.post(url, json=body, headers=headers) as response:
-        reply: dict[str, Any] = await response.json()
-        if response.status != 200:
-            raise RuntimeError(f"HTTP {response.status}: {reply}")
-        return reply
 
 
 async def bench_database(database: str, args: argparse.Namespace, tmp: Path) -> list[Window]:
@@ -142,10 +81,10 @@ async def bench_database(database: str, args: argparse.Namespace, tmp: Path) -> 
             addresses = ["0x" + evm_address(key).hex() for key in keys]
 
             async def login(index: int) -> None:
-                start = await _post(http, base + "v1/auth/wallet/start", {"address": addresses[index], "chain_id": 1})
+                start = await post_ok(http, base + "v1/auth/wallet/start", {"address": addresses[index], "chain_id": 1})
                 data = start["data"]
                 proof = {"request_id": data["request_id"], "signature": _sign(data["message"], keys[index])}
-                verified = await _post(http, base + "v1/auth/wallet/verify", proof)
+                verified = await post_ok(http, base + "v1/auth/wallet/verify", proof)
                 if not verified["data"].get("session_token"):
                     raise RuntimeError("no session")
 
@@ -164,7 +103,7 @@ async def bench_database(database: str, args: argparse.Namespace, tmp: Path) -> 
                     "clientAuth": None,
                     "heimaLoginSuccess": True,
                 }
-                await _post(http, base + "v3/account/post_heima_login", body, token)
+                await post_ok(http, base + "v3/account/post_heima_login", body, token)
                 tee_tokens.append(token)
 
             def whoami(tokens: list[str]) -> Callable[[int], Awaitable[None]]:
@@ -191,9 +130,9 @@ async def bench_database(database: str, args: argparse.Namespace, tmp: Path) -> 
 
 
 async def _post_login(http: aiohttp.ClientSession, base: str, key: bytes, address: str) -> str:
-    start = (await _post(http, base + "v1/auth/wallet/start", {"address": address, "chain_id": 1}))["data"]
+    start = (await post_ok(http, base + "v1/auth/wallet/start", {"address": address, "chain_id": 1}))["data"]
     proof = {"request_id": start["request_id"], "signature": _sign(start["message"], key)}
-    return str((await _post(http, base + "v1/auth/wallet/verify", proof))["data"]["session_token"])
+    return str((await post_ok(http, base + "v1/auth/wallet/verify", proof))["data"]["session_token"])
 
 
 def render(results: dict[str, list[Window]], concurrency: int) -> tuple[str, bool]:
@@ -219,14 +158,6 @@ def render(results: dict[str, list[Window]], concurrency: int) -> tuple[str, boo
     return "\n".join(lines), ok
 
 
-async def bench(args: argparse.Namespace) -> dict[str, list[Window]]:
-    results = {}
-    with tempfile.TemporaryDirectory(prefix="bench-login-") as directory:
-        for database in args.only or ("sqlite", "postgresql"):
-            results[database] = await bench_database(database, args, Path(directory))
-    return results
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per window (default 5)")
@@ -237,12 +168,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--profile", default=None, help="cProfile the broker into PREFIX.<db>.prof and summarise")
     args = parser.parse_args(argv)
     try:
-        if not args.only or "postgresql" in args.only:
-            with benchkit.postgres(args.pg_dsn) as dsn:
-                args.pg_dsn = dsn
-                results = asyncio.run(bench(args))
-        else:
-            results = asyncio.run(bench(args))
+        results = benchkit.per_database(args, "bench-login-", bench_database)
     except SetupError as exc:
         print(f"bench_login: {exc}", file=sys.stderr)
         return 2

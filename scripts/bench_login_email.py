@@ -21,14 +21,12 @@ import asyncio
 import itertools
 import secrets
 import sys
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import benchkit
 from bench_broker import TEE_KEY_PATH, BrokerProcess, drop_schema, wait_ready
-from bench_login import Window, _post, run_window
-from benchkit import SetupError
+from benchkit import SetupError, Window, post_ok, run_window
 
 
 def _sink() -> tuple[object, dict[str, str]]:
@@ -75,7 +73,7 @@ async def bench_database(database: str, args: argparse.Namespace, tmp: Path) -> 
 
             async def login(index: int) -> None:
                 address = f"user{next(counter)}@bench.example.org"
-                await _post(http, base + "v1/auth/email/request", {"email": address})
+                await post_ok(http, base + "v1/auth/email/request", {"email": address})
                 for _ in range(200):
                     code = codes.pop(address, None)
                     if code:
@@ -83,7 +81,7 @@ async def bench_database(database: str, args: argparse.Namespace, tmp: Path) -> 
                     await asyncio.sleep(0.005)
                 else:
                     raise RuntimeError("no mail")
-                verified = await _post(http, base + "v1/auth/email/verify", {"email": address, "code": code})
+                verified = await post_ok(http, base + "v1/auth/email/verify", {"email": address, "code": code})
                 if not verified["data"].get("session_token"):
                     raise RuntimeError("no session")
 
@@ -95,14 +93,6 @@ async def bench_database(database: str, args: argparse.Namespace, tmp: Path) -> 
             await drop_schema(args.pg_dsn, schema)
 
 
-async def bench(args: argparse.Namespace) -> dict[str, Window]:
-    results = {}
-    with tempfile.TemporaryDirectory(prefix="bench-email-") as directory:
-        for database in args.only or ("sqlite", "postgresql"):
-            results[database] = await bench_database(database, args, Path(directory))
-    return results
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per window (default 5)")
@@ -111,12 +101,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--pg-dsn", default=None)
     args = parser.parse_args(argv)
     try:
-        if not args.only or "postgresql" in args.only:
-            with benchkit.postgres(args.pg_dsn) as dsn:
-                args.pg_dsn = dsn
-                results = asyncio.run(bench(args))
-        else:
-            results = asyncio.run(bench(args))
+        results = benchkit.per_database(args, "bench-email-", bench_database)
     except SetupError as exc:
         print(f"bench_login_email: {exc}", file=sys.stderr)
         return 2

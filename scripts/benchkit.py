@@ -1,8 +1,9 @@
-"""What the benchmark scripts (``bench_sim.py``, ``bench_broker.py``) share.
+"""What the benchmark scripts (``bench_sim.py``, ``bench_broker.py``, ``bench_login*.py``) share.
 
 Subprocesses under test (start, readiness, stop with a kill fallback, CPU readings), CPU
 accounting from ``/proc`` (per process, per thread, per command name, the whole machine), the
-quiet-machine check, the bookkeeping of one load operation, and the pieces of the text report
+quiet-machine check, the bookkeeping of one load operation, the login benchmarks' caller loop
+(`run_window`, once per database: `per_database`), and the pieces of the text report
 (number formats, the metric/value/target/verdict table, the machine line, closing notes, the
 top of a cProfile dump).
 
@@ -13,6 +14,7 @@ the readers return None and the report says ``n/a``.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import json
@@ -23,6 +25,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -365,6 +368,87 @@ async def attempt(operation: Awaitable[None]) -> str | None:
     except OPERATION_ERRORS as exc:
         return f"{type(exc).__name__}: {exc}"
     return None
+
+
+@dataclass
+class Window:
+    """One window of `run_window`: the operations completed and failed, and their latencies."""
+
+    what: str
+    completed: int = 0
+    failures: int = 0
+    seconds: float = 0.0
+    latencies: list[float] = field(default_factory=list)
+
+    @property
+    def rate(self) -> float:
+        return self.completed / self.seconds if self.seconds else 0.0
+
+    def p(self, q: float) -> float | None:
+        return percentile_ms(sorted(self.latencies), q)
+
+
+async def run_window(
+    what: str, concurrency: int, duration: float, operation: Callable[[int], Awaitable[None]]
+) -> Window:
+    """`concurrency` callers run `operation(caller)` (raising on a failure) until `duration`
+    passes, after a warm-up second; the latency is per operation (a login is two requests)."""
+    window = Window(what)
+    stop_at = 0.0
+    measuring = False
+
+    async def caller(index: int) -> None:
+        while time.monotonic() < stop_at:
+            started = time.perf_counter()
+            try:
+                await operation(index)
+            except Exception:
+                if measuring:
+                    window.failures += 1
+                continue
+            if measuring:
+                window.completed += 1
+                window.latencies.append(time.perf_counter() - started)
+
+    stop_at = time.monotonic() + 1.0  # warm-up
+    await asyncio.gather(*(caller(i) for i in range(concurrency)))
+    measuring = True
+    began = time.monotonic()
+    stop_at = began + duration
+    await asyncio.gather(*(caller(i) for i in range(concurrency)))
+    window.seconds = time.monotonic() - began
+    return window
+
+
+async def post_ok(http: aiohttp.ClientSession, url: str, body: Any, token: str | None = None) -> dict[str, Any]:
+    """POST `body` as JSON; the reply's JSON, or RuntimeError (a failed operation) unless 200."""
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    async with http.post(url, json=body, headers=headers) as response:
+        reply: dict[str, Any] = await response.json()
+        if response.status != 200:
+            raise RuntimeError(f"HTTP {response.status}: {reply}")
+        return reply
+
+
+def per_database(
+    args: argparse.Namespace, prefix: str, bench_database: Callable[[str, argparse.Namespace, Path], Awaitable[_T]]
+) -> dict[str, _T]:
+    """`bench_database(database, args, directory)` for each of ``args.only`` (default SQLite then
+    PostgreSQL), in one temporary directory; PostgreSQL is `postgres(args.pg_dsn)`, whose DSN is
+    put in ``args.pg_dsn``. `SetupError` when one cannot be set up."""
+
+    async def each() -> dict[str, _T]:
+        results = {}
+        with tempfile.TemporaryDirectory(prefix=prefix) as directory:
+            for database in args.only or ("sqlite", "postgresql"):
+                results[database] = await bench_database(database, args, Path(directory))
+        return results
+
+    if args.only and "postgresql" not in args.only:
+        return asyncio.run(each())
+    with postgres(args.pg_dsn) as dsn:
+        args.pg_dsn = dsn
+        return asyncio.run(each())
 
 
 def percentile(sorted_values: Sequence[float], q: float) -> float | None:

@@ -9,6 +9,8 @@ from typing import Any
 
 import aiohttp
 
+from agentkeys_kit.client import credentials
+
 SUCCESS = 10000
 TIMEOUT = aiohttp.ClientTimeout(total=30, connect=10)
 
@@ -88,6 +90,32 @@ class WorkerApi:
         if isinstance(error, dict):
             raise CliError(f"the worker refused {method}: {error.get('message')} (code {error.get('code')})")
         raise CliError(f"the worker at {self.url} did not answer JSON-RPC")
+
+
+def heima_worker(http: aiohttp.ClientSession, config: dict[str, Any]) -> tuple[WorkerApi, str]:
+    """The worker a ``heima`` broker's config names, and the client id to log in there with."""
+    heima = config.get("heima") or {}
+    worker_url, client_id = heima.get("worker_url"), heima.get("client_id") or config.get("client_id")
+    if not isinstance(worker_url, str) or not isinstance(client_id, str):
+        raise CliError("the broker uses the heima backend but names no worker (BROKER_HEIMA_WORKER_URL)")
+    return WorkerApi(http, worker_url), client_id
+
+
+async def heima_credential(broker: BrokerApi, token: str, account: str) -> credentials.Credential:
+    """The worker's access token as the CLI keeps it, once the broker has heard of the login (the
+    worker's ``post_heima_login`` reached it: ``GET /v1/whoami`` answers) and names `account`."""
+    me = await broker.call("GET", "v1/whoami", token=token)
+    if me.get("omni_account") != account:
+        raise CliError("the broker names another OmniAccount for this login; not keeping it")
+    return credentials.Credential(broker.url, token, "tee", account, None)
+
+
+def session_credential(broker_url: str, session: dict[str, Any]) -> credentials.Credential:
+    """The broker session a ``local`` login answered with (its ``data``), as the CLI keeps it."""
+    token, account = session.get("session_token"), session.get("omni_account")
+    if not isinstance(token, str) or not isinstance(account, str):
+        raise CliError("the broker's login answer carries no session")
+    return credentials.Credential(broker_url, token, "session", account, session.get("expires_at"))
 
 
 def _reason(exc: BaseException) -> str:

@@ -57,6 +57,15 @@ def store(credential: Credential) -> str:
     return f"{path} (mode 0600; no usable OS keychain: {problem})"
 
 
+def keep(credential: Credential, how: str) -> int:
+    """A login command's end: the bearer stored, and whom it logs in as (`how`: identity and
+    backend) and where it is kept printed; its exit status (0)."""
+    where = store(credential)
+    print(f"logged in to {credential.broker_url} as {credential.omni_account} ({how})")
+    print(f"bearer stored in {where}")
+    return 0
+
+
 def load(broker_url: str) -> Credential | None:
     with contextlib.suppress(Exception):
         payload = _keyring().get_password(SERVICE, broker_url)

@@ -23,7 +23,16 @@ from typing import Any
 import aiohttp
 
 from agentkeys_kit.client import credentials
-from agentkeys_kit.client.api import TIMEOUT, BrokerApi, CliError, WorkerApi, normalise_url
+from agentkeys_kit.client.api import (
+    TIMEOUT,
+    BrokerApi,
+    CliError,
+    WorkerApi,
+    heima_credential,
+    heima_worker,
+    normalise_url,
+    session_credential,
+)
 from agentkeys_kit.protocol.email_rules import EmailVerdict, validate_email
 from agentkeys_kit.protocol.identity import IdentityKind, omni_account_of
 
@@ -165,30 +174,16 @@ async def init_email(args: argparse.Namespace, ask: CodeReader = read_code) -> i
         elif backend == "local":
             if "email" not in (config.get("methods") or []):
                 raise CliError(f"the broker at {url} does not offer e-mail login (no mailer configured)")
-            session = await email_login_local(http, broker.url, address, ask)
-            token, account = session.get("session_token"), session.get("omni_account")
-            if not isinstance(token, str) or not isinstance(account, str):
-                raise CliError("the broker's login answer carries no session")
-            credential = credentials.Credential(broker.url, token, "session", account, session.get("expires_at"))
+            credential = session_credential(broker.url, await email_login_local(http, broker.url, address, ask))
         else:
             raise CliError(f"the broker names an unknown login backend {backend!r}")
-    where = credentials.store(credential)
-    print(f"logged in to {url} as {credential.omni_account} (email {address.lower()}, {backend} backend)")
-    print(f"bearer stored in {where}")
-    return 0
+    return credentials.keep(credential, f"email {address.lower()}, {backend} backend")
 
 
 async def _heima_login(
     http: aiohttp.ClientSession, broker: BrokerApi, config: dict[str, Any], address: str, ask: CodeReader
 ) -> credentials.Credential:
-    heima = config.get("heima") or {}
-    worker_url, client_id = heima.get("worker_url"), heima.get("client_id") or config.get("client_id")
-    if not isinstance(worker_url, str) or not isinstance(client_id, str):
-        raise CliError("the broker uses the heima backend but names no worker (BROKER_HEIMA_WORKER_URL)")
-    login = await email_login_heima(WorkerApi(http, worker_url), client_id, address, ask)
-    token = login["access_token"]
+    worker, client_id = heima_worker(http, config)
+    login = await email_login_heima(worker, client_id, address, ask)
     account = omni_account_of(IdentityKind.EMAIL, address, client_id)
-    me = await broker.call("GET", "v1/whoami", token=token)  # the broker heard of this login
-    if me.get("omni_account") != account:
-        raise CliError("the broker names another OmniAccount for this login; not keeping it")
-    return credentials.Credential(broker.url, token, "tee", account, None)
+    return await heima_credential(broker, login["access_token"], account)

@@ -22,7 +22,7 @@ from typing import Any, TextIO
 import aiohttp
 
 from agentkeys_kit.client import credentials
-from agentkeys_kit.client.api import TIMEOUT, BrokerApi, CliError, normalise_url
+from agentkeys_kit.client.api import TIMEOUT, BrokerApi, CliError, normalise_url, session_credential
 from agentkeys_kit.client.login_email import CodeReader, post_json, read_code, refusal
 
 POLL_INTERVAL = 1.0  # seconds between polls
@@ -123,10 +123,4 @@ async def init_google(args: argparse.Namespace) -> int:
         if config.get("backend") != "local" or "google" not in (config.get("methods") or []):
             raise CliError(f"the broker at {url} does not offer Google login")
         session = await google_login(http, broker.url, sys.stdout, login_hint=args.login_hint)
-    token, account = session.get("session_token"), session.get("omni_account")
-    if not isinstance(token, str) or not isinstance(account, str):
-        raise CliError("the broker's login answer carries no session")
-    where = credentials.store(credentials.Credential(url, token, "session", account, session.get("expires_at")))
-    print(f"logged in to {url} as {account} (google, local backend)")
-    print(f"bearer stored in {where}")
-    return 0
+    return credentials.keep(session_credential(url, session), "google, local backend")

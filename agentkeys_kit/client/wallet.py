@@ -29,7 +29,14 @@ from typing import Any
 import aiohttp
 
 from agentkeys_kit.client import credentials
-from agentkeys_kit.client.api import BrokerApi, CliError, WorkerApi, normalise_url
+from agentkeys_kit.client.api import (
+    BrokerApi,
+    CliError,
+    heima_credential,
+    heima_worker,
+    normalise_url,
+    session_credential,
+)
 from agentkeys_kit.protocol.identity import IdentityKind, omni_account_of
 from agentkeys_kit.protocol.signatures import evm_address, sign_evm_personal
 from agentkeys_kit.protocol.web3_message import HeimaMessagePayload
@@ -132,20 +139,13 @@ async def init_wallet(args: argparse.Namespace) -> int:
             credential = await _local_login(broker, key, address, args.chain_id)
         else:
             raise CliError(f"the broker names an unknown login backend {backend!r}")
-    where = credentials.store(credential)
-    print(f"logged in to {url} as {credential.omni_account} (evm {address}, {backend} backend)")
-    print(f"bearer stored in {where}")
-    return 0
+    return credentials.keep(credential, f"evm {address}, {backend} backend")
 
 
 async def _heima_login(
     http: aiohttp.ClientSession, broker: BrokerApi, config: dict[str, Any], key: bytes, address: str
 ) -> credentials.Credential:
-    heima = config.get("heima") or {}
-    worker_url, client_id = heima.get("worker_url"), heima.get("client_id") or config.get("client_id")
-    if not isinstance(worker_url, str) or not isinstance(client_id, str):
-        raise CliError("the broker uses the heima backend but names no worker (BROKER_HEIMA_WORKER_URL)")
-    worker = WorkerApi(http, worker_url)
+    worker, client_id = heima_worker(http, config)
     account = omni_account_of(IdentityKind.EVM, address, client_id)
     result = await worker.call("omni_getWeb3SignInMessage", {"client_id": client_id, "omni_account": account})
     try:
@@ -166,10 +166,7 @@ async def _heima_login(
     token = login.get("access_token") if isinstance(login, dict) else None
     if not isinstance(token, str):
         raise CliError("the worker's login answer carries no access_token")
-    me = await broker.call("GET", "v1/whoami", token=token)  # the broker heard of this login
-    if me.get("omni_account") != account:
-        raise CliError("the broker names another OmniAccount for this login; not keeping it")
-    return credentials.Credential(broker.url, token, "tee", account, None)
+    return await heima_credential(broker, token, account)
 
 
 async def _local_login(broker: BrokerApi, key: bytes, address: str, chain_id: int) -> credentials.Credential:
@@ -183,10 +180,7 @@ async def _local_login(broker: BrokerApi, key: bytes, address: str, chain_id: in
         "v1/auth/wallet/verify",
         body={"request_id": started.get("request_id"), "signature": "0x" + signature.hex()},
     )
-    token, account = session.get("session_token"), session.get("omni_account")
-    if not isinstance(token, str) or not isinstance(account, str):
-        raise CliError("the broker's login answer carries no session")
-    return credentials.Credential(broker.url, token, "session", account, session.get("expires_at"))
+    return session_credential(broker.url, session)
 
 
 def _eip55(address: str) -> str:

@@ -54,22 +54,32 @@ async def charge(state: BrokerState, limit_name: str, bucket: str, limit: int, w
         raise rate_limited(limit_name, max(1, window_end - now))
 
 
+def audited(event: str, handler: Handler) -> Handler:
+    """Wrap an endpoint: a refusal is audited (within the refusal budget), then answered as its
+    envelope, a 429 with ``Retry-After``."""
+
+    async def handle(request: web.Request) -> web.Response:
+        try:
+            return await refuse_unstorable(handler(request))
+        except BrokerError as error:
+            await audit_refusal(request.app[STATE], event, error, request)
+            response = error.response()
+            if error.status == 429 and "retry_after_seconds" in error.details:
+                response.headers["Retry-After"] = str(error.details["retry_after_seconds"])
+            return response
+
+    handle.__name__ = handler.__name__
+    return handle
+
+
 def login_endpoint(event: str) -> Callable[[LoginHandler], Handler]:
-    """Wrap a login handler: a refusal is audited, then answered as its envelope."""
+    """`audited`, for a login handler that is given the broker's state."""
 
     def decorate(handler: LoginHandler) -> Handler:
-        async def handle(request: web.Request) -> web.Response:
-            state = request.app[STATE]
-            try:
-                return await refuse_unstorable(handler(request, state))
-            except BrokerError as error:
-                await audit_refusal(state, event, error, request)
-                response = error.response()
-                if error.status == 429 and "retry_after_seconds" in error.details:
-                    response.headers["Retry-After"] = str(error.details["retry_after_seconds"])
-                return response
+        async def with_state(request: web.Request) -> web.Response:
+            return await handler(request, request.app[STATE])
 
-        handle.__name__ = handler.__name__
-        return handle
+        with_state.__name__ = handler.__name__
+        return audited(event, with_state)
 
     return decorate

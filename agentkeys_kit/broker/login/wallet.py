@@ -53,18 +53,15 @@ from __future__ import annotations
 import datetime as dt
 import re
 import secrets
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from aiohttp import web
 from eth_hash.auto import keccak
 
 from agentkeys_kit.broker import errors
-from agentkeys_kit.broker.callbacks import audit_refusal, refuse_unstorable
-from agentkeys_kit.broker.errors import BrokerError
 from agentkeys_kit.broker.http import json_body, require_fields
 from agentkeys_kit.broker.login import complete_login
-from agentkeys_kit.broker.login.limits import bucket_name, charge, client_source
+from agentkeys_kit.broker.login.limits import audited, bucket_name, charge, client_source
 from agentkeys_kit.broker.state import STATE, BrokerState
 from agentkeys_kit.broker.storage import login as login_store
 from agentkeys_kit.broker.storage.login import LoginNonce
@@ -221,26 +218,6 @@ async def wallet_verify(request: web.Request) -> web.Response:
         method="wallet",
         consume=lambda: login_store.consume_login(request_id, now),
     )
-
-
-Handler = Callable[[web.Request], Awaitable[web.Response]]
-
-
-def audited(event: str, handler: Handler) -> Handler:
-    """Refusals of a login endpoint are audited (within the refusal budget) like the callbacks'."""
-
-    async def handle(request: web.Request) -> web.Response:
-        try:
-            response: web.Response = await refuse_unstorable(handler(request))
-            return response
-        except BrokerError as error:
-            await audit_refusal(request.app[STATE], event, error, request)
-            response = error.response()
-            if error.status == 429 and "retry_after_seconds" in error.details:
-                response.headers["Retry-After"] = str(error.details["retry_after_seconds"])
-            return response
-
-    return handle
 
 
 def add_routes(app: web.Application) -> None:
