@@ -9,6 +9,7 @@ import asyncio
 import dataclasses
 import json
 import os
+import subprocess
 import sys
 from pathlib import Path
 from typing import NamedTuple
@@ -212,3 +213,40 @@ async def test_clear_one_line_errors(make_broker: BrokerFactory, tmp_path: Path)
     no_worker = await user.run("--broker-url", heima.url, "init", "wallet", "--private-key-file", key)
     assert no_worker.status == 1 and "names no worker" in no_worker.stderr
     assert "Traceback" not in unreachable.stderr + ran.stderr + no_worker.stderr
+
+
+async def test_a_silent_broker_is_no_answer_within_the_timeout(tmp_path: Path) -> None:
+    """A broker that accepts and never answers: not "cannot reach" but "no answer within", after
+    `AGENTKEYS_HTTP_TIMEOUT_SECONDS`; a bad value there is one line, exit 2."""
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()  # until the client gives up
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    user = User(tmp_path / "home", keychain=False)
+    try:
+        key = str(user.key_file(EVM_ALICE_KEY))
+        args = ("--broker-url", f"http://127.0.0.1:{port}/", "init", "wallet", "--private-key-file", key)
+        ran = await user.run(*args, AGENTKEYS_HTTP_TIMEOUT_SECONDS="1")
+        assert ran.status == 1, ran
+        assert ran.stderr == f"agentkeys: no answer from the broker at http://127.0.0.1:{port}/ within 1 s\n"
+        bad = await user.run(*args, AGENTKEYS_HTTP_TIMEOUT_SECONDS="soon")
+        assert bad.status == 2 and bad.stderr.count("\n") == 1 and "AGENTKEYS_HTTP_TIMEOUT_SECONDS" in bad.stderr
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+def test_a_reader_that_goes_away_ends_the_command_quietly(tmp_path: Path) -> None:
+    """``agentkeys … | head -c 10``: the pipe's reader leaves before the command writes; no
+    traceback, the status a shell gives such a command (141)."""
+    user = User(tmp_path / "home", keychain=False)
+    process = subprocess.Popen(
+        [AGENTKEYS, "--help"], env=user.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL
+    )
+    assert process.stdout is not None and process.stderr is not None
+    process.stdout.close()  # before the interpreter has even imported the CLI
+    stderr = process.stderr.read().decode()
+    assert process.wait(60) == 141, stderr
+    assert stderr == ""

@@ -164,7 +164,7 @@ async def test_a_master_grants_and_an_agent_mints_within_the_grant_with_the_cli(
     # the agent cannot revoke or see the master's grants
     assert json.loads((await agent.run("--broker-url", broker.url, "grant", "list")).stdout) == []
     not_theirs = await agent.run("--broker-url", broker.url, "grant", "revoke", grant["grant_id"])
-    assert not_theirs.status == 1 and not_theirs.stderr.count("\n") == 1
+    assert not_theirs.status == 1 and not_theirs.stderr.count("\n") == 1 and "(unknown_grant)" in not_theirs.stderr
 
 
 @pytest.mark.parametrize(

@@ -41,6 +41,7 @@ from agentkeys_kit.broker.server import serve_until_stopped
 from agentkeys_kit.broker.sessions import SessionKeyError
 from agentkeys_kit.broker.storage import AuditEvent, StorageError, open_database, store
 from agentkeys_kit.broker.tee_keys import TeeKeyError
+from agentkeys_kit.console import quiet_broken_pipe
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -84,6 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@quiet_broken_pipe
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "run":

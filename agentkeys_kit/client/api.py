@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 from typing import Any
 
 import aiohttp
@@ -12,7 +13,19 @@ import aiohttp
 from agentkeys_kit.client import credentials
 
 SUCCESS = 10000
-TIMEOUT = aiohttp.ClientTimeout(total=30, connect=10)
+DEFAULT_TIMEOUT_SECONDS = 30.0
+
+
+def timeout() -> aiohttp.ClientTimeout:
+    """Each request's limit: `AGENTKEYS_HTTP_TIMEOUT_SECONDS` (default 30), connecting within 10 s."""
+    text = os.environ.get("AGENTKEYS_HTTP_TIMEOUT_SECONDS", "").strip()
+    try:
+        total = float(text) if text else DEFAULT_TIMEOUT_SECONDS
+    except ValueError:
+        total = -1.0
+    if not 0 < total <= 3600:
+        raise CliError(f"AGENTKEYS_HTTP_TIMEOUT_SECONDS must be a number of seconds from 0 to 3600 (got {text!r})", 2)
+    return aiohttp.ClientTimeout(total=total, connect=min(total, 10.0))
 
 
 class CliError(Exception):
@@ -41,12 +54,12 @@ class BrokerApi:
         headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
         try:
             async with self._session.request(
-                method, self.url + path, json=body, headers=headers, timeout=TIMEOUT
+                method, self.url + path, json=body, headers=headers, timeout=timeout()
             ) as response:
                 text = await response.text()
                 status = response.status
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            raise CliError(f"cannot reach the broker at {self.url}: {_reason(exc)}") from None
+            raise unreachable("broker", self.url, exc) from None
         try:
             reply = json.loads(text)
         except ValueError:
@@ -57,9 +70,11 @@ class BrokerApi:
             data: dict[str, Any] = reply["data"]
             return data
         details = reply.get("data") if isinstance(reply.get("data"), dict) else {}
+        error = details.get("error") if isinstance(details, dict) else None
         reason = details.get("reason") if isinstance(details, dict) else None
         message = str(reply.get("message") or f"HTTP {status}")
-        raise CliError(f"the broker refused: {message}" + (f" ({reason})" if reason else ""))
+        code = ": ".join(str(part) for part in (error, reason) if part)
+        raise CliError(f"the broker refused: {message}" + (f" ({code})" if code else ""))
 
     async def config(self) -> dict[str, Any]:
         return await self.call("GET", "v1/auth/config")
@@ -76,10 +91,10 @@ class WorkerApi:
     async def call(self, method: str, params: Any) -> Any:
         request = {"jsonrpc": "2.0", "id": next(self._ids), "method": method, "params": params}
         try:
-            async with self._session.post(self.url, json=request, timeout=TIMEOUT) as response:
+            async with self._session.post(self.url, json=request, timeout=timeout()) as response:
                 text = await response.text()
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            raise CliError(f"cannot reach the worker at {self.url}: {_reason(exc)}") from None
+            raise unreachable("worker", self.url, exc) from None
         try:
             answer = json.loads(text)
         except ValueError:
@@ -118,6 +133,10 @@ def session_credential(broker_url: str, session: dict[str, Any]) -> credentials.
     return credentials.Credential(broker_url, token, "session", account, session.get("expires_at"))
 
 
-def _reason(exc: BaseException) -> str:
+def unreachable(party: str, url: str, exc: BaseException) -> CliError:
+    """The one line for a request that got no answer: a timeout says so (the party may well be
+    reachable and just silent), anything else names the reason."""
+    if isinstance(exc, TimeoutError):  # aiohttp's timeouts are TimeoutErrors too
+        return CliError(f"no answer from the {party} at {url} within {timeout().total:g} s")
     text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
+    return CliError(f"cannot reach the {party} at {url}: {text[0] if text else type(exc).__name__}")

@@ -32,6 +32,7 @@ import sys
 from collections.abc import Sequence
 
 from agentkeys_kit.client.api import CliError
+from agentkeys_kit.console import quiet_broken_pipe
 
 DEFAULT_BROKER_URL = "http://127.0.0.1:8091"
 #: Modules that register commands (``register(commands, init)``); other login methods add theirs.
@@ -60,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@quiet_broken_pipe
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:

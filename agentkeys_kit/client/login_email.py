@@ -24,7 +24,6 @@ import aiohttp
 
 from agentkeys_kit.client import credentials
 from agentkeys_kit.client.api import (
-    TIMEOUT,
     BrokerApi,
     CliError,
     WorkerApi,
@@ -32,6 +31,8 @@ from agentkeys_kit.client.api import (
     heima_worker,
     normalise_url,
     session_credential,
+    timeout,
+    unreachable,
 )
 from agentkeys_kit.protocol.email_rules import EmailVerdict, validate_email
 from agentkeys_kit.protocol.identity import IdentityKind, omni_account_of
@@ -66,11 +67,11 @@ async def post_json(http: aiohttp.ClientSession, url: str, body: Any) -> tuple[i
     """POST `body` to the broker; (status, envelope). Unreachable or not an envelope: `CliError`."""
     base = url.split("/v1/")[0] + "/"
     try:
-        async with http.post(url, json=body, timeout=TIMEOUT) as response:
+        async with http.post(url, json=body, timeout=timeout()) as response:
             text = await response.text()
             status = response.status
     except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-        raise CliError(f"cannot reach the broker at {base}: {type(exc).__name__}") from None
+        raise unreachable("broker", base, exc) from None
     try:
         reply = json.loads(text)
     except ValueError:

@@ -22,7 +22,7 @@ from typing import Any, TextIO
 import aiohttp
 
 from agentkeys_kit.client import credentials
-from agentkeys_kit.client.api import TIMEOUT, BrokerApi, CliError, normalise_url, session_credential
+from agentkeys_kit.client.api import BrokerApi, CliError, normalise_url, session_credential, timeout, unreachable
 from agentkeys_kit.client.login_email import CodeReader, post_json, read_code, refusal
 
 POLL_INTERVAL = 1.0  # seconds between polls
@@ -68,11 +68,11 @@ async def google_login(
     poll_url = broker_url + "v1/auth/google/status/" + started["request_id"]
     while True:
         try:
-            async with http.get(poll_url, timeout=TIMEOUT) as response:
+            async with http.get(poll_url, timeout=timeout()) as response:
                 status = response.status
                 answer = await response.json(content_type=None)
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            raise CliError(f"cannot reach the broker at {broker_url}: {type(exc).__name__}") from None
+            raise unreachable("broker", broker_url, exc) from None
         except ValueError:
             raise CliError(f"the broker at {broker_url} answered HTTP {status} without JSON") from None
         data = answer.get("data") if isinstance(answer, dict) else None

@@ -39,7 +39,7 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from agentkeys_kit.client import credentials
-from agentkeys_kit.client.api import TIMEOUT, CliError, normalise_url
+from agentkeys_kit.client.api import CliError, normalise_url, timeout, unreachable
 from agentkeys_kit.client.wallet import add_key_source, has_key_source, load_private_key
 from agentkeys_kit.protocol.signatures import evm_address, sign_evm_personal
 
@@ -110,11 +110,11 @@ async def mint(args: argparse.Namespace, path: str) -> dict[str, Any]:
     try:
         async with (
             aiohttp.ClientSession() as http,
-            http.post(url + path, data=body, headers=headers, timeout=TIMEOUT) as response,
+            http.post(url + path, data=body, headers=headers, timeout=timeout()) as response,
         ):
             status, text = response.status, await response.text()
     except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-        raise CliError(f"cannot reach the broker at {url}: {type(exc).__name__}") from None
+        raise unreachable("broker", url, exc) from None
     try:
         reply = json.loads(text)
     except ValueError:
