@@ -30,11 +30,33 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+#: where the kernel hands out ports of its own choosing (Linux's; another system keeps the default)
+EPHEMERAL_RANGE_FILE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+
+
+def ephemeral_ports() -> range:
+    """The ports the kernel gives to a bind to port 0 and to every outgoing connection."""
+    try:
+        low, high = (int(word) for word in EPHEMERAL_RANGE_FILE.read_text(encoding="ascii").split())
+    except (OSError, ValueError):
+        low, high = 32768, 60999
+    return range(low, high + 1)
+
+
 def free_port_base(count: int = 4) -> int:
-    """A base port with `count` free ports after it (the harness's parties take four)."""
+    """A base port with `count` free ports after it (the harness's parties take four).
+
+    The ports are fixed ones (a worker is configured with them before the harness binds them), so
+    they are chosen below the kernel's ephemeral range: one inside it could be given meanwhile to
+    any process's outgoing connection or `free_port()` (the simulator's own port among them), and
+    the harness's bind would then fail. Only a fixed port of another process can still clash."""
+    ephemeral = ephemeral_ports()
+    low, high = 10000, ephemeral.start - count
+    if high - low < 1000:  # a kernel that hands out nearly every port: above its range, else anywhere
+        low, high = (ephemeral.stop, 65536 - count) if 65536 - count - ephemeral.stop >= 1000 else (10000, 60000)
     rng = random.Random()
     for _ in range(200):
-        base = rng.randrange(20000, 60000)
+        base = rng.randrange(low, high)
         try:
             for port in range(base, base + count):
                 with socket.socket() as sock:
