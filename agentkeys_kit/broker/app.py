@@ -23,7 +23,7 @@ from collections.abc import AsyncIterator, Callable
 from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from agentkeys_kit.broker import agent_mint, http
+from agentkeys_kit.broker import agent_mint, background, http
 from agentkeys_kit.broker.audit import RefusalAudit
 from agentkeys_kit.broker.audit_chain import CHAIN, ChainWriter
 from agentkeys_kit.broker.bearer import add_bearer_routes, require_principal
@@ -108,9 +108,7 @@ def create_app(
             try:
                 yield
             finally:
-                purging.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await purging
+                await background.stop(purging)
         finally:
             await refusals.close()
             await db.close()
@@ -132,9 +130,7 @@ def create_app(
         try:
             yield
         finally:
-            purge.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await purge
+            await background.stop(purge)
             await writer.close()
             if sts is not None:
                 await sts.close()

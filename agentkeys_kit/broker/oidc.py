@@ -26,7 +26,6 @@ file); signing and the JWK encoding are PyJWT's and cryptography's.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import os
@@ -43,6 +42,8 @@ from aiohttp import web
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from jwt.algorithms import ECAlgorithm
+
+from agentkeys_kit.broker import background
 
 log = logging.getLogger(__name__)
 
@@ -303,10 +304,8 @@ class OidcKeys:
 
     async def close(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+            task, self._task = self._task, None
+            await background.stop(task)
 
 
 # --------------------------------------------------------------------------- discovery and JWKS
