@@ -79,13 +79,7 @@ async def google_login(
         if status == 200 and isinstance(data, dict) and data.get("status") == "confirm":
             return await _confirm(http, broker_url, started["request_id"], ask)
         if status != 200:
-            error, details, message = refusal(answer if isinstance(answer, dict) else {})
-            if error == "google_login_failed":
-                reason = str(details.get("reason", ""))
-                raise CliError(_FAILURES.get(reason, f"the Google sign-in failed: {reason}"))
-            if error == "request_expired":
-                raise CliError(_EXPIRED)
-            raise CliError(f"the broker refused: {message}")
+            raise _refused(answer if isinstance(answer, dict) else {}, "the broker refused")
         if time.monotonic() >= deadline:
             raise CliError(_EXPIRED)
         await sleep(interval)
@@ -102,17 +96,22 @@ async def _confirm(http: aiohttp.ClientSession, broker_url: str, request_id: str
         if status == 200 and isinstance(reply.get("data"), dict):
             session: dict[str, Any] = reply["data"]
             return session
-        error, details, message = refusal(reply)
-        if error == "wrong_confirmation_code":
-            left = int(details.get("attempts_left", 0))
-            prompt = f"That is not the code on the page ({left} {'try' if left == 1 else 'tries'} left). Code: "
-            continue
-        if error == "google_login_failed":
-            reason = str(details.get("reason", ""))
-            raise CliError(_FAILURES.get(reason, f"the Google sign-in failed: {reason}"))
-        if error == "request_expired":
-            raise CliError(_EXPIRED)
-        raise CliError(f"the broker refused the code: {message}")
+        error, details, _ = refusal(reply)
+        if error != "wrong_confirmation_code":
+            raise _refused(reply, "the broker refused the code")
+        left = int(details.get("attempts_left", 0))
+        prompt = f"That is not the code on the page ({left} {'try' if left == 1 else 'tries'} left). Code: "
+
+
+def _refused(answer: dict[str, Any], otherwise: str) -> CliError:
+    """The line for a refusal of the status poll or the confirmation."""
+    error, details, message = refusal(answer)
+    if error == "google_login_failed":
+        reason = str(details.get("reason", ""))
+        return CliError(_FAILURES.get(reason, f"the Google sign-in failed: {reason}"))
+    if error == "request_expired":
+        return CliError(_EXPIRED)
+    return CliError(f"{otherwise}: {message}")
 
 
 async def init_google(args: argparse.Namespace) -> int:
