@@ -7,6 +7,7 @@ Workers here are `omni-sim run` processes configured only from what the harness 
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 import subprocess
 import time
@@ -14,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 import yaml
 from cryptography.hazmat.primitives import serialization
@@ -28,6 +30,7 @@ from agentkeys_kit.conformance.mail_sink import Mailbox, SendGridStandIn, find_c
 from agentkeys_kit.conformance.parties import Parties, PartiesError, PartyAddresses
 from agentkeys_kit.conformance.target_file import TargetFileError, load_target_file
 from agentkeys_kit.conformance.targets import TargetError, load_tee_key, tee_target
+from agentkeys_kit.conformance.worker_client import transport_problem
 from agentkeys_kit.omni_sim.server import ServedApp
 
 ROOT = Path(__file__).parent.parent
@@ -342,8 +345,41 @@ def test_an_unreachable_worker_is_one_message_and_exit_3(tmp_path: Path, capsys:
         == 3
     )
     err = capsys.readouterr().err
-    assert "did not answer omni_getHealth within 1 s" in err
+    url = args[3]
+    assert err == f"conformance: cannot reach the worker at {url}: connection refused (omni_getHealth, tried for 1 s)\n"
     assert not (tmp_path / "r").exists()
+
+
+def test_serve_says_in_one_line_why_it_cannot_reach_the_worker(capsys: pytest.CaptureFixture[str]) -> None:
+    url = f"http://127.0.0.1:{free_port()}/"
+    args = ["serve", "--tee", url, "--tee-key", str(FIXTURE_KEY), "--port-base", str(free_port_base())]
+    assert main([*args, "--wait", "0"]) == 3
+    err = capsys.readouterr().err
+    assert err == f"conformance: cannot reach the worker at {url}: connection refused (omni_getHealth)\n"
+
+
+async def test_transport_problems_read_as_a_phrase_not_a_repr() -> None:
+    """What the preflight and a case's step say when a request gets no answer."""
+    async with aiohttp.ClientSession() as http:
+        with pytest.raises(aiohttp.ClientConnectorError) as refused:
+            await http.get(f"http://127.0.0.1:{free_port()}/")
+        with pytest.raises(aiohttp.ClientConnectorError) as unknown:
+            await http.get("http://no-such-host.invalid/")
+    assert transport_problem(refused.value) == "connection refused"
+    assert transport_problem(unknown.value).startswith("the host name no-such-host.invalid does not resolve (")
+    assert transport_problem(TimeoutError(), 5) == "no answer within 5 s"
+    assert transport_problem(aiohttp.ServerTimeoutError("Timeout on reading data from socket"), 15) == (
+        "no answer within 15 s"
+    )
+    assert transport_problem(aiohttp.ServerDisconnectedError()) == "it closed the connection without answering"
+    assert transport_problem(aiohttp.ClientOSError(104, "Connection reset by peer")) == "connection reset by peer"
+    try:
+        json.loads("<html>")
+    except ValueError as exc:
+        assert transport_problem(exc).startswith("its answer is not JSON (Expecting value")
+    assert transport_problem(KeyError("x")) == "KeyError: 'x'"
+    for problem in (transport_problem(refused.value), transport_problem(unknown.value)):
+        assert "ConnectionKey" not in problem and "Error(" not in problem
 
 
 @pytest.mark.parametrize(

@@ -39,12 +39,13 @@ import aiohttp
 import jwt
 
 from agentkeys_kit.conformance.receiver import CallbackScript, ObservedCallback
-from agentkeys_kit.conformance.worker_client import WorkerClient
+from agentkeys_kit.conformance.worker_client import WorkerClient, transport_problem
 
 if TYPE_CHECKING:
     from agentkeys_kit.conformance.runner import Harness
 
 CALLBACK_GRACE = 1.0
+HEALTH_TIMEOUT = 5.0
 MAIL_WAIT = 10.0
 # Worker errors that mean "I tried to call the backend and it failed" (both eras), as opposed to
 # refusing the request itself: the sign that its API URL points somewhere else.
@@ -77,7 +78,7 @@ class Check:
 
 async def _health(http: aiohttp.ClientSession, url: str) -> Any:
     request = {"jsonrpc": "2.0", "id": 1, "method": "omni_getHealth", "params": []}
-    async with http.post(url, json=request, timeout=aiohttp.ClientTimeout(total=5)) as response:
+    async with http.post(url, json=request, timeout=aiohttp.ClientTimeout(total=HEALTH_TIMEOUT)) as response:
         raw = await response.read()
     try:
         return json.loads(raw)
@@ -94,8 +95,9 @@ async def wait_for_worker(http: aiohttp.ClientSession, url: str, seconds: float,
             return await _health(http, url)
         except (aiohttp.ClientConnectionError, TimeoutError, OSError) as exc:
             if time.monotonic() >= deadline:
-                waited = f" within {seconds:g} s" if seconds else ""
-                raise WorkerUnreachable(f"the worker at {url} did not answer omni_getHealth{waited}: {exc!r}") from None
+                problem = transport_problem(exc, HEALTH_TIMEOUT)
+                tried = f" (omni_getHealth, tried for {seconds:g} s)" if seconds else " (omni_getHealth)"
+                raise WorkerUnreachable(f"cannot reach the worker at {url}: {problem}{tried}") from None
             if announce is not None and not announced:
                 announce(f"waiting up to {seconds:g} s for the worker at {url} …")
                 announced = True
@@ -146,7 +148,7 @@ async def _login_checks(h: Harness, url: str, client: str, api: str, variable: s
         answer = await WorkerClient(h.http, url).evm_login(secrets.token_bytes(32), client)
         await receiver.wait_for(already + 1, time.monotonic() + CALLBACK_GRACE)
     except (aiohttp.ClientError, TimeoutError, ValueError, RuntimeError) as exc:
-        return [Check(name, False, f"the {client} login probe failed before the worker answered: {exc!r}")]
+        return [Check(name, False, f"the {client} login probe failed before the worker answered: {_problem(h, exc)}")]
     finally:
         receiver.close_window()
     arrived = receiver.observed[already:]
@@ -194,7 +196,7 @@ async def _mail_check(h: Harness, url: str, client: str) -> Check:
     try:
         answer = await WorkerClient(h.http, url).request_email_code(client, email)
     except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-        return Check(name, False, f"omni_requestEmailVerificationCode failed: {exc!r}")
+        return Check(name, False, f"omni_requestEmailVerificationCode failed: {_problem(h, exc)}")
     lines = h.addresses()
     wanted = ", ".join(
         f"{key}={value}" for key, value in lines.items() if key.endswith(f"_{upper}") and "API_KEY" not in key
@@ -222,7 +224,7 @@ async def _oauth2_check(h: Harness, url: str, client: str) -> Check:
     try:
         answer = await WorkerClient(h.http, url).call("omni_getOAuth2AuthorizationData", params)
     except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-        return Check(name, False, f"omni_getOAuth2AuthorizationData failed: {exc!r}")
+        return Check(name, False, f"omni_getOAuth2AuthorizationData failed: {_problem(h, exc)}")
     result = answer.get("result") if isinstance(answer, dict) else None
     authorize = result.get("authorize_url") if isinstance(result, dict) else None
     if not isinstance(authorize, str):
@@ -247,7 +249,8 @@ async def _sim_endpoint_check(h: Harness, url: str, path: str, name: str) -> Che
             ok = response.status == 200
             status = response.status
     except (aiohttp.ClientError, TimeoutError) as exc:
-        return Check(name, False, f"GET {url}{path} failed: {exc!r}: declared, but the worker is not an omni-sim")
+        detail = f"GET {url}{path} failed ({_problem(h, exc)}): declared, but the worker is not an omni-sim"
+        return Check(name, False, detail)
     if not ok:
         return Check(
             name, False, f"GET {url}{path} answered HTTP {status}: declared, but the worker is not an omni-sim"
@@ -272,6 +275,10 @@ async def _clock_check(h: Harness, url: str) -> Check:
         )
         return Check("clock", False, detail)
     return Check("clock", True, f"{url}_sim/clock answers and is the wall clock; the expiry cases will move it")
+
+
+def _problem(h: Harness, exc: BaseException) -> str:
+    return transport_problem(exc, h.http.timeout.total)
 
 
 def _calls(calls: list[ObservedCallback]) -> str:

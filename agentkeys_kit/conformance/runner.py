@@ -54,6 +54,7 @@ from agentkeys_kit.conformance.targets import (
     start_tee,
     stop_broker,
 )
+from agentkeys_kit.conformance.worker_client import transport_problem
 
 DEFAULT_CALLBACK_GRACE = 0.3  # seconds to wait for callbacks still owed after the reply
 DEFAULT_EMAIL_WAIT = 5.0
@@ -437,7 +438,7 @@ class _CaseRun:
         try:
             await self.setup()
         except Exception as exc:  # a target that does not start is an error of the run, not a pass
-            self.verdict, self.reason = Verdict.ERROR, f"targets did not start: {exc!r}"
+            self.verdict, self.reason = Verdict.ERROR, f"targets did not start: {transport_problem(exc)}"
             return
         for step in self.case.steps:
             started = time.monotonic()
@@ -450,7 +451,8 @@ class _CaseRun:
                 self._fail(step, Verdict.ERROR, [], f"suite error: {exc}", started)
                 return
             except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-                self._fail(step, Verdict.FAILED, [f"transport: {exc!r}"], None, started)
+                problem = transport_problem(exc, REQUEST_TIMEOUT)
+                self._fail(step, Verdict.FAILED, [f"transport: {problem}"], None, started)
                 return
             self.steps.append(StepResult(step.index, step.name, True, duration=time.monotonic() - started))
         unexpected = [o for o in self.h.receiver.observed if o.expectation is None]
