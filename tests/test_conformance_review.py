@@ -209,7 +209,15 @@ def test_review_of_a_directory_without_a_transcript_is_one_error(tmp_path: Path)
     assert done.stderr.strip() == f"conformance: {tmp_path / 'transcript.json'}: cannot read: No such file or directory"
     (tmp_path / "transcript.json").write_text('{"cases": 1}', encoding="utf-8")
     done = conformance("review", str(tmp_path))
-    assert done.returncode == 2 and "not a conformance transcript" in done.stderr and "Traceback" not in done.stderr
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    transcript = tmp_path / "transcript.json"
+    assert done.stderr == f"conformance: {transcript}: not a conformance transcript: it has no field 'tee'\n"
+    transcript.write_text('{"tee": ', encoding="utf-8")
+    done = conformance("review", str(tmp_path))
+    assert done.returncode == 2
+    assert done.stderr == (
+        f"conformance: {transcript}: not a conformance transcript: not JSON (Expecting value at line 1, column 9)\n"
+    )
     assert not (tmp_path / "review.md").exists()
 
 

@@ -256,6 +256,19 @@ async def test_the_sendgrid_stand_in_captures_what_the_simulators_sendgrid_maile
         await stand_in.close()
 
 
+async def test_the_sendgrid_stand_in_says_what_a_malformed_body_lacks() -> None:
+    stand_in = SendGridStandIn(Mailbox())
+    await stand_in.start()
+    try:
+        async with aiohttp.ClientSession() as http, http.post(stand_in.url, json={"subject": "x"}) as response:
+            assert response.status == 400
+            answer = await response.json()
+    finally:
+        await stand_in.close()
+    reason = "not a SendGrid v3 mail-send body: no field 'personalizations'"
+    assert answer["errors"][0]["message"] == reason and stand_in.refused == [reason]
+
+
 def test_the_code_is_found_as_the_worker_finds_it() -> None:
     template = '<style>color:#111111</style><p style="font-size: 16px; font-weight: 600;">246810</p>'
     assert find_code(template) == "246810"  # the paragraph first, not the colour

@@ -380,7 +380,16 @@ def load_run(directory: Path) -> RunResult:
     except OSError as exc:
         raise ReviewError(f"{path}: cannot read: {exc.strerror or exc}") from None
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise ReviewError(f"{path}: not a conformance transcript: {exc!r}") from None
+        raise ReviewError(f"{path}: not a conformance transcript: {_why(exc)}") from None
+
+
+def _why(exc: Exception) -> str:
+    """What is wrong with a transcript, for a person (an exception's repr is for developers)."""
+    if isinstance(exc, json.JSONDecodeError):
+        return f"not JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})"
+    if isinstance(exc, KeyError):
+        return f"it has no field {exc.args[0]!r}" if exc.args else "a field is missing"
+    return str(exc) or type(exc).__name__
 
 
 def _case_result(raw: dict[str, Any]) -> CaseResult:
