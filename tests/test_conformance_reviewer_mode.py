@@ -320,6 +320,16 @@ def test_a_bad_target_file_names_the_file_and_the_key(tmp_path: Path, text: str,
     assert str(path) in str(raised.value)
 
 
+def test_a_target_file_that_is_not_yaml_is_one_line_with_the_file_line_and_column(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "target.yaml"
+    path.write_text("worker:\n  url: [http://w/\n  profile: upstream\n", encoding="utf-8")
+    assert main(["run", "--target", str(path)]) == 2
+    problem = "expected ',' or ']', but got ':' (while parsing a flow sequence at line 2, column 8)"
+    assert capsys.readouterr().err == f"conformance: target file {path}, line 3, column 10: not YAML: {problem}\n"
+
+
 def test_env_prints_only_the_lines(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["env", "--tee", "http://w:2100/", "--tee-mailer", "sendgrid", "--port-base", "7100"]) == 0
     out = capsys.readouterr().out
