@@ -56,6 +56,11 @@ def verdicts(report: Path) -> dict[str, dict[str, Any]]:
     return {case["id"]: case for case in transcript["cases"]}
 
 
+def transcript_of(report: Path) -> dict[str, Any]:
+    document: dict[str, Any] = json.loads((report / "transcript.json").read_text(encoding="utf-8"))
+    return document
+
+
 def public_pem(private_der: Path, out: Path) -> Path:
     key = serialization.load_der_private_key(private_der.read_bytes(), None)
     assert isinstance(key, rsa.RSAPrivateKey)
@@ -463,6 +468,16 @@ def test_an_upstream_worker_refusing_agentkeys_is_a_note_not_a_preflight_failure
     out = capsys.readouterr().out
     assert "note callbacks (agentkeys API): the worker refuses client agentkeys" in out
     assert "PASS  tiny.health" in out
+    # an omni-sim is recognised by its /_sim/info: the reports never call it a worker
+    simulator = (
+        f"{sim.url}_sim/info answers: this is the kit's simulator omni-sim (profile upstream), not a Heima worker"
+    )
+    assert f"ok   target: {simulator}; the run declares profile agentkeys-patch" in out
+    recorded = transcript_of(tmp_path / "r")
+    assert recorded["sim_info"] == {"simulator": "omni_sim", "profile": "upstream", "error_era": "current"}
+    assert recorded["tee_version"].startswith("omni_sim, the kit's simulator")
+    report = (tmp_path / "r" / "report.md").read_text(encoding="utf-8")
+    assert f"**The target is the kit's simulator omni-sim at {sim.url} (profile `upstream`;" in report
 
 
 def test_serve_prints_the_lines_waits_for_the_worker_and_checks_it(tmp_path: Path, sims: list[SimProcess]) -> None:

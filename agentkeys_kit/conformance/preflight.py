@@ -7,6 +7,8 @@ each with "the worker made 0 calls"; one clear message instead is the point of t
 2. `run_preflight`, each check a `Check`:
 
    * *health* — ``omni_getHealth`` answers ``"OK"``;
+   * *target*, a note when the target answers ``/_sim/info``: it is the kit's simulator, not a
+     worker (`identify_simulator`; the reports say so too);
    * *callbacks (pumpx API)* — a wildmeta wallet login, whose ``post_heima_login`` must arrive at the
      receiver's ``/pumpx/`` path (today's worker and the patched one alike);
    * *JWT key* — the tokens of that login verify (RS256) with the key given as ``--tee-key``;
@@ -109,6 +111,9 @@ async def run_preflight(h: Harness, health: Any) -> list[Check]:
     checks = [_health_check(health)]
     if not checks[0].ok:
         return checks
+    h.sim_info = await identify_simulator(h, url)
+    if h.sim_info:
+        checks.append(_simulator_check(h, url))
     checks += await _login_checks(h, url, "wildmeta", "pumpx", "OE_PUMPX_API_BASE_URL")
     if h.tee.profile == "agentkeys-patch":
         checks += await _login_checks(h, url, "agentkeys", "agentkeys", "OE_AGENTKEYS_API_BASE_URL")
@@ -122,6 +127,31 @@ async def run_preflight(h: Harness, health: Any) -> list[Check]:
     for client in ("wildmeta", "agentkeys"):
         checks.append(await _oauth2_check(h, url, client))
     return checks
+
+
+async def identify_simulator(h: Harness, url: str) -> dict[str, str]:
+    """The kit's simulator answers ``GET /_sim/info`` with ``{"simulator": "omni_sim", "profile": …}``;
+    a worker has no such endpoint. The reports then say the verdicts are the simulator's, so a run
+    against an ``omni-sim run`` process is never presented as a worker's behaviour."""
+    try:
+        timeout = aiohttp.ClientTimeout(total=HEALTH_TIMEOUT)
+        async with h.http.get(url + "_sim/info", timeout=timeout) as response:
+            if response.status != 200:
+                return {}
+            info = await response.json(content_type=None)
+    except (aiohttp.ClientError, TimeoutError, ValueError):
+        return {}
+    if not isinstance(info, dict) or info.get("simulator") != "omni_sim":
+        return {}
+    return {key: info[key] for key in ("simulator", "profile", "error_era") if isinstance(info.get(key), str)}
+
+
+def _simulator_check(h: Harness, url: str) -> Check:
+    profile = h.sim_info.get("profile", "?")
+    detail = f"{url}_sim/info answers: this is the kit's simulator omni-sim (profile {profile}), not a Heima worker"
+    if profile != h.tee.profile:
+        detail += f"; the run declares profile {h.tee.profile}"
+    return Check("target", True, detail, fatal=False)
 
 
 def failure_message(url: str, checks: list[Check]) -> str:
