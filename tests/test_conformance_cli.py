@@ -56,6 +56,38 @@ def test_an_invalid_suite_is_refused_before_anything_runs(
     assert complaint in capsys.readouterr().err
 
 
+BROKEN_YAML = "suite: tiny\ncases:\n  - id: [tiny.health\n    clause: x\n"
+BROKEN_AT = (
+    ", line 4, column 11: not YAML: expected ',' or ']', but got ':' "
+    "(while parsing a flow sequence at line 3, column 9)"
+)
+
+
+def test_a_suite_file_that_is_not_yaml_is_one_line_naming_the_file_and_the_place(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "tiny.yaml"
+    path.write_text(BROKEN_YAML, encoding="utf-8")
+    for command in (["check", str(path)], ["run", str(path), "--report", str(tmp_path / "r")]):
+        assert main(command) == 2
+        assert capsys.readouterr().err == f"conformance: {path}{BROKEN_AT}\n"
+
+
+def test_a_deviation_file_that_is_not_yaml_or_lacks_a_case_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    suite = write_suite(tmp_path, HEALTH_CASE)
+    deviations = tmp_path / "deviations.yaml"
+    deviations.write_text("deviations:\n\t- case: tiny.health\n", encoding="utf-8")
+    args = ["run", str(suite), "--deviations", str(deviations), "--report", str(tmp_path / "r")]
+    assert main(args) == 2
+    problem = "found character '\\t' that cannot start any token (while scanning for the next token)"
+    assert capsys.readouterr().err == f"conformance: {deviations}, line 2, column 1: not YAML: {problem}\n"
+    deviations.write_text("deviations:\n  - reason: no case named\n", encoding="utf-8")
+    assert main(args) == 2
+    assert capsys.readouterr().err == f"conformance: {deviations}: not a deviation file: an entry has no 'case'\n"
+
+
 def test_a_case_the_target_cannot_run_is_not_applicable_never_passed(tmp_path: Path) -> None:
     suite = write_suite(tmp_path, HEALTH_CASE, BROKER_CASE)
     assert main(["run", str(suite), "--broker", "none", "--report", str(tmp_path / "r")]) == 0

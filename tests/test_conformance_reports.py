@@ -374,6 +374,24 @@ def test_the_report_never_claims_what_a_url_worker_was_configured_with() -> None
     assert "http://10.0.0.1:8701/" in section and "`X` = `y`" in section
 
 
+def test_a_url_target_that_is_the_simulator_is_named_so_up_front(tmp_path: Path) -> None:
+    url = "http://127.0.0.1:22101/"
+    run = upstream_run(f"{url} (upstream)", "url")
+    plain = markdown_report(run)
+    assert "omni-sim" not in plain and "not a Heima worker" not in plain
+    run.sim_info = {"simulator": "omni_sim", "profile": "upstream", "error_era": "current"}
+    write_reports(run, tmp_path)
+    report = (tmp_path / "report.md").read_text(encoding="utf-8")
+    target = (
+        f"the kit's simulator omni-sim at {url} (profile `upstream`; it answers `{url}_sim/info`), not a Heima worker"
+    )
+    header = report.split("## What the agentkeys patch must do")[0]
+    assert f"**The target is {target}**: these verdicts describe the simulator" in header
+    assert header.splitlines()[2].endswith("the agentkeys patch is not in this simulator profile**")
+    assert f"The target was {target}." in report.split("## How the worker was reached")[1]
+    assert json.loads((tmp_path / "transcript.json").read_text(encoding="utf-8"))["sim_info"] == run.sim_info
+
+
 def test_the_report_says_up_front_which_cases_a_public_key_could_not_run() -> None:
     run = make_run()
     reason = "needs the worker's private key (--tee-key auth_token_key.bin): the case signs tokens as the worker"
@@ -441,6 +459,61 @@ def test_happy_path_falls_back_to_passing_cases_with_callbacks() -> None:
     run.results[1] = CaseResult(case("tee.other"), Verdict.FAILED, "x", exchanges=login_exchanges())
     happy = markdown_report(run).split("## The happy path")[1]
     assert "### `tee.login.evm.wildmeta`" in happy and "Harness-->>Worker: 200 code 10000" in happy
+
+
+def upstream_run(tee: str = "sim (upstream)", tee_kind: str = "sim") -> RunResult:
+    """A green run of an upstream target: the patch's cases failed as listed, today's refusal passed."""
+    deviation = "the agentkeys patch is not applied"
+    results = [
+        CaseResult(case("e2e.login.evm", tags=("e2e",), profile="agentkeys-patch"), Verdict.EXPECTED_FAILURE,
+                   "step 3: callback 1: the worker made 0", exchanges=login_exchanges(with_callback=False, error=True),
+                   deviation=deviation),
+        CaseResult(case("tee.login.agentkeys.dispatched", profile="agentkeys-patch"), Verdict.EXPECTED_FAILURE,
+                   "step 3: refused", exchanges=login_exchanges(with_callback=False, error=True), deviation=deviation),
+        CaseResult(case("e2e.upstream.agentkeys-refused", tags=("e2e",), only="upstream"), Verdict.PASSED,
+                   exchanges=login_exchanges(with_callback=False, error=True)),
+        CaseResult(case("tee.login.evm.wildmeta", tags=("login",)), Verdict.PASSED,
+                   exchanges=login_exchanges(client_id="wildmeta", forwarded=False)),
+        CaseResult(case("tee.needs.bundler"), Verdict.NOT_APPLICABLE, "needs the simulator's bundler"),
+    ]  # fmt: skip
+    run = RunResult(tee, "omni_sim 0.1.0", "local", STARTED, 1.0, results, {}, tee_kind=tee_kind, profile="upstream")
+    run.deviations = "sim-upstream"
+    return run
+
+
+def test_a_green_upstream_run_says_in_its_headline_that_no_patch_case_passed() -> None:
+    """ "Verdict: PASS" alone reads as "this worker does what AgentKeys needs"."""
+    headline = markdown_report(upstream_run()).splitlines()[2]
+    assert headline == (
+        "**Verdict: PASS for the declared profile `upstream` (2 passed, 1 not applicable, 2 known deviations): "
+        "0 of 2 agentkeys-patch cases passed — the agentkeys patch is not in this simulator profile**"
+    )
+    worker = upstream_run("http://10.0.0.5:2100/ (upstream)", "url")
+    assert markdown_report(worker).splitlines()[2].endswith("— the agentkeys patch is not in this worker**")
+    patched = upstream_run()
+    patched.profile = "agentkeys-patch"
+    for result in patched.results[:2]:
+        result.verdict, result.deviation = Verdict.PASSED, None
+    patched.results[2].verdict, patched.results[2].reason = Verdict.NOT_APPLICABLE, "only for upstream targets"
+    assert markdown_report(patched).splitlines()[2] == (
+        "**Verdict: PASS for the declared profile `agentkeys-patch` (3 passed, 2 not applicable): "
+        "all 2 agentkeys-patch cases passed**"
+    )
+    assert markdown_report(make_run()).splitlines()[2] == "**Verdict: FAIL — 3 case(s) need attention**"
+
+
+def test_the_happy_path_of_an_upstream_run_is_not_a_refusal_and_says_the_patch_flow_is_refused() -> None:
+    happy = markdown_report(upstream_run()).split("## The happy path")[1].split("\n## ")[0]
+    assert "e2e.upstream.agentkeys-refused" not in happy and "e2e.login.evm" not in happy
+    assert "### `tee.login.evm.wildmeta`" in happy
+    assert "Harness-->>Worker: 200 code 10000" in happy
+    assert (
+        "Under the declared profile `upstream` the happy path of the agentkeys patch (client `agentkeys` signs in "
+        "and the worker's callbacks reach the broker) is refused: its 2 case(s) are known deviations"
+    ) in happy
+    # a patched run shows its e2e case and no such note
+    patched = markdown_report(make_run()).split("## The happy path")[1]
+    assert "### `tee.login.agentkeys.e2e`" in patched and "is refused" not in patched
 
 
 def test_sequence_diagram_without_exchanges_still_renders() -> None:
@@ -678,12 +751,18 @@ async def test_reports_and_diff_of_real_runs(tmp_path: Path) -> None:
     skipped = junit_case(root, "tiny.login.agentkeys").find("skipped")
     assert skipped is not None and skipped.get("message") == "known deviation: the patch is not applied"
     report = (tmp_path / "upstream" / "report.md").read_text(encoding="utf-8")
-    assert "sim (upstream)" in report and "PASS — every applicable case passed" in report
+    assert report.startswith(
+        "# Conformance report: sim (upstream)\n\n**Verdict: PASS for the declared profile `upstream` "
+        "(2 passed, 1 known deviation): 0 of 1 agentkeys-patch cases passed — the agentkeys patch is not in "
+        "this simulator profile**\n"
+    )
     known = report.split("### Known deviations")[1]
     assert "<code>tiny.login.agentkeys</code> — the patch is not applied" in known
 
     write_reports(patched, tmp_path / "patched")
-    happy = (tmp_path / "patched" / "report.md").read_text(encoding="utf-8").split("## The happy path")[1]
+    report = (tmp_path / "patched" / "report.md").read_text(encoding="utf-8")
+    assert "**Verdict: PASS for the declared profile `agentkeys-patch` (2 passed, 1 not applicable): all 1 " in report
+    happy = report.split("## The happy path")[1]
     assert "Harness->>Broker: forwarded" in happy and "Broker-->>Harness: 200 code 10000" in happy
 
     same = compare(patched, again)

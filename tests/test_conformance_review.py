@@ -184,6 +184,29 @@ def test_a_finding_whose_case_failed_is_reported_as_failed_not_asserted(runs: Ru
     assert "**Evidence**" not in block
 
 
+def test_an_omni_sim_at_a_url_is_named_as_the_simulator_not_as_a_worker(runs: Runs, tmp_path: Path) -> None:
+    """A run against an ``omni-sim run`` process (its preflight saw ``/_sim/info``) demonstrates the
+    source reading on the simulator, not "that worker's own behaviour"."""
+    url = "http://127.0.0.1:22101/"
+    edited = transcript(runs.upstream)
+    edited.update(tee=f"{url} (upstream)", tee_kind="url")
+    for name, sim_info in (("sim", {"simulator": "omni_sim", "profile": "upstream"}), ("worker", {})):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "transcript.json").write_text(json.dumps({**edited, "sim_info": sim_info}), "utf-8")
+        assert conformance("review", str(tmp_path / name)).returncode == 0
+    simulated = (tmp_path / "sim" / "review.md").read_text(encoding="utf-8")
+    block = finding_block(simulated, "tee-oauth2.user-login.wildmeta-subject-unbound")
+    assert f"- **Observed:** demonstrated on the kit's simulator omni-sim at {url} (upstream)" in block
+    assert f"demonstrated on {url}" not in simulated
+    assert f"1. **the kit's simulator omni-sim at {url} (upstream)** — the kit's simulator omni-sim at a URL (it " in (
+        simulated
+    )
+    assert "not a worker; profile `upstream`" in simulated
+    worker = (tmp_path / "worker" / "review.md").read_text(encoding="utf-8")
+    assert f"- **Observed:** demonstrated on {url} (upstream)" in worker and "omni-sim at" not in worker
+    assert f"1. **{url} (upstream)** — a worker at a URL; profile `upstream`" in worker
+
+
 def test_run_review_writes_the_document_and_report_md_lists_the_findings(runs: Runs) -> None:
     single = (runs.upstream / "review.md").read_text(encoding="utf-8")
     assert "| 1 | sim (upstream) | PASS |" in single
@@ -209,7 +232,15 @@ def test_review_of_a_directory_without_a_transcript_is_one_error(tmp_path: Path)
     assert done.stderr.strip() == f"conformance: {tmp_path / 'transcript.json'}: cannot read: No such file or directory"
     (tmp_path / "transcript.json").write_text('{"cases": 1}', encoding="utf-8")
     done = conformance("review", str(tmp_path))
-    assert done.returncode == 2 and "not a conformance transcript" in done.stderr and "Traceback" not in done.stderr
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    transcript = tmp_path / "transcript.json"
+    assert done.stderr == f"conformance: {transcript}: not a conformance transcript: it has no field 'tee'\n"
+    transcript.write_text('{"tee": ', encoding="utf-8")
+    done = conformance("review", str(tmp_path))
+    assert done.returncode == 2
+    assert done.stderr == (
+        f"conformance: {transcript}: not a conformance transcript: not JSON (Expecting value at line 1, column 9)\n"
+    )
     assert not (tmp_path / "review.md").exists()
 
 

@@ -7,12 +7,14 @@ Workers here are `omni-sim run` processes configured only from what the harness 
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 import yaml
 from cryptography.hazmat.primitives import serialization
@@ -27,6 +29,7 @@ from agentkeys_kit.conformance.mail_sink import Mailbox, SendGridStandIn, find_c
 from agentkeys_kit.conformance.parties import Parties, PartiesError, PartyAddresses
 from agentkeys_kit.conformance.target_file import TargetFileError, load_target_file
 from agentkeys_kit.conformance.targets import TargetError, load_tee_key, tee_target
+from agentkeys_kit.conformance.worker_client import transport_problem
 from agentkeys_kit.omni_sim.server import ServedApp
 
 ROOT = Path(__file__).parent.parent
@@ -50,6 +53,11 @@ def write_suite(tmp_path: Path, *cases: dict[str, Any]) -> Path:
 def verdicts(report: Path) -> dict[str, dict[str, Any]]:
     transcript = yaml.safe_load((report / "transcript.json").read_text(encoding="utf-8"))
     return {case["id"]: case for case in transcript["cases"]}
+
+
+def transcript_of(report: Path) -> dict[str, Any]:
+    document: dict[str, Any] = json.loads((report / "transcript.json").read_text(encoding="utf-8"))
+    return document
 
 
 def public_pem(private_der: Path, out: Path) -> Path:
@@ -252,6 +260,19 @@ async def test_the_sendgrid_stand_in_captures_what_the_simulators_sendgrid_maile
         await stand_in.close()
 
 
+async def test_the_sendgrid_stand_in_says_what_a_malformed_body_lacks() -> None:
+    stand_in = SendGridStandIn(Mailbox())
+    await stand_in.start()
+    try:
+        async with aiohttp.ClientSession() as http, http.post(stand_in.url, json={"subject": "x"}) as response:
+            assert response.status == 400
+            answer = await response.json()
+    finally:
+        await stand_in.close()
+    reason = "not a SendGrid v3 mail-send body: no field 'personalizations'"
+    assert answer["errors"][0]["message"] == reason and stand_in.refused == [reason]
+
+
 def test_the_code_is_found_as_the_worker_finds_it() -> None:
     template = '<style>color:#111111</style><p style="font-size: 16px; font-weight: 600;">246810</p>'
     assert find_code(template) == "246810"  # the paragraph first, not the colour
@@ -303,6 +324,16 @@ def test_a_bad_target_file_names_the_file_and_the_key(tmp_path: Path, text: str,
     assert str(path) in str(raised.value)
 
 
+def test_a_target_file_that_is_not_yaml_is_one_line_with_the_file_line_and_column(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "target.yaml"
+    path.write_text("worker:\n  url: [http://w/\n  profile: upstream\n", encoding="utf-8")
+    assert main(["run", "--target", str(path)]) == 2
+    problem = "expected ',' or ']', but got ':' (while parsing a flow sequence at line 2, column 8)"
+    assert capsys.readouterr().err == f"conformance: target file {path}, line 3, column 10: not YAML: {problem}\n"
+
+
 def test_env_prints_only_the_lines(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["env", "--tee", "http://w:2100/", "--tee-mailer", "sendgrid", "--port-base", "7100"]) == 0
     out = capsys.readouterr().out
@@ -341,8 +372,41 @@ def test_an_unreachable_worker_is_one_message_and_exit_3(tmp_path: Path, capsys:
         == 3
     )
     err = capsys.readouterr().err
-    assert "did not answer omni_getHealth within 1 s" in err
+    url = args[3]
+    assert err == f"conformance: cannot reach the worker at {url}: connection refused (omni_getHealth, tried for 1 s)\n"
     assert not (tmp_path / "r").exists()
+
+
+def test_serve_says_in_one_line_why_it_cannot_reach_the_worker(capsys: pytest.CaptureFixture[str]) -> None:
+    url = f"http://127.0.0.1:{free_port()}/"
+    args = ["serve", "--tee", url, "--tee-key", str(FIXTURE_KEY), "--port-base", str(free_port_base())]
+    assert main([*args, "--wait", "0"]) == 3
+    err = capsys.readouterr().err
+    assert err == f"conformance: cannot reach the worker at {url}: connection refused (omni_getHealth)\n"
+
+
+async def test_transport_problems_read_as_a_phrase_not_a_repr() -> None:
+    """What the preflight and a case's step say when a request gets no answer."""
+    async with aiohttp.ClientSession() as http:
+        with pytest.raises(aiohttp.ClientConnectorError) as refused:
+            await http.get(f"http://127.0.0.1:{free_port()}/")
+        with pytest.raises(aiohttp.ClientConnectorError) as unknown:
+            await http.get("http://no-such-host.invalid/")
+    assert transport_problem(refused.value) == "connection refused"
+    assert transport_problem(unknown.value).startswith("the host name no-such-host.invalid does not resolve (")
+    assert transport_problem(TimeoutError(), 5) == "no answer within 5 s"
+    assert transport_problem(aiohttp.ServerTimeoutError("Timeout on reading data from socket"), 15) == (
+        "no answer within 15 s"
+    )
+    assert transport_problem(aiohttp.ServerDisconnectedError()) == "it closed the connection without answering"
+    assert transport_problem(aiohttp.ClientOSError(104, "Connection reset by peer")) == "connection reset by peer"
+    try:
+        json.loads("<html>")
+    except ValueError as exc:
+        assert transport_problem(exc).startswith("its answer is not JSON (Expecting value")
+    assert transport_problem(KeyError("x")) == "KeyError: 'x'"
+    for problem in (transport_problem(refused.value), transport_problem(unknown.value)):
+        assert "ConnectionKey" not in problem and "Error(" not in problem
 
 
 @pytest.mark.parametrize(
@@ -403,6 +467,16 @@ def test_an_upstream_worker_refusing_agentkeys_is_a_note_not_a_preflight_failure
     out = capsys.readouterr().out
     assert "note callbacks (agentkeys API): the worker refuses client agentkeys" in out
     assert "PASS  tiny.health" in out
+    # an omni-sim is recognised by its /_sim/info: the reports never call it a worker
+    simulator = (
+        f"{sim.url}_sim/info answers: this is the kit's simulator omni-sim (profile upstream), not a Heima worker"
+    )
+    assert f"ok   target: {simulator}; the run declares profile agentkeys-patch" in out
+    recorded = transcript_of(tmp_path / "r")
+    assert recorded["sim_info"] == {"simulator": "omni_sim", "profile": "upstream", "error_era": "current"}
+    assert recorded["tee_version"].startswith("omni_sim, the kit's simulator")
+    report = (tmp_path / "r" / "report.md").read_text(encoding="utf-8")
+    assert f"**The target is the kit's simulator omni-sim at {sim.url} (profile `upstream`;" in report
 
 
 def test_serve_prints_the_lines_waits_for_the_worker_and_checks_it(tmp_path: Path, sims: list[SimProcess]) -> None:

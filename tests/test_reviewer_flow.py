@@ -178,7 +178,10 @@ worker2:
     )
     assert review.returncode == 0, review.stdout + review.stderr
     document = (tmp_path / "review.md").read_text(encoding="utf-8")
-    today, patched_label = f"{upstream.url} (upstream)", f"http://127.0.0.1:{patched_port}/ (agentkeys-patch)"
+    # both workers are omni-sim processes: they answer /_sim/info, so the document names them as the simulator
+    simulator = "the kit's simulator omni-sim at "
+    today = f"{simulator}{upstream.url} (upstream)"
+    patched_label = f"{simulator}http://127.0.0.1:{patched_port}/ (agentkeys-patch)"
     assert f"| 1. {today} | 🟡 not done, as the deviation file expects" in document
     assert f"| 2. {patched_label} | ✅ done" in document
     # shown on today's worker, with what it answered; not shown where the worker cannot offer what the case needs

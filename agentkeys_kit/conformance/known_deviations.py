@@ -20,7 +20,7 @@ from pathlib import Path
 
 import yaml
 
-from agentkeys_kit.conformance.model import SuiteError
+from agentkeys_kit.conformance.model import SuiteError, yaml_problem
 
 DEVIATIONS_DIR = Path(__file__).with_name("deviations")
 
@@ -61,11 +61,17 @@ def load_deviations(spec: str | Path | None, tee_kind: str, profile: str, known_
         return Deviations()
     try:
         document = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise SuiteError(f"{path}{yaml_problem(exc)}") from None
+    except OSError as exc:
+        raise SuiteError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    try:
         entries = document.get("deviations", []) or []
         reasons = {str(entry["case"]): str(entry.get("reason", "")) for entry in entries}
         steps = {str(entry["case"]): int(entry["step"]) for entry in entries if "step" in entry}
-    except (OSError, yaml.YAMLError, TypeError, KeyError, ValueError, AttributeError) as exc:
-        raise SuiteError(f"{path}: not a deviation file: {exc}") from None
+    except (TypeError, KeyError, ValueError, AttributeError) as exc:
+        why = f"an entry has no {exc.args[0]!r}" if isinstance(exc, KeyError) and exc.args else str(exc)
+        raise SuiteError(f"{path}: not a deviation file: {why}") from None
     unknown = sorted(set(reasons) - known_cases)
     if unknown:
         raise SuiteError(f"{path}: lists cases no suite has: {', '.join(unknown)}")

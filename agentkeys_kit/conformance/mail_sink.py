@@ -181,7 +181,8 @@ class SendGridStandIn:
             body = "\n".join(str(part["value"]) for part in message["content"])
             sender = str(message.get("from", {}).get("email", ""))
         except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
-            reason = f"not a SendGrid v3 mail-send body: {exc!r}"
+            missing = f"no field {exc.args[0]!r}" if isinstance(exc, KeyError) and exc.args else str(exc)
+            reason = f"not a SendGrid v3 mail-send body: {missing or type(exc).__name__}"
             self.refused.append(reason)
             return web.json_response({"errors": [{"message": reason, "field": None}]}, status=400)
         self._mailbox.add(ReceivedMail(to, subject, body, time.time(), "sendgrid", sender))

@@ -339,6 +339,23 @@ class SuiteError(ValueError):
     """A suite file that is not valid; the message names the file and the failing path."""
 
 
+def yaml_problem(exc: yaml.YAMLError) -> str:
+    """What follows a file's name: ``, line 3, column 10: not YAML: expected ',' or ']', but got ':'
+    (while parsing a flow sequence at line 2, column 8)``, one line, counted from 1 as editors do.
+    PyYAML's own text spans several lines and points at ``"<unicode string>"``, not the file."""
+    if isinstance(exc, yaml.MarkedYAMLError) and exc.problem_mark is not None:
+        mark = exc.problem_mark
+        context = exc.context or ""
+        started = exc.context_mark
+        if context and started is not None and (started.line, started.column) != (mark.line, mark.column):
+            context += f" at line {started.line + 1}, column {started.column + 1}"
+        problem = exc.problem or "not valid here"
+        return f", line {mark.line + 1}, column {mark.column + 1}: not YAML: {problem}" + (
+            f" ({context})" if context else ""
+        )
+    return ": not YAML: " + " ".join(str(exc).replace('"<unicode string>"', "the file").split())
+
+
 @dataclass(frozen=True, slots=True)
 class Step:
     index: int
@@ -413,8 +430,10 @@ def published_schema() -> str:
 def load_suite(path: Path) -> Suite:
     try:
         document = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as exc:
-        raise SuiteError(f"{path}: cannot read YAML: {exc}") from None
+    except OSError as exc:
+        raise SuiteError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    except yaml.YAMLError as exc:
+        raise SuiteError(f"{path}{yaml_problem(exc)}") from None
     problem = schema_problem(document)
     if problem is not None:
         raise SuiteError(f"{path}: {problem}")

@@ -7,6 +7,8 @@ each with "the worker made 0 calls"; one clear message instead is the point of t
 2. `run_preflight`, each check a `Check`:
 
    * *health* — ``omni_getHealth`` answers ``"OK"``;
+   * *target*, a note when the target answers ``/_sim/info``: it is the kit's simulator, not a
+     worker (`identify_simulator`; the reports say so too);
    * *callbacks (pumpx API)* — a wildmeta wallet login, whose ``post_heima_login`` must arrive at the
      receiver's ``/pumpx/`` path (today's worker and the patched one alike);
    * *JWT key* — the tokens of that login verify (RS256) with the key given as ``--tee-key``;
@@ -39,12 +41,13 @@ import aiohttp
 import jwt
 
 from agentkeys_kit.conformance.receiver import CallbackScript, ObservedCallback
-from agentkeys_kit.conformance.worker_client import WorkerClient
+from agentkeys_kit.conformance.worker_client import WorkerClient, transport_problem
 
 if TYPE_CHECKING:
     from agentkeys_kit.conformance.runner import Harness
 
 CALLBACK_GRACE = 1.0
+HEALTH_TIMEOUT = 5.0
 MAIL_WAIT = 10.0
 # Worker errors that mean "I tried to call the backend and it failed" (both eras), as opposed to
 # refusing the request itself: the sign that its API URL points somewhere else.
@@ -77,7 +80,7 @@ class Check:
 
 async def _health(http: aiohttp.ClientSession, url: str) -> Any:
     request = {"jsonrpc": "2.0", "id": 1, "method": "omni_getHealth", "params": []}
-    async with http.post(url, json=request, timeout=aiohttp.ClientTimeout(total=5)) as response:
+    async with http.post(url, json=request, timeout=aiohttp.ClientTimeout(total=HEALTH_TIMEOUT)) as response:
         raw = await response.read()
     try:
         return json.loads(raw)
@@ -94,8 +97,9 @@ async def wait_for_worker(http: aiohttp.ClientSession, url: str, seconds: float,
             return await _health(http, url)
         except (aiohttp.ClientConnectionError, TimeoutError, OSError) as exc:
             if time.monotonic() >= deadline:
-                waited = f" within {seconds:g} s" if seconds else ""
-                raise WorkerUnreachable(f"the worker at {url} did not answer omni_getHealth{waited}: {exc!r}") from None
+                problem = transport_problem(exc, HEALTH_TIMEOUT)
+                tried = f" (omni_getHealth, tried for {seconds:g} s)" if seconds else " (omni_getHealth)"
+                raise WorkerUnreachable(f"cannot reach the worker at {url}: {problem}{tried}") from None
             if announce is not None and not announced:
                 announce(f"waiting up to {seconds:g} s for the worker at {url} …")
                 announced = True
@@ -107,6 +111,9 @@ async def run_preflight(h: Harness, health: Any) -> list[Check]:
     checks = [_health_check(health)]
     if not checks[0].ok:
         return checks
+    h.sim_info = await identify_simulator(h, url)
+    if h.sim_info:
+        checks.append(_simulator_check(h, url))
     checks += await _login_checks(h, url, "wildmeta", "pumpx", "OE_PUMPX_API_BASE_URL")
     if h.tee.profile == "agentkeys-patch":
         checks += await _login_checks(h, url, "agentkeys", "agentkeys", "OE_AGENTKEYS_API_BASE_URL")
@@ -120,6 +127,31 @@ async def run_preflight(h: Harness, health: Any) -> list[Check]:
     for client in ("wildmeta", "agentkeys"):
         checks.append(await _oauth2_check(h, url, client))
     return checks
+
+
+async def identify_simulator(h: Harness, url: str) -> dict[str, str]:
+    """The kit's simulator answers ``GET /_sim/info`` with ``{"simulator": "omni_sim", "profile": …}``;
+    a worker has no such endpoint. The reports then say the verdicts are the simulator's, so a run
+    against an ``omni-sim run`` process is never presented as a worker's behaviour."""
+    try:
+        timeout = aiohttp.ClientTimeout(total=HEALTH_TIMEOUT)
+        async with h.http.get(url + "_sim/info", timeout=timeout) as response:
+            if response.status != 200:
+                return {}
+            info = await response.json(content_type=None)
+    except (aiohttp.ClientError, TimeoutError, ValueError):
+        return {}
+    if not isinstance(info, dict) or info.get("simulator") != "omni_sim":
+        return {}
+    return {key: info[key] for key in ("simulator", "profile", "error_era") if isinstance(info.get(key), str)}
+
+
+def _simulator_check(h: Harness, url: str) -> Check:
+    profile = h.sim_info.get("profile", "?")
+    detail = f"{url}_sim/info answers: this is the kit's simulator omni-sim (profile {profile}), not a Heima worker"
+    if profile != h.tee.profile:
+        detail += f"; the run declares profile {h.tee.profile}"
+    return Check("target", True, detail, fatal=False)
 
 
 def failure_message(url: str, checks: list[Check]) -> str:
@@ -146,7 +178,7 @@ async def _login_checks(h: Harness, url: str, client: str, api: str, variable: s
         answer = await WorkerClient(h.http, url).evm_login(secrets.token_bytes(32), client)
         await receiver.wait_for(already + 1, time.monotonic() + CALLBACK_GRACE)
     except (aiohttp.ClientError, TimeoutError, ValueError, RuntimeError) as exc:
-        return [Check(name, False, f"the {client} login probe failed before the worker answered: {exc!r}")]
+        return [Check(name, False, f"the {client} login probe failed before the worker answered: {_problem(h, exc)}")]
     finally:
         receiver.close_window()
     arrived = receiver.observed[already:]
@@ -194,7 +226,7 @@ async def _mail_check(h: Harness, url: str, client: str) -> Check:
     try:
         answer = await WorkerClient(h.http, url).request_email_code(client, email)
     except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-        return Check(name, False, f"omni_requestEmailVerificationCode failed: {exc!r}")
+        return Check(name, False, f"omni_requestEmailVerificationCode failed: {_problem(h, exc)}")
     lines = h.addresses()
     wanted = ", ".join(
         f"{key}={value}" for key, value in lines.items() if key.endswith(f"_{upper}") and "API_KEY" not in key
@@ -222,7 +254,7 @@ async def _oauth2_check(h: Harness, url: str, client: str) -> Check:
     try:
         answer = await WorkerClient(h.http, url).call("omni_getOAuth2AuthorizationData", params)
     except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-        return Check(name, False, f"omni_getOAuth2AuthorizationData failed: {exc!r}")
+        return Check(name, False, f"omni_getOAuth2AuthorizationData failed: {_problem(h, exc)}")
     result = answer.get("result") if isinstance(answer, dict) else None
     authorize = result.get("authorize_url") if isinstance(result, dict) else None
     if not isinstance(authorize, str):
@@ -247,7 +279,8 @@ async def _sim_endpoint_check(h: Harness, url: str, path: str, name: str) -> Che
             ok = response.status == 200
             status = response.status
     except (aiohttp.ClientError, TimeoutError) as exc:
-        return Check(name, False, f"GET {url}{path} failed: {exc!r}: declared, but the worker is not an omni-sim")
+        detail = f"GET {url}{path} failed ({_problem(h, exc)}): declared, but the worker is not an omni-sim"
+        return Check(name, False, detail)
     if not ok:
         return Check(
             name, False, f"GET {url}{path} answered HTTP {status}: declared, but the worker is not an omni-sim"
@@ -272,6 +305,10 @@ async def _clock_check(h: Harness, url: str) -> Check:
         )
         return Check("clock", False, detail)
     return Check("clock", True, f"{url}_sim/clock answers and is the wall clock; the expiry cases will move it")
+
+
+def _problem(h: Harness, exc: BaseException) -> str:
+    return transport_problem(exc, h.http.timeout.total)
 
 
 def _calls(calls: list[ObservedCallback]) -> str:

@@ -117,6 +117,7 @@ def transcript(run: RunResult) -> dict[str, object]:
         "served": run.served,
         "environment": run.environment,
         "preflight": run.preflight,
+        "sim_info": run.sim_info,
         "cases": [result.to_json() for result in run.results],
     }
 
@@ -163,10 +164,53 @@ def counts_text(run: RunResult) -> str:
 
 
 def overall_verdict(run: RunResult) -> str:
-    if run.ok:
+    """One line. A PASS names the declared profile, the counts and what it means for the patch:
+    against an upstream target every agentkeys-patch case is a known deviation, and "PASS" alone
+    reads as "this worker does what AgentKeys needs"."""
+    if not run.ok:
+        attention = sum(1 for result in run.results if not result.ok)
+        return f"FAIL — {attention} case(s) need attention"
+    if not run.profile:
         return "PASS — every applicable case passed (known deviations failed as listed)"
-    attention = sum(1 for result in run.results if not result.ok)
-    return f"FAIL — {attention} case(s) need attention"
+    counts = ", ".join(
+        f"{count} {word}"
+        for verdict, word in (
+            (Verdict.PASSED, "passed"),
+            (Verdict.NOT_APPLICABLE, "not applicable"),
+            (
+                Verdict.EXPECTED_FAILURE,
+                "known deviations" if run.count(Verdict.EXPECTED_FAILURE) != 1 else "known deviation",
+            ),
+        )
+        if (count := run.count(verdict))
+    )
+    return f"PASS for the declared profile `{run.profile}` ({counts or 'no cases'}){_patch_outcome(run)}"
+
+
+def _patch_outcome(run: RunResult) -> str:
+    patch = [r for r in run.results if r.case.is_patch_clause and r.verdict is not Verdict.NOT_APPLICABLE]
+    if not patch:
+        return ""
+    passed = sum(1 for r in patch if r.verdict is Verdict.PASSED)
+    if passed == len(patch):
+        return f": all {len(patch)} agentkeys-patch cases passed"
+    if passed:
+        return f": {passed} of {len(patch)} agentkeys-patch cases passed, the others are known deviations"
+    where = "this simulator profile" if run.simulated else "this worker"
+    return f": 0 of {len(patch)} agentkeys-patch cases passed — the agentkeys patch is not in {where}"
+
+
+def target_description(run: RunResult) -> str:
+    """What was tested, in words: the kit's simulator (in-process or an ``omni-sim`` at a URL) or a worker."""
+    if run.tee_kind == "sim":
+        return f"the kit's simulator omni-sim, started in-process by the harness (profile `{run.profile or '?'}`)"
+    url = run.tee.split(" ")[0]
+    if run.sim_info:
+        return (
+            f"the kit's simulator omni-sim at {url} (profile `{run.sim_info.get('profile', '?')}`; "
+            f"it answers `{url}_sim/info`), not a Heima worker"
+        )
+    return f"a worker at {url}"
 
 
 def decode_jwt(token: str) -> tuple[dict[str, Any], dict[str, Any]] | None:
@@ -524,11 +568,11 @@ def _has_callbacks(result: CaseResult) -> bool:
 
 
 def happy_path_cases(run: RunResult, limit: int = 3) -> list[CaseResult]:
-    passed = [r for r in run.results if r.verdict is Verdict.PASSED and r.exchanges]
+    """Passing cases whose worker called back, end-to-end ones first. A passing case without a
+    callback is a refusal that went as specified (``e2e.upstream.agentkeys-refused``): not a happy path."""
+    passed = [r for r in run.results if r.verdict is Verdict.PASSED and _has_callbacks(r)]
     tagged = [r for r in passed if "e2e" in r.case.tags]
-    if tagged:
-        return tagged[:limit]
-    return [r for r in passed if _has_callbacks(r)][:limit]
+    return (tagged or passed)[:limit]
 
 
 HOW_TO_READ = """\
@@ -587,7 +631,19 @@ def _verdict_section(run: RunResult) -> list[str]:
         "Full evidence is in `transcript.json`, CI results in `junit.xml` next to this file; "
         "[how to read this report](#how-to-read-this) is at the end.",
         "",
+        *_simulator_note(run),
         *_key_note(run),
+    ]
+
+
+def _simulator_note(run: RunResult) -> list[str]:
+    """A URL target that is the kit's simulator: the verdicts are the simulator's, not a worker's."""
+    if run.tee_kind == "sim" or not run.sim_info:
+        return []
+    return [
+        f"**The target is {_cell(target_description(run))}**: these verdicts describe the simulator, the kit's "
+        "executable specification of the worker, not the behaviour of any Heima worker.",
+        "",
     ]
 
 
@@ -742,6 +798,8 @@ def _configuration_section(run: RunResult) -> list[str]:
         out += ["The harness started the simulator itself for every case, with these variables:", ""]
         out += [f"- `{name}` = `{value}`" for name, value in run.environment.items()]
         return [*out, ""]
+    if run.sim_info:
+        out += [f"The target was {_cell(target_description(run))}.", ""]
     out += ["The harness's parties listened at:", ""]
     out += [f"- {_cell(name)}: `{url}`" for name, url in run.served.items()]
     out += [
@@ -789,6 +847,16 @@ def _case_details(result: CaseResult) -> list[str]:
 def _happy_path_section(run: RunResult) -> list[str]:
     cases = happy_path_cases(run)
     out = ["## The happy path", ""]
+    patch = [r for r in run.results if r.case.is_patch_clause]
+    refused = [r for r in patch if r.verdict is Verdict.EXPECTED_FAILURE]
+    if refused and not any(r.verdict is Verdict.PASSED for r in patch):
+        out += [
+            f"Under the declared profile `{_cell(run.profile or '?')}` the happy path of the agentkeys patch "
+            "(client `agentkeys` signs in and the worker's callbacks reach the broker) is refused: its "
+            f"{len(refused)} case(s) are known deviations (see [Known deviations](#known-deviations)). "
+            "Shown below: passing cases of the flows this target does serve.",
+            "",
+        ]
     if not cases:
         return [*out, "No passing case with callbacks in this run to show.", ""]
     out += ["How the legs look when a case passes:", ""]

@@ -376,11 +376,21 @@ def load_run(directory: Path) -> RunResult:
             served=dict(document.get("served") or {}),
             preflight=list(document.get("preflight") or []),
             deviations=str(document.get("deviations", "none")),
+            sim_info={str(key): str(value) for key, value in (document.get("sim_info") or {}).items()},
         )
     except OSError as exc:
         raise ReviewError(f"{path}: cannot read: {exc.strerror or exc}") from None
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise ReviewError(f"{path}: not a conformance transcript: {exc!r}") from None
+        raise ReviewError(f"{path}: not a conformance transcript: {_why(exc)}") from None
+
+
+def _why(exc: Exception) -> str:
+    """What is wrong with a transcript, for a person (an exception's repr is for developers)."""
+    if isinstance(exc, json.JSONDecodeError):
+        return f"not JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})"
+    if isinstance(exc, KeyError):
+        return f"it has no field {exc.args[0]!r}" if exc.args else "a field is missing"
+    return str(exc) or type(exc).__name__
 
 
 def _case_result(raw: dict[str, Any]) -> CaseResult:
@@ -416,8 +426,10 @@ def _case_result(raw: dict[str, Any]) -> CaseResult:
 
 
 def _label(run: RunResult) -> str:
+    """The run's target; a URL that answered ``/_sim/info`` is named as the simulator it is."""
     profile = f" ({run.profile})" if run.profile and run.profile not in run.tee else ""
-    return f"{run.tee}{profile}"
+    simulator = "the kit's simulator omni-sim at " if run.sim_info and run.tee_kind != "sim" else ""
+    return f"{simulator}{run.tee}{profile}"
 
 
 def _result(run: RunResult, case_id: str) -> CaseResult | None:
@@ -607,7 +619,8 @@ def _findings(runs: Sequence[RunResult]) -> list[str]:
         "Facts about today's worker, each read from its source and shown by a case on the `upstream` profile "
         "when a run in this document could run it. A finding is *demonstrated* only when its case passed: the "
         "case's expectations are the gap. Where it was not, the reason is given and the source reading stands "
-        "alone. Shown on the simulator's `upstream` profile, a finding is the source reading made executable; "
+        "alone. Shown on the simulator's `upstream` profile (in-process, or an `omni-sim` at a URL: the harness "
+        "recognises one by its `/_sim/info` and names it so), a finding is the source reading made executable; "
         "shown on a worker at a URL, it is that worker's own behaviour. "
         f"{shown} of {len(observed)} demonstrated by these runs.",
         "",
@@ -667,7 +680,12 @@ def _method(runs: Sequence[RunResult]) -> list[str]:
     ]
     for number, run in enumerate(runs, start=1):
         started = datetime.fromtimestamp(run.started_at, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-        kind = "the simulator, in-process" if run.tee_kind == "sim" else "a worker at a URL"
+        if run.tee_kind == "sim":
+            kind = "the simulator, in-process"
+        elif run.sim_info:
+            kind = "the kit's simulator omni-sim at a URL (it answers `/_sim/info`), not a worker"
+        else:
+            kind = "a worker at a URL"
         out.append(
             f"{number}. **{_cell(_label(run))}** — {kind}; profile `{run.profile or '?'}`; known deviations: "
             f"{_cell(run.deviations)}; started {started}, {run.duration:.1f} s; {len(run.results)} cases."

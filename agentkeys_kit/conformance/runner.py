@@ -54,6 +54,7 @@ from agentkeys_kit.conformance.targets import (
     start_tee,
     stop_broker,
 )
+from agentkeys_kit.conformance.worker_client import transport_problem
 
 DEFAULT_CALLBACK_GRACE = 0.3  # seconds to wait for callbacks still owed after the reply
 DEFAULT_EMAIL_WAIT = 5.0
@@ -165,6 +166,14 @@ class RunResult:
     #: the preflight's checks (URL targets): name, ok, detail
     preflight: list[dict[str, Any]] = field(default_factory=list)
     deviations: str = "none"
+    #: a URL target that answered ``/_sim/info`` as the kit's simulator: its name, profile and error era
+    #: (`preflight.identify_simulator`); empty for a worker and for the in-process simulator
+    sim_info: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def simulated(self) -> bool:
+        """The target is the kit's simulator (in-process, or an ``omni-sim`` at a URL), not a worker."""
+        return self.tee_kind == "sim" or bool(self.sim_info)
 
     @property
     def ok(self) -> bool:
@@ -231,6 +240,8 @@ class Harness:
         self.parties = Parties(parties)
         self.keys = Keys(tee.private_key, tee.public_key)
         self.preflight_checks: list[dict[str, Any]] = []
+        #: set by the preflight when the URL target is an omni-sim (`preflight.identify_simulator`)
+        self.sim_info: dict[str, str] = {}
         self._session: aiohttp.ClientSession | None = None
         self._workdir: Path | None = None
         self._ids = itertools.count(1)
@@ -305,9 +316,12 @@ class Harness:
                 results.append(result)
                 if on_result is not None:
                     on_result(result)
+        version = self.tee.version
+        if self.sim_info:
+            version = "omni_sim, the kit's simulator (it answers /_sim/info; no version RPC)"
         return RunResult(
             tee=self.tee.label,
-            tee_version=self.tee.version,
+            tee_version=version,
             broker=self.broker.label,
             started_at=started,
             duration=time.time() - started,
@@ -319,6 +333,7 @@ class Harness:
             served=self.parties.served(),
             preflight=list(self.preflight_checks),
             deviations=self.deviations_label,
+            sim_info=dict(self.sim_info),
         )
 
     def applicability(self, case: Case) -> str | None:
@@ -437,7 +452,7 @@ class _CaseRun:
         try:
             await self.setup()
         except Exception as exc:  # a target that does not start is an error of the run, not a pass
-            self.verdict, self.reason = Verdict.ERROR, f"targets did not start: {exc!r}"
+            self.verdict, self.reason = Verdict.ERROR, f"targets did not start: {transport_problem(exc)}"
             return
         for step in self.case.steps:
             started = time.monotonic()
@@ -450,7 +465,8 @@ class _CaseRun:
                 self._fail(step, Verdict.ERROR, [], f"suite error: {exc}", started)
                 return
             except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-                self._fail(step, Verdict.FAILED, [f"transport: {exc!r}"], None, started)
+                problem = transport_problem(exc, REQUEST_TIMEOUT)
+                self._fail(step, Verdict.FAILED, [f"transport: {problem}"], None, started)
                 return
             self.steps.append(StepResult(step.index, step.name, True, duration=time.monotonic() - started))
         unexpected = [o for o in self.h.receiver.observed if o.expectation is None]

@@ -30,6 +30,7 @@ from typing import Any
 import jsonschema
 import yaml
 
+from agentkeys_kit.conformance.model import yaml_problem
 from agentkeys_kit.conformance.parties import DEFAULT_PORTS, MAILERS, PartyAddresses
 
 _PORT = {"type": "integer", "minimum": 1, "maximum": 65535}
@@ -112,7 +113,7 @@ def load_target_file(path: Path | None) -> TargetFile:
     except OSError as exc:
         raise TargetFileError(f"target file {path}: cannot read: {exc.strerror or exc}") from None
     except yaml.YAMLError as exc:
-        raise TargetFileError(f"target file {path}: not YAML: {exc}") from None
+        raise TargetFileError(f"target file {path}{yaml_problem(exc)}") from None
     errors = list(jsonschema.Draft202012Validator(SCHEMA).iter_errors(document))
     if errors:
         error = errors[0]

@@ -6,7 +6,11 @@ calls step by step.
 
 from __future__ import annotations
 
+import errno
 import itertools
+import json
+import os
+import socket
 from typing import Any
 
 import aiohttp
@@ -66,3 +70,42 @@ class WorkerClient:
                 "client_id": client_id,
             },
         )
+
+
+def transport_problem(exc: BaseException, within: float | None = None) -> str:
+    """Why a request got no usable answer, as one phrase for a person (``connection refused``):
+    an exception's repr (``ClientConnectorError(ConnectionKey(host=…, ssl=True, …))``) is for
+    developers. `within` is the time the request was given, when known."""
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        return f"its TLS certificate was not accepted ({exc.certificate_error})"
+    if isinstance(exc, TimeoutError):  # aiohttp's ServerTimeoutError and ConnectionTimeoutError too
+        return f"no answer within {within:g} s" if within is not None else "no answer in time"
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        cause = exc.os_error
+        if isinstance(cause, socket.gaierror):
+            return f"the host name {exc.host} does not resolve ({cause.strerror or cause})"
+        if isinstance(exc, aiohttp.ClientSSLError):
+            return f"the TLS handshake failed ({getattr(cause, 'reason', None) or cause})"
+        return _os_problem(cause)
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return "it closed the connection without answering"
+    if isinstance(exc, aiohttp.ClientResponseError):
+        return f"it answered HTTP {exc.status}" + (f" {exc.message}" if exc.message else "")
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        return f"its answer was cut off ({exc})"
+    if isinstance(exc, aiohttp.InvalidURL):
+        return f"{exc.url} is not a usable URL"
+    if isinstance(exc, json.JSONDecodeError):
+        return f"its answer is not JSON ({exc})"
+    if isinstance(exc, OSError):
+        return _os_problem(exc)
+    if isinstance(exc, ValueError | RuntimeError) and str(exc):
+        return str(exc)  # raised with a message for people (`sign_in_message`)
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+def _os_problem(exc: OSError) -> str:
+    """``connection refused``, ``no route to host``: the errno's text, not the call's wording."""
+    if exc.errno is not None and exc.errno in errno.errorcode:
+        return os.strerror(exc.errno).lower()
+    return exc.strerror or str(exc) or type(exc).__name__
