@@ -57,6 +57,7 @@ from agentkeys_kit.conformance.review import (
 from agentkeys_kit.conformance.runner import CaseResult, Harness, RunResult
 from agentkeys_kit.conformance.target_file import TargetFile, TargetFileError, WorkerSpec, load_target_file
 from agentkeys_kit.conformance.targets import TargetError, TeeTarget, broker_target, tee_target
+from agentkeys_kit.console import quiet_broken_pipe
 
 SUITES_DIR = Path(__file__).with_name("suites")
 __all__ = ["DEVIATIONS_DIR", "SUITES_DIR", "main"]
@@ -503,6 +504,7 @@ def _run(work: Coroutine[Any, Any, T]) -> T:
         raise KeyboardInterrupt from None
 
 
+@quiet_broken_pipe
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "schema":
