@@ -23,11 +23,13 @@ equivalent or out of reach are listed with their reasons in
 such); a listed mutant that is now killed is reported, so the list cannot go stale unnoticed.
 
 To work on survivors without the whole sample: ``--only NAME...`` runs exactly those mutants and
-``--last-survivors`` the open survivors of the last sampled run (its sample is kept in
-``mutants/mutate-sample.json``), both on the mutants and recorded stats already in ``mutants/``
-(mutmut records which cases run a function for cases it has not seen, e.g. a new one). Their
-results are written where the sample's are, so ``--report-only --seed S`` afterwards prints the
-sample's score with the re-run mutants' new results.
+``--last-survivors`` the open survivors (not killed, not accepted, never run) of the last run's
+sample, drawn again with its seed (kept in ``mutants/mutate-sample.json``) on the current sources.
+Both bring ``mutants/`` up to date first; mutmut keeps the results of functions whose source did
+not change and records which cases run a function for new cases, but for a new function only in a
+full collection: add ``--fresh-stats`` after such a change. The results are written where the
+sample's are, so ``--report-only --seed S`` afterwards prints the sample's score, re-run mutants
+included (a kill recorded earlier stands only as long as no case it relied on was weakened).
 
 Only the mutant generation calls into mutmut's module (its CLI has no "generate only" command);
 the runs go through its CLI, and the results are read from the ``.meta`` files it writes.
@@ -112,11 +114,14 @@ def open_survivors(chosen: list[str], codes: dict[str, int | None], accepted: di
     return [name for name in chosen if codes.get(name) not in KILLED and name not in accepted]
 
 
-def last_survivors() -> list[str]:
+def last_survivors(codes: dict[str, int | None]) -> list[str]:
+    """The open survivors of the last run's sample, drawn again with its seed from the mutants of
+    the current sources (the same sample when the sources are unchanged)."""
     if not SAMPLE_FILE.exists():
-        raise SystemExit(f"no earlier sampled run: {SAMPLE_FILE.relative_to(ROOT)} is missing")
-    chosen = [str(name) for name in json.loads(SAMPLE_FILE.read_text(encoding="utf-8"))["chosen"]]
-    return open_survivors(chosen, exit_codes(), accepted_survivors())
+        raise SystemExit(f"no earlier sampled run: {SAMPLE_FILE} is missing")
+    document = json.loads(SAMPLE_FILE.read_text(encoding="utf-8"))
+    chosen = sample(sorted(codes), int(document["per_package"]), int(document["seed"]))
+    return open_survivors(chosen, codes, accepted_survivors())
 
 
 def accepted_survivors() -> dict[str, str]:
@@ -186,14 +191,24 @@ def main() -> int:
     parser.add_argument("--report-only", action="store_true", help="print the score of the last run's sample")
     chosen_by_name = parser.add_mutually_exclusive_group()
     chosen_by_name.add_argument(
-        "--only", nargs="+", metavar="NAME", help="run exactly these mutants (on mutants/ as it is), not a sample"
+        "--only",
+        nargs="+",
+        metavar="NAME",
+        help="run exactly these mutants (mutants/ brought up to date), not a sample",
     )
     chosen_by_name.add_argument(
-        "--last-survivors", action="store_true", help="run the open survivors of the last sampled run again"
+        "--last-survivors",
+        action="store_true",
+        help="run the open survivors of the last run's sample (its seed, the current sources)",
+    )
+    parser.add_argument(
+        "--fresh-stats",
+        action="store_true",
+        help="with --only/--last-survivors: record again which cases run each function (after a source change)",
     )
     args = parser.parse_args()
     if args.only or args.last_survivors:
-        return rerun(args.only, args.max_children)
+        return rerun(args.only, args.max_children, fresh_stats=args.fresh_stats)
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1, 1_000_000)
     command = f"python3 scripts/dev.py mutate --per-package {args.per_package} --seed {seed}"
     started = time.monotonic()
@@ -214,17 +229,22 @@ def main() -> int:
     return report(chosen, exit_codes(), what, command, time.monotonic() - started)
 
 
-def rerun(only: list[str] | None, max_children: int) -> int:
-    """Run the named mutants (or the last sample's open survivors) on the mutants already generated."""
+def rerun(only: list[str] | None, max_children: int, *, fresh_stats: bool) -> int:
+    """Run the named mutants (or the last sample's open survivors) on mutants/ brought up to date
+    with the sources (mutmut keeps the results of functions that did not change)."""
     started = time.monotonic()
     if not MUTANTS.exists():
         raise SystemExit("no mutants/ yet: run a sample first (python3 scripts/dev.py mutate --seed S)")
-    chosen = only if only is not None else last_survivors()
-    unknown = sorted(set(chosen) - set(exit_codes()))
+    if fresh_stats:  # mutmut records the cases of a function it has never seen only in a full collection
+        (MUTANTS / "mutmut-stats.json").unlink(missing_ok=True)
+    generate()
+    codes = exit_codes()
+    chosen = only if only is not None else last_survivors(codes)
+    unknown = sorted(set(chosen) - set(codes))
     if unknown:
         raise SystemExit("no such mutant: " + ", ".join(unknown))
     if not chosen:
-        print("the last sampled run left no open survivor")
+        print("the last run's sample has no open survivor")
         return 0
     run_mutmut(chosen, max_children)
     command = "python3 scripts/dev.py mutate --only " + " ".join(chosen)
