@@ -151,13 +151,13 @@ async def refuse_unstorable(pending: Awaitable[web.Response]) -> web.Response:
         ) from None
 
 
-def callback(event: str, *, bearer: bool) -> Callable[[CallbackHandler], Handler]:
+def callback(*, bearer: bool) -> Callable[[CallbackHandler], Handler]:
     """Wrap a callback handler: TEE-token check or network allow-list, refusal audit, envelope
-    (`serve_callback`)."""
+    (`serve_callback`). The handler's name is the callback's, and its refusals' audit event."""
 
     def decorate(handler: CallbackHandler) -> Handler:
         async def handle(request: web.Request) -> web.Response:
-            return await serve_callback(request, handler, event, bearer=bearer)
+            return await serve_callback(request, handler, bearer=bearer)
 
         handle.__name__ = handler.__name__
         return handle
@@ -165,10 +165,12 @@ def callback(event: str, *, bearer: bool) -> Callable[[CallbackHandler], Handler
     return decorate
 
 
-async def serve_callback(request: web.Request, handler: CallbackHandler, event: str, *, bearer: bool) -> web.Response:
-    """One callback request through `handler`. A function of its own rather than the body of
-    `callback`'s closure: the decorator runs once, at import, so `dev.py mutate` (mutmut) would
-    credit the wrapper to the first case that imports the broker only; this runs per request."""
+async def serve_callback(request: web.Request, handler: CallbackHandler, *, bearer: bool) -> web.Response:
+    """One callback request through `handler`. A function of its own, which takes everything it
+    varies on per request, rather than the body of `callback`'s closure: the decorator runs once,
+    at import, so `dev.py mutate` (mutmut) would credit what it holds to the first case that
+    imports the broker only; this runs, and is credited, per request."""
+    event = handler.__name__
     state = request.app[STATE]
     verified: VerifiedBearer | None = None
     header = authorization_header(request)
@@ -223,7 +225,7 @@ def require_token_proves_identity(claims: AuthTokenClaims, account: str, client_
         raise errors.identity_mismatch("token sub is not the OmniAccount of userId under clientId")
 
 
-@callback("post_heima_login", bearer=True)
+@callback(bearer=True)
 async def post_heima_login(request: web.Request, state: BrokerState, verified: VerifiedBearer | None) -> web.Response:
     assert verified is not None
     body = require_fields(
@@ -281,7 +283,7 @@ async def post_heima_login(request: web.Request, state: BrokerState, verified: V
     return errors.ok({"user_id": user.user_uid})
 
 
-@callback("add_wallet", bearer=True)
+@callback(bearer=True)
 async def add_wallet(request: web.Request, state: BrokerState, verified: VerifiedBearer | None) -> web.Response:
     assert verified is not None
     if await read_body(request):
@@ -296,7 +298,7 @@ async def add_wallet(request: web.Request, state: BrokerState, verified: Verifie
     return errors.ok({})
 
 
-@callback("get_account_user_id", bearer=False)
+@callback(bearer=False)
 async def get_account_user_id(
     request: web.Request, state: BrokerState, verified: VerifiedBearer | None
 ) -> web.Response:
@@ -326,7 +328,7 @@ async def get_account_user_id(
     return errors.ok({"userId": user.user_uid})
 
 
-@callback("user_connect", bearer=True)
+@callback(bearer=True)
 async def user_connect(request: web.Request, state: BrokerState, verified: VerifiedBearer | None) -> web.Response:
     assert verified is not None
     body = require_fields(
@@ -349,7 +351,7 @@ async def user_connect(request: web.Request, state: BrokerState, verified: Verif
     return errors.ok({"userId": user.user_uid, "googleAuthCheck": check})
 
 
-@callback("check_hyper_agent_address", bearer=False)
+@callback(bearer=False)
 async def check_hyper_agent_address(
     request: web.Request, state: BrokerState, verified: VerifiedBearer | None
 ) -> web.Response:
