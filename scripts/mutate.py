@@ -2,6 +2,7 @@
 """Mutation testing of the conformance suites: how many seeded faults turn the main command red.
 
     python3 scripts/dev.py mutate [--per-package N] [--seed S] [--keep] [--max-children K]
+    python3 scripts/dev.py mutate --only NAME... | --last-survivors   # re-run a few mutants
 
 The tool is mutmut (pinned in the ``mutate`` extra; configured under ``[tool.mutmut]`` in
 pyproject.toml): it mutates ``agentkeys_kit/protocol/``, ``agentkeys_kit/omni_sim/`` and the
@@ -20,6 +21,15 @@ score, and every surviving mutant with the command that shows its diff. Survivor
 equivalent or out of reach are listed with their reasons in
 ``agentkeys_kit/conformance/mutation_survivors.yaml`` and left out of the score (and printed as
 such); a listed mutant that is now killed is reported, so the list cannot go stale unnoticed.
+
+To work on survivors without the whole sample: ``--only NAME...`` runs exactly those mutants and
+``--last-survivors`` the open survivors (not killed, not accepted, never run) of the last run's
+sample, drawn again with its seed (kept in ``mutants/mutate-sample.json``) on the current sources.
+Both bring ``mutants/`` up to date first; mutmut keeps the results of functions whose source did
+not change and records which cases run a function for new cases, but for a new function only in a
+full collection: add ``--fresh-stats`` after such a change. The results are written where the
+sample's are, so ``--report-only --seed S`` afterwards prints the sample's score, re-run mutants
+included (a kill recorded earlier stands only as long as no case it relied on was weakened).
 
 Only the mutant generation calls into mutmut's module (its CLI has no "generate only" command);
 the runs go through its CLI, and the results are read from the ``.meta`` files it writes.
@@ -41,6 +51,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 MUTANTS = ROOT / "mutants"
+SAMPLE_FILE = MUTANTS / "mutate-sample.json"
 SURVIVORS_FILE = ROOT / "agentkeys_kit" / "conformance" / "mutation_survivors.yaml"
 PACKAGES = {
     "protocol": "agentkeys_kit.protocol.",
@@ -93,6 +104,26 @@ def sample(names: list[str], per_package: int, seed: int) -> list[str]:
     return chosen
 
 
+def save_sample(chosen: list[str], seed: int, per_package: int) -> None:
+    document = {"seed": seed, "per_package": per_package, "chosen": chosen}
+    SAMPLE_FILE.write_text(json.dumps(document, indent=1) + "\n", encoding="utf-8")
+
+
+def open_survivors(chosen: list[str], codes: dict[str, int | None], accepted: dict[str, str]) -> list[str]:
+    """The mutants of `chosen` that a score counts against the suites: not killed, not accepted."""
+    return [name for name in chosen if codes.get(name) not in KILLED and name not in accepted]
+
+
+def last_survivors(codes: dict[str, int | None]) -> list[str]:
+    """The open survivors of the last run's sample, drawn again with its seed from the mutants of
+    the current sources (the same sample when the sources are unchanged)."""
+    if not SAMPLE_FILE.exists():
+        raise SystemExit(f"no earlier sampled run: {SAMPLE_FILE} is missing")
+    document = json.loads(SAMPLE_FILE.read_text(encoding="utf-8"))
+    chosen = sample(sorted(codes), int(document["per_package"]), int(document["seed"]))
+    return open_survivors(chosen, codes, accepted_survivors())
+
+
 def accepted_survivors() -> dict[str, str]:
     if not SURVIVORS_FILE.exists():
         return {}
@@ -100,7 +131,7 @@ def accepted_survivors() -> dict[str, str]:
     return {str(entry["mutant"]): str(entry["reason"]) for entry in document.get("accepted", [])}
 
 
-def report(chosen: list[str], codes: dict[str, int | None], seed: int, command: str, elapsed: float) -> int:
+def report(chosen: list[str], codes: dict[str, int | None], what: str, command: str, elapsed: float) -> int:
     accepted = accepted_survivors()
     rows: dict[str, Counter[str]] = {package: Counter() for package in PACKAGES}
     survivors: list[tuple[str, str]] = []
@@ -121,8 +152,7 @@ def report(chosen: list[str], codes: dict[str, int | None], seed: int, command: 
         else:
             rows[package]["unchecked"] += 1
             survivors.append((name, f"not checked (exit code {code})"))
-    sampled = f"seed {seed}, {len(chosen)} sampled mutants, {elapsed / 60:.1f} min"
-    print(f"\nmutation score of the conformance suites ({sampled})")
+    print(f"\nmutation score of the conformance suites ({what}, {elapsed / 60:.1f} min)")
     print(f"reproduce: {command}")
     print(f"{'package':<10} {'killed':>7} {'survived':>9} {'accepted':>9} {'score':>7}")
     total = Counter[str]()
@@ -159,7 +189,26 @@ def main() -> int:
     parser.add_argument("--keep", action="store_true", help="reuse mutants/ and mutmut's recorded stats")
     parser.add_argument("--max-children", type=int, default=2, help="mutants run at once (default 2)")
     parser.add_argument("--report-only", action="store_true", help="print the score of the last run's sample")
+    chosen_by_name = parser.add_mutually_exclusive_group()
+    chosen_by_name.add_argument(
+        "--only",
+        nargs="+",
+        metavar="NAME",
+        help="run exactly these mutants (mutants/ brought up to date), not a sample",
+    )
+    chosen_by_name.add_argument(
+        "--last-survivors",
+        action="store_true",
+        help="run the open survivors of the last run's sample (its seed, the current sources)",
+    )
+    parser.add_argument(
+        "--fresh-stats",
+        action="store_true",
+        help="with --only/--last-survivors: record again which cases run each function (after a source change)",
+    )
     args = parser.parse_args()
+    if args.only or args.last_survivors:
+        return rerun(args.only, args.max_children, fresh_stats=args.fresh_stats)
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1, 1_000_000)
     command = f"python3 scripts/dev.py mutate --per-package {args.per_package} --seed {seed}"
     started = time.monotonic()
@@ -172,14 +221,44 @@ def main() -> int:
     counts = Counter(package_of(name) for name in names)
     print("mutants: " + ", ".join(f"{package} {counts[package]}" for package in PACKAGES), flush=True)
     chosen = sample(names, args.per_package, seed)
+    if MUTANTS.exists():
+        save_sample(chosen, seed, args.per_package)
     if not args.report_only:
-        mutmut = Path(sys.executable).with_name("mutmut")
-        run = [str(mutmut), "run", "--max-children", str(args.max_children), *chosen]
-        log = MUTANTS / "mutmut-run.log"
-        print(f"running {len(chosen)} mutants with mutmut ({args.max_children} at once); its output: {log}", flush=True)
-        with log.open("wb") as out:
-            subprocess.run(run, cwd=ROOT, check=False, stdout=out, stderr=subprocess.STDOUT)
-    return report(chosen, exit_codes(), seed, command, time.monotonic() - started)
+        run_mutmut(chosen, args.max_children)
+    what = f"seed {seed}, {len(chosen)} sampled mutants"
+    return report(chosen, exit_codes(), what, command, time.monotonic() - started)
+
+
+def rerun(only: list[str] | None, max_children: int, *, fresh_stats: bool) -> int:
+    """Run the named mutants (or the last sample's open survivors) on mutants/ brought up to date
+    with the sources (mutmut keeps the results of functions that did not change)."""
+    started = time.monotonic()
+    if not MUTANTS.exists():
+        raise SystemExit("no mutants/ yet: run a sample first (python3 scripts/dev.py mutate --seed S)")
+    if fresh_stats:  # mutmut records the cases of a function it has never seen only in a full collection
+        (MUTANTS / "mutmut-stats.json").unlink(missing_ok=True)
+    generate()
+    codes = exit_codes()
+    chosen = only if only is not None else last_survivors(codes)
+    unknown = sorted(set(chosen) - set(codes))
+    if unknown:
+        raise SystemExit("no such mutant: " + ", ".join(unknown))
+    if not chosen:
+        print("the last run's sample has no open survivor")
+        return 0
+    run_mutmut(chosen, max_children)
+    command = "python3 scripts/dev.py mutate --only " + " ".join(chosen)
+    what = f"{len(chosen)} named mutants, not a sample"
+    return report(chosen, exit_codes(), what, command, time.monotonic() - started)
+
+
+def run_mutmut(chosen: list[str], max_children: int) -> None:
+    mutmut = Path(sys.executable).with_name("mutmut")
+    run = [str(mutmut), "run", "--max-children", str(max_children), *chosen]
+    log = MUTANTS / "mutmut-run.log"
+    print(f"running {len(chosen)} mutants with mutmut ({max_children} at once); its output: {log}", flush=True)
+    with log.open("wb") as out:
+        subprocess.run(run, cwd=ROOT, check=False, stdout=out, stderr=subprocess.STDOUT)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ import hashlib
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+from fido2 import cbor
 from fido2.webauthn import AttestationObject, AuthenticatorData, CollectedClientData
 
 from agentkeys_kit.conformance.soft_authenticator import SoftCredential
@@ -66,3 +67,17 @@ def test_credentials_round_trip_through_json_and_seeds_are_deterministic() -> No
     assert SoftCredential.from_json(first.to_json()).to_json() == first.to_json()
     assert SoftCredential.generate(b"seed").to_json() == first.to_json()
     assert SoftCredential.generate(b"other").credential_id != first.credential_id
+
+
+def test_cose_key_array_writes_the_same_key_values_as_a_cbor_array() -> None:
+    credential = SoftCredential.generate(b"seed")
+    as_map = cbor.decode(base64url.decode(credential.attestation(CHALLENGE, "https://a", "a")["attestation_object"]))
+    out = credential.attestation(CHALLENGE, "https://a", "a", cose_key="array")
+    as_array = cbor.decode(base64url.decode(out["attestation_object"]))
+    key = AttestationObject(cbor.encode(as_map)).auth_data.credential_data
+    assert key is not None
+    prefix = len(as_map["authData"]) - len(cbor.encode(dict(key.public_key)))
+    assert as_array["authData"][:prefix] == as_map["authData"][:prefix]
+    assert cbor.decode(as_array["authData"][prefix:]) == list(dict(key.public_key).values())
+    with pytest.raises(ValueError, match="cose_key"):
+        credential.attestation(CHALLENGE, "https://a", "a", cose_key="list")

@@ -337,11 +337,12 @@ def _passkey_options(args: dict[str, Any]) -> dict[str, Any]:
 
 
 def passkey_attestation(scope: Scope, argument: Any) -> dict[str, str]:
-    """``{credential, challenge, origin, rp_id, type?, flags?}`` → ``{attestation_object,
-    client_data_json, credential_id}`` as `navigator.credentials.create` gives them."""
+    """``{credential, challenge, origin, rp_id, type?, flags?, cose_key?: map|array}`` →
+    ``{attestation_object, client_data_json, credential_id}`` as `navigator.credentials.create`
+    gives them (``cose_key: array``: the credential's COSE key written as a CBOR array)."""
     args = _args(argument, "$passkey_attestation", "credential", "challenge", "origin", "rp_id")
     credential = SoftCredential.from_json(args["credential"])
-    options = {key: args[key] for key in ("type", "flags") if key in args}
+    options = {key: args[key] for key in ("type", "flags", "cose_key") if key in args}
     return credential.attestation(str(args["challenge"]), str(args["origin"]), str(args["rp_id"]), **options)
 
 

@@ -151,6 +151,14 @@ STEP_SCHEMAS: dict[str, dict[str, Any]] = {
                 "body": {"type": "string"},
                 "content_type": {"type": "string"},
                 "method": {"enum": ["GET", "POST", "PUT"]},
+                "pad_to": {
+                    "type": "integer",
+                    "minimum": 0,
+                    "maximum": 16 * 1024 * 1024,
+                    "description": "Send the body followed by spaces (JSON whitespace) up to this many bytes: "
+                    "a request of a given size (e.g. just above the worker's 10 MiB limit) without writing it out; "
+                    "reports show the body as written and the size.",
+                },
             },
         },
         callbacks=True,

@@ -74,19 +74,30 @@ class SoftCredential:
     # ------------------------------------------------------------------ registration
 
     def attestation(
-        self, challenge: str, origin: str, rp_id: str, *, type: str = "webauthn.create", flags: list[str] | None = None
+        self,
+        challenge: str,
+        origin: str,
+        rp_id: str,
+        *,
+        type: str = "webauthn.create",
+        flags: list[str] | None = None,
+        cose_key: str = "map",
     ) -> dict[str, str]:
-        """``navigator.credentials.create`` with attestation ``none``."""
+        """``navigator.credentials.create`` with attestation ``none``; ``cose_key="array"`` writes
+        the credential's COSE key as a CBOR array of the map's values (a broken authenticator)."""
         client_data = CollectedClientData.create(type, challenge, origin)
-        credential = AttestedCredentialData.create(
-            ZERO_AAGUID,
-            self.credential_id,
-            ES256.from_cryptography_key(self.private_key.public_key()),  # type: ignore[no-untyped-call]
-        )
+        key = ES256.from_cryptography_key(self.private_key.public_key())  # type: ignore[no-untyped-call]
+        credential = AttestedCredentialData.create(ZERO_AAGUID, self.credential_id, key)
         auth_data = bytearray(AuthenticatorData.create(_rp_hash(rp_id), UP | UV | AT, 0, credential))
         # The flags byte is set afterwards so that negative cases (no AT, no UP…) can be built:
         # fido2's AuthenticatorData refuses credential data without the AT flag.
         auth_data[32] = int(flags_from(flags, UP | UV | AT))
+        if cose_key == "array":  # the COSE key ends the authenticator data
+            written = cbor.encode(dict(key))
+            assert auth_data.endswith(written)
+            auth_data[len(auth_data) - len(written) :] = cbor.encode(list(dict(key).values()))
+        elif cose_key != "map":
+            raise ValueError(f"cose_key must be map or array, not {cose_key!r}")
         attestation = cbor.encode({"fmt": "none", "attStmt": {}, "authData": bytes(auth_data)})
         return {
             "attestation_object": base64url.encode(attestation),
