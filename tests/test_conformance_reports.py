@@ -775,3 +775,14 @@ async def test_reports_and_diff_of_real_runs(tmp_path: Path) -> None:
     login = by_id["tiny.login.agentkeys"]
     assert login.legs_differ and "only in A" in [leg.kind for leg in login.legs]
     assert write_diff(patched, upstream, tmp_path / "diff").is_file()
+
+
+def test_the_console_summary_counts_in_words_that_agree() -> None:
+    from agentkeys_kit.conformance.reports import console_summary
+
+    verdicts = [Verdict.PASSED, Verdict.EXPECTED_FAILURE, Verdict.EXPECTED_FAILURE, Verdict.ERROR]
+    results = [CaseResult(case(f"tee.c{i}"), verdict) for i, verdict in enumerate(verdicts)]
+    run = RunResult("sim", "omni_sim 0.1.0", "local", STARTED, 1.0, results, {})
+    assert console_summary(run).endswith("— 1 passed, 1 error, 2 known deviations")
+    results.append(CaseResult(case("tee.c9"), Verdict.ERROR))
+    assert console_summary(run).endswith("— 1 passed, 2 errors, 2 known deviations")

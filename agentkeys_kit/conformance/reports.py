@@ -89,8 +89,21 @@ def console_line(result: CaseResult) -> str:
     return line
 
 
+#: the plural of a summary word that has one
+SUMMARY_PLURALS = {
+    Verdict.ERROR: "errors",
+    Verdict.EXPECTED_FAILURE: "known deviations",
+    Verdict.UNEXPECTED_PASS: "unexpected passes",
+}
+
+
+def summary_count(run: RunResult, verdict: Verdict) -> str:
+    count = run.count(verdict)
+    return f"{count} {SUMMARY_PLURALS.get(verdict, SUMMARY_WORDS[verdict]) if count != 1 else SUMMARY_WORDS[verdict]}"
+
+
 def console_summary(run: RunResult) -> str:
-    counts = ", ".join(f"{run.count(v)} {SUMMARY_WORDS[v]}" for v in Verdict if run.count(v))
+    counts = ", ".join(summary_count(run, v) for v in Verdict if run.count(v))
     verdict = "OK" if run.ok else "NOT OK"
     return f"\n{verdict}: {len(run.results)} cases in {run.duration:.1f}s — {counts}"
 
