@@ -549,6 +549,11 @@ def test_normalise_value_hides_what_changes_by_design() -> None:
             }
         }
     }
+    # a JWT after another scheme word (a refused "Token …" header) is decoded the same way, its prefix kept
+    other = jwt({"sub": "0x" + "cd" * 32, "typ": "access", "exp": 1_800_000_999, "aud": "agentkeys"})
+    assert normalise_value(f"Token {token}") == normalise_value(f"Token {other}")
+    assert normalise_value(f"Token {token}")["$prefix"] == "Token "
+    assert normalise_value(f"Token {token}") != normalise_value(f"Bearer {token}")
     assert normalise_value({"code": "12345678", "otp": "123456", "n": "1234567", "port": 43433}) == {
         "code": "<code>",
         "otp": "<code>",

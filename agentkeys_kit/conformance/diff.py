@@ -59,7 +59,7 @@ _PREFIXED_HEX = re.compile(r"0x[0-9a-fA-F]{12,}(?![0-9a-fA-F])")  # signatures a
 _HEX = re.compile(r"(?<![0-9A-Za-z])[0-9a-fA-F]{12,}(?![0-9A-Za-z])")
 _BASE58 = re.compile(r"(?<![0-9A-Za-z])[1-9A-HJ-NP-Za-km-z]{32,50}(?![0-9A-Za-z])")
 _CODE = re.compile(r"(?<![0-9A-Za-z])(?:[0-9]{8}|[0-9]{6})(?![0-9A-Za-z])")
-_TOKEN = re.compile(r"^(Bearer )?[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*$")
+_TOKEN = re.compile(r"^((?:[A-Za-z][A-Za-z0-9_-]* )*)[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*$")
 _LOOPBACK_PORT = re.compile(r"(127\.0\.0\.1|localhost|\[::1\]|0\.0\.0\.0):[0-9]{1,5}")
 _UNIX_SECONDS = (1_500_000_000, 5_000_000_000)
 #: an RFC 3339 instant in UTC (the `Issued At` / `Expiration Time` of a Sign-In with Ethereum message)

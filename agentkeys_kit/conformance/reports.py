@@ -71,7 +71,8 @@ ICONS = {
 NOISE_HEADERS = frozenset({"host", "accept", "accept-encoding", "content-length", "user-agent", "connection", "date"})
 
 # "Bearer Bearer <jwt>" and "bearer <jwt>" too: the bearer-stripping cases send odd schemes on purpose
-_JWT = re.compile(r"^((?:(?i:bearer) )*)([A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*)$")
+#: a JWT, bare or after an authorization scheme (``Bearer``, or any other word: ``Token …``)
+_JWT = re.compile(r"^((?:[A-Za-z][A-Za-z0-9_-]* )*)([A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*)$")
 _XML_ILLEGAL = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
 _CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _MERMAID_UNSAFE = re.compile(r"[^A-Za-z0-9 _./@=,()+\-]+")
@@ -244,7 +245,7 @@ def decode_jwt(token: str) -> tuple[dict[str, Any], dict[str, Any]] | None:
 
 
 def split_bearer_jwt(text: str) -> tuple[str, dict[str, Any], dict[str, Any]] | None:
-    """``(prefix, header, claims)`` when `text` is a JWT or ``Bearer <JWT>``."""
+    """``(prefix, header, claims)`` when `text` is a JWT, or one after scheme words (``Bearer <JWT>``)."""
     found = _JWT.match(text)
     if found is None:
         return None

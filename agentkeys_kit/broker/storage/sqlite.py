@@ -74,18 +74,20 @@ SECURE_DELETE = "ON"
 
 def _create_private(path: Path) -> None:
     """A new database file is created 0600 (its WAL and shared-memory files take the database's
-    mode): it holds bearer hashes, login nonces and PKCE verifiers. An existing one readable by
-    others is left as it is, with a warning."""
-    try:
+    mode): it holds bearer hashes, login nonces and PKCE verifiers."""
+    with contextlib.suppress(FileExistsError):
         os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
-    except FileExistsError:
-        mode = path.stat().st_mode
-        if stat.S_ISREG(mode) and mode & 0o077:
-            log.warning(
-                "the SQLite database %s is readable by others (mode %04o): chmod 600 it and its -wal and -shm files",
-                path,
-                stat.S_IMODE(mode),
-            )
+
+
+def _warn_if_shared(path: Path) -> None:
+    """An existing database readable by others is left as it is, with a warning (once it opened)."""
+    mode = path.stat().st_mode
+    if stat.S_ISREG(mode) and mode & 0o077:
+        log.warning(
+            "the SQLite database %s is readable by others (mode %04o): chmod 600 it and its -wal and -shm files",
+            path,
+            stat.S_IMODE(mode),
+        )
 
 
 def _connect(path: Path, *, busy_ms: int, create: bool = True) -> sqlite3.Connection:
@@ -238,6 +240,7 @@ class SqliteDatabase(Database):
             _create_private(self.path)
             self._thread_conn = _connect(self.path, busy_ms=THREAD_BUSY_MS)
             self._migrate_sync(self._thread_conn)
+            _warn_if_shared(self.path)
             return
         if not self.path.exists():
             raise StorageError(f"no broker database at {self.path} (BROKER_DB_URL); nothing was created")
