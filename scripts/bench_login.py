@@ -135,9 +135,13 @@ async def _post_login(http: aiohttp.ClientSession, base: str, key: bytes, addres
     return str((await post_ok(http, base + "v1/auth/wallet/verify", proof))["data"]["session_token"])
 
 
-def render(results: dict[str, list[Window]], concurrency: int) -> tuple[str, bool]:
-    load = os.getloadavg()[0]
-    lines = [benchkit.machine_line(benchkit.machine_info()), f"callers: {concurrency}", f"load average now: {load:.2f}"]
+def render(results: dict[str, list[Window]], concurrency: int, load: float) -> tuple[str, bool]:
+    """`load`: the 1-minute load average before the run (after it, the run's own processes count)."""
+    lines = [
+        benchkit.machine_line(benchkit.machine_info()),
+        f"callers: {concurrency}",
+        f"load average before the run: {load:.2f}",
+    ]
     if load > (os.cpu_count() or 1) / 2:
         lines.append("WARNING: the machine is busy with other work; these figures are disturbed, rerun when it is idle")
     ok = True
@@ -167,12 +171,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--json", default=None, help="also write the figures here")
     parser.add_argument("--profile", default=None, help="cProfile the broker into PREFIX.<db>.prof and summarise")
     args = parser.parse_args(argv)
+    load_before = os.getloadavg()[0]
     try:
         results = benchkit.per_database(args, "bench-login-", bench_database)
     except SetupError as exc:
         print(f"bench_login: {exc}", file=sys.stderr)
         return 2
-    text, ok = render(results, args.concurrency)
+    text, ok = render(results, args.concurrency, load_before)
     print(text)
     for database in results if args.profile else ():
         print_profile(f"{args.profile}.{database}.prof", 25)
