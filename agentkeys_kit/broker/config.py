@@ -429,25 +429,25 @@ def email_code_key_path(env: Mapping[str, str]) -> Path:
     """`BROKER_EMAIL_CODE_KEY_PATH`, else ``email_code.key`` beside the SQLite database (for the
     default database ``~/.agentkeys/broker/email_code.key``), else there. Replicas on PostgreSQL
     must share one key file: name it."""
-    if env.get("BROKER_EMAIL_CODE_KEY_PATH"):
-        return Path(env["BROKER_EMAIL_CODE_KEY_PATH"]).expanduser()
-    db_url = env.get("BROKER_DB_URL") or f"sqlite:///{DEFAULT_DB_PATH}"
-    if db_url.startswith("sqlite:"):
-        with contextlib.suppress(BrokerConfigError):
-            return sqlite_path(db_url).parent / "email_code.key"
-    return DEFAULT_EMAIL_CODE_KEY_PATH.expanduser()
+    return _key_file(env, "BROKER_EMAIL_CODE_KEY_PATH", DEFAULT_EMAIL_CODE_KEY_PATH)
 
 
 def oidc_keypair_path(env: Mapping[str, str]) -> Path:
     """`BROKER_OIDC_KEYPAIR_PATH`, else ``oidc-keypair.json`` beside the SQLite database (for the
     default database that is the spec's ``~/.agentkeys/broker/oidc-keypair.json``), else there."""
-    if env.get("BROKER_OIDC_KEYPAIR_PATH"):
-        return Path(env["BROKER_OIDC_KEYPAIR_PATH"]).expanduser()
+    return _key_file(env, "BROKER_OIDC_KEYPAIR_PATH", DEFAULT_OIDC_KEYPAIR_PATH)
+
+
+def _key_file(env: Mapping[str, str], variable: str, default: Path) -> Path:
+    """A key file's path: `variable`, else the default's file name beside the SQLite database
+    (`BROKER_DB_URL`, or the default database), else `default` itself."""
+    if env.get(variable):
+        return Path(env[variable]).expanduser()
     db_url = env.get("BROKER_DB_URL") or f"sqlite:///{DEFAULT_DB_PATH}"
     if db_url.startswith("sqlite:"):
         with contextlib.suppress(BrokerConfigError):
-            return sqlite_path(db_url).parent / "oidc-keypair.json"
-    return DEFAULT_OIDC_KEYPAIR_PATH.expanduser()
+            return sqlite_path(db_url).parent / default.name
+    return default.expanduser()
 
 
 def _credential_surface(env: Mapping[str, str]) -> dict[str, object]:
